@@ -1,0 +1,168 @@
+"""One typed configuration for the whole pipeline, loaded from YAML, overridable with
+`--set key=value`, and saved resolved beside every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from components.errors import ConfigError
+
+
+# IEMOCAP codes behind each class name a configuration may ask for.
+CLASS_CODES = {
+    "neutral": "neu", "happy": "hap", "excited": "exc", "sad": "sad", "angry": "ang",
+    "frustrated": "fru", "surprised": "sur", "fearful": "fea", "disgusted": "dis",
+    "other": "oth",
+}
+
+
+@dataclass
+class SampleCorpusConfig:
+    """The generated corpus `emoalign run` uses when `data/` is empty."""
+
+    utterances: int = 600
+    seed: int = 0
+
+
+@dataclass
+class IngestConfig:
+    classes: list[str] = field(default_factory=lambda: ["neutral", "happy", "angry", "sad"])
+    # The standard 4-class protocol counts excited as happy; false drops exc utterances
+    # (or keeps them as their own class when "excited" is listed in classes).
+    merge_excited: bool = True
+
+    def label_map(self) -> dict[str, str]:
+        """IEMOCAP code -> class name, for the codes this class set keeps."""
+        mapping = {CLASS_CODES[c]: c for c in self.classes}
+        if self.merge_excited:
+            mapping["exc"] = "happy"
+        return mapping
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    sample_corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def validate(self) -> None:
+        unknown = [c for c in self.ingest.classes if c not in CLASS_CODES]
+        if unknown:
+            raise ConfigError(
+                f"ingest.classes: unknown class {unknown[0]!r} (known: {', '.join(CLASS_CODES)})")
+        if len(set(self.ingest.classes)) != len(self.ingest.classes):
+            raise ConfigError("ingest.classes: a class is listed twice")
+        if len(self.ingest.classes) < 2:
+            raise ConfigError("ingest.classes: at least two classes are needed")
+        if self.ingest.merge_excited and "happy" not in self.ingest.classes:
+            raise ConfigError("ingest.merge_excited needs 'happy' in ingest.classes")
+        if self.ingest.merge_excited and "excited" in self.ingest.classes:
+            raise ConfigError("ingest.merge_excited contradicts 'excited' in ingest.classes")
+        if self.sample_corpus.utterances < 11:
+            raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _build(cls: type, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key {name!r} (known: "
+                              f"{', '.join(prefix + k for k in sorted(known))})")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, name: str):
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY")
+        return _build(hint, value, name + ".")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {name!r} expects a list, got {value!r}")
+        return [_coerce(item, v, name) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r} expects true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r} expects an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {name!r} expects a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key {name!r} expects text, got {value!r}")
+    raise TypeError(f"unsupported config type {hint} for {name}")
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults, then the YAML file, then each `key=value` override; validated."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        tree = loaded or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    config = _build(Config, tree, "")
+    config.validate()
+    return config
+
+
+def config_from_yaml(text: str) -> Config:
+    """The inverse of Config.to_yaml, as pipeline steps receive it."""
+    config = _build(Config, yaml.safe_load(text) or {}, "")
+    config.validate()
+    return config

@@ -1,0 +1,209 @@
+"""The `emoalign` command line. Each subcommand calls the same `run(...)` the pipeline calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from components.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = PROJECT_ROOT / "data"
+DEFAULT_COMPILED = PROJECT_ROOT / "pipelines" / "emoalign_pipeline.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML file of config keys (see --help of run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set ingest.merge_excited=false")
+
+
+def _load_config(args):
+    from components.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# ---- sample-corpus ----------------------------------------------------------------------
+
+def cmd_sample_corpus(args) -> int:
+    from components import sample_corpus
+
+    out = Path(args.out_dir)
+    if args.utterances < 11:
+        raise UserError(f"--utterances must be at least 11 (one per IEMOCAP code), "
+                        f"got {args.utterances}")
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise UserError(f"{out} is not empty; pass --force to replace a sample corpus there")
+        if not (out / sample_corpus.TRUTH_FILENAME).is_file():
+            raise UserError(f"{out} is not a generated sample corpus; refusing to delete it")
+        shutil.rmtree(out)
+    truth = sample_corpus.generate(out, args.utterances, args.seed, workers=args.workers,
+                                   wdseg=not args.no_wdseg)
+    hours = truth["total_audio_seconds"] / 3600
+    print(f"wrote {args.utterances} utterances ({hours:.2f} h of audio, seed {args.seed}) "
+          f"to {out}")
+    print("codes: " + ", ".join(f"{k} {v}" for k, v in truth["counts"]["code"].items()))
+    return 0
+
+
+# ---- ingest -----------------------------------------------------------------------------
+
+def cmd_ingest(args) -> int:
+    from components import ingest
+
+    config = _load_config(args)
+    result = ingest.run(Path(args.corpus), Path(args.out), config.ingest)
+    for line in ingest.summary_lines(result.report):
+        print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
+    print(f"manifest: {result.manifest_path}\nreport:   {result.report_path}")
+    return 0
+
+
+# ---- run --------------------------------------------------------------------------------
+
+def ensure_default_corpus(config) -> Path:
+    """data/ holds the DVC-tracked sample corpus; regenerate it (same bytes) when absent."""
+    from components import iemocap, sample_corpus
+
+    release = DEFAULT_DATA / iemocap.RELEASE_DIRNAME
+    if not release.exists() or not any(release.iterdir()):
+        print(f"{release} is empty: generating the default sample corpus "
+              f"({config.sample_corpus.utterances} utterances, seed {config.sample_corpus.seed})")
+        sample_corpus.generate(release, config.sample_corpus.utterances,
+                               config.sample_corpus.seed, workers=sample_corpus.default_workers())
+    return DEFAULT_DATA
+
+
+def resolve_data_hash(corpus: Path) -> tuple[str, str]:
+    """(hash, where it came from). The default corpus is checked against data.dvc."""
+    from components import iemocap, lineage
+
+    corpus = corpus.resolve()
+    if corpus == DEFAULT_DATA.resolve():
+        actual = lineage.corpus_hash(DEFAULT_DATA)
+        recorded = lineage.dvc_pointer_hash(PROJECT_ROOT / "data.dvc")
+        if recorded and actual != recorded:
+            return actual, (f"data/ differs from data.dvc ({recorded}); "
+                            "run `dvc add data` to record this version")
+        return actual, "data/ matches data.dvc"
+    return lineage.corpus_hash(iemocap.find_release_root(corpus)), "hash of the corpus read"
+
+
+def cmd_run(args) -> int:
+    from components import ingest, iemocap, lineage
+    from pipelines.local import run_pipeline
+
+    config = _load_config(args)
+    corpus = Path(args.corpus) if args.corpus else ensure_default_corpus(config)
+    try:
+        iemocap.find_release_root(corpus)
+    except (FileNotFoundError, iemocap.FormatError) as e:
+        raise UserError(str(e)) from None
+    data_hash, provenance = resolve_data_hash(corpus)
+    sha, dirty = lineage.git_sha(PROJECT_ROOT)
+    print(f"corpus {corpus.resolve()}\ndata hash {data_hash} ({provenance})")
+    print(f"code {sha or 'not a git checkout'}{' (uncommitted changes)' if dirty else ''}")
+    run = run_pipeline(
+        {"corpus": str(corpus.resolve()), "config_yaml": config.to_yaml(),
+         "data_hash": data_hash},
+        Path(args.workdir) / "pipeline_root")
+    (run.run_dir / "config.resolved.yaml").write_text(config.to_yaml())
+
+    report = json.loads((run.task_dir("ingest") / "manifest" / ingest.REPORT_FILENAME)
+                        .read_text())
+    print()
+    for line in ingest.summary_lines(report):
+        print(line)
+    print(f"\npipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
+    if args.summary_json:
+        summary = {
+            "pipeline_run": run.run_dir.name, "run_dir": str(run.run_dir),
+            "data_hash": data_hash, "git_sha": sha, "git_dirty": dirty,
+            "config_sha256": config.sha256(), "seed": config.seed,
+            "n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
+            "label_counts": report["counts"]["label"],
+        }
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+# ---- compile ----------------------------------------------------------------------------
+
+def cmd_compile(args) -> int:
+    from kfp import compiler
+
+    from pipelines.pipeline import emoalign_pipeline
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+    try:
+        compiler.Compiler().compile(emoalign_pipeline, str(out))
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    print(f"wrote {out}")
+    return 0
+
+
+# ---- entry point ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emoalign",
+        description="Speech + text emotion recognition on IEMOCAP as a Kubeflow pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
+    p.add_argument("--corpus", help="IEMOCAP release root, or a folder holding "
+                                    "IEMOCAP_full_release/ (default: data/, the DVC-tracked "
+                                    "sample corpus, regenerated if absent)")
+    _add_config_args(p)
+    p.add_argument("--workdir", default="runs", help="where runs are kept (default: runs/)")
+    p.add_argument("--summary-json", type=Path, help="also write the run summary as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sample-corpus", help="write a synthetic corpus in the IEMOCAP layout")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the release root to write")
+    p.add_argument("--utterances", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes (the bytes written do not depend on it)")
+    p.add_argument("--no-wdseg", action="store_true", help="skip ForcedAlignment .wdseg files")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing sample corpus in OUT_DIR")
+    p.set_defaults(func=cmd_sample_corpus)
+
+    p = sub.add_parser("ingest", help="IEMOCAP release -> manifest.parquet + ingest_report.json")
+    p.add_argument("--corpus", required=True,
+                   help="release root, or a folder holding IEMOCAP_full_release/")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
+    p.add_argument("--out", default=str(DEFAULT_COMPILED))
+    p.set_defaults(func=cmd_compile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"emoalign: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emoalign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The emoalign DAG: wiring only. Step logic lives in `components/`, adapters in `steps.py`."""
+
+from kfp import dsl
+
+from pipelines import steps
+
+PIPELINE_NAME = "emoalign"
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
+              description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
+def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str):
+    ingest = steps.ingest(corpus=corpus, config_yaml=config_yaml, data_hash=data_hash)
+    ingest.set_display_name("ingest")
