@@ -24,7 +24,7 @@ run: install
 
 # The default sample corpus, byte-identical to what data.dvc records.
 data: install
-	@test -d data/IEMOCAP_full_release || $(VENV)/bin/emoalign sample-corpus data/IEMOCAP_full_release --utterances 600 --seed 0 --workers 2
+	@test -d data/IEMOCAP_full_release || $(VENV)/bin/emoalign sample-corpus data/IEMOCAP_full_release --workers 2
 
 compile: install
 	$(VENV)/bin/emoalign compile --out pipelines/emoalign_pipeline.yaml

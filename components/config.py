@@ -37,6 +37,8 @@ class IngestConfig:
     # The standard 4-class protocol counts excited as happy; false drops exc utterances
     # (or keeps them as their own class when "excited" is listed in classes).
     merge_excited: bool = True
+    # A wav whose length differs from its label block's by more than this is reported.
+    duration_tolerance_s: float = 0.1
 
     def label_map(self) -> dict[str, str]:
         """IEMOCAP code -> class name, for the codes this class set keeps."""
@@ -65,6 +67,8 @@ class Config:
             raise ConfigError("ingest.merge_excited needs 'happy' in ingest.classes")
         if self.ingest.merge_excited and "excited" in self.ingest.classes:
             raise ConfigError("ingest.merge_excited contradicts 'excited' in ingest.classes")
+        if self.ingest.duration_tolerance_s < 0:
+            raise ConfigError("ingest.duration_tolerance_s must not be negative")
         if self.sample_corpus.utterances < 11:
             raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
 

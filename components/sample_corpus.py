@@ -75,7 +75,7 @@ EMOTION_WORDS = {
            "enough outrageous never".split(),
     "fru": "annoying again why never impossible waiting hopeless useless whatever pointless "
            "enough ridiculous".split(),
-    "sur": "seriously wow unexpected suddenly believe shocked surprise really what".split(),
+    "sur": "seriously wow unexpected suddenly believe shocked surprise really".split(),
     "fea": "scared afraid worried danger nervous terrified careful panic".split(),
     "dis": "gross disgusting awful nasty revolting".split(),
 }
@@ -162,18 +162,18 @@ def allocate_codes(n: int) -> dict[str, int]:
     """IEMOCAP's code proportions for n utterances; exact at 10,039; every code at least once."""
     if n < len(iemocap.LABEL_CODES):
         raise ValueError(f"a sample corpus needs at least {len(iemocap.LABEL_CODES)} utterances")
-    total = iemocap.FULL_RELEASE_UTTERANCES
-    exact = {c: n * k / total for c, k in iemocap.FULL_RELEASE_CODE_COUNTS.items()}
+    real = iemocap.FULL_RELEASE_CODE_COUNTS
+    # Codes too rare for n get one utterance each; the rest share what is left proportionally.
+    rare = {c for c, k in real.items() if n * k / iemocap.FULL_RELEASE_UTTERANCES < 1}
+    common_total = sum(k for c, k in real.items() if c not in rare)
+    left = n - len(rare)
+    exact = {c: left * k / common_total for c, k in real.items() if c not in rare}
     counts = {c: int(v) for c, v in exact.items()}
     by_remainder = sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))
-    for c in by_remainder[: n - sum(counts.values())]:
+    for c in by_remainder[: left - sum(counts.values())]:
         counts[c] += 1
-    for c in iemocap.LABEL_CODES:
-        if counts[c] == 0:
-            donor = max(counts, key=lambda k: counts[k])
-            counts[donor] -= 1
-            counts[c] = 1
-    return counts
+    counts.update({c: 1 for c in rare})
+    return {c: counts[c] for c in iemocap.LABEL_CODES}
 
 
 def make_speakers(rng: np.random.Generator) -> dict[str, Speaker]:
@@ -240,8 +240,8 @@ def spoken_words(text: str) -> list[str]:
 
 
 def n_words_for(rng: np.random.Generator) -> int:
-    # Lognormal like IEMOCAP's turn lengths: median ~8.5 words, a long tail to ~90.
-    return int(np.clip(round(rng.lognormal(math.log(8.5), 0.8)), 1, 90))
+    # Lognormal like IEMOCAP's turn lengths: median ~9 words, a long tail to ~90.
+    return int(np.clip(round(rng.lognormal(math.log(8.9), 0.8)), 1, 90))
 
 
 def choose_modalities(rng: np.random.Generator, code: str) -> tuple[str, str, str]:

@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from components.config import SampleCorpusConfig
 from components.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -170,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample-corpus", help="write a synthetic corpus in the IEMOCAP layout")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the release root to write")
-    p.add_argument("--utterances", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--utterances", type=int, default=SampleCorpusConfig.utterances,
+                   help="how many labelled utterances (default: %(default)s, as data/ holds)")
+    p.add_argument("--seed", type=int, default=SampleCorpusConfig.seed)
     p.add_argument("--workers", type=int, default=1,
                    help="processes (the bytes written do not depend on it)")
     p.add_argument("--no-wdseg", action="store_true", help="skip ForcedAlignment .wdseg files")

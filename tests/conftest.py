@@ -1,0 +1,48 @@
+"""Shared fixtures: small generated corpora in the real IEMOCAP layout."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import sample_corpus
+
+SMALL = 60  # utterances: every code at least once, every session, seconds to make
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A pristine generated release root. Tests that break it must copy it first."""
+    root = tmp_path_factory.mktemp("corpus") / "IEMOCAP_full_release"
+    sample_corpus.generate(root, SMALL, seed=7)
+    return root
+
+
+@pytest.fixture
+def corpus_copy(small_corpus, tmp_path) -> Path:
+    """A copy of the small corpus this test may damage."""
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(small_corpus, root)
+    return root
+
+
+def truth_of(root: Path) -> dict:
+    return json.loads((root / sample_corpus.TRUTH_FILENAME).read_text())
+
+
+def emoalign(*args, cwd=None) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would, in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emoalign: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

@@ -1,0 +1,95 @@
+"""`emoalign run`: the KFP DAG executed by kfp.local, and the same DAG compiled for a cluster."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import ingest, lineage
+from components.config import Config
+from conftest import assert_one_line_error, emoalign, truth_of
+from pipelines import cli
+from pipelines.local import PipelineFailed, run_pipeline
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    result = emoalign("run", "--corpus", small_corpus.parent, "--workdir", tmp_path / "runs",
+                      "--summary-json", summary_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Executing task 'ingest'" in result.stdout
+    assert "Task 'ingest' finished with status SUCCESS" in result.stdout
+    assert "Streamed logs" not in result.stdout  # the full task logs go to pipeline.log
+
+    summary = json.loads(summary_path.read_text())
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == (tmp_path / "runs" / "pipeline_root").resolve()
+    assert summary["data_hash"] == lineage.corpus_hash(small_corpus)
+    truth = truth_of(small_corpus)
+    assert summary["label_counts"] == truth["counts"]["class4"]
+    assert summary["n_label_blocks"] == truth["n_utterances"]
+    assert summary["config_sha256"] == Config().sha256()
+
+    # The task's artifacts, where kfp.local puts them.
+    task = run_dir / "ingest"
+    manifest = ingest.read_manifest(task / "manifest" / ingest.MANIFEST_FILENAME)
+    assert len(manifest) == truth["n_utterances"]
+    metrics = json.loads((task / "executor_output.json").read_text())
+    assert "label_blocks" in json.dumps(metrics)
+    assert "```" in (task / "summary").read_text()
+    assert "Streamed logs" in (run_dir / "pipeline.log").read_text()
+    assert yaml.safe_load((run_dir / "config.resolved.yaml").read_text()) == Config().to_dict()
+
+
+def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path):
+    with pytest.raises(PipelineFailed) as failure:
+        run_pipeline({"corpus": str(tmp_path / "gone"), "config_yaml": Config().to_yaml(),
+                      "data_hash": "x"}, tmp_path / "root", echo=False)
+    message = str(failure.value)
+    assert "task 'ingest' failed" in message
+    assert "CorpusError: corpus path does not exist" in message
+    log = Path(message.rsplit("log: ", 1)[1].rstrip(")"))
+    assert log.is_file() and "Traceback" in log.read_text()
+
+
+def test_run_with_a_missing_corpus_is_a_one_line_error(tmp_path):
+    assert_one_line_error(emoalign("run", "--corpus", tmp_path / "nope", "--workdir", tmp_path),
+                          "does not exist")
+
+
+def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
+    out = tmp_path / "p.yaml"
+    result = emoalign("compile", "--out", out)
+    assert result.returncode == 0, result.stderr
+    compiled = yaml.safe_load(out.read_text())
+    committed = yaml.safe_load((PROJECT_ROOT / "pipelines" / "emoalign_pipeline.yaml")
+                               .read_text())
+    assert compiled == committed, "run `make compile` and commit pipelines/emoalign_pipeline.yaml"
+    executors = compiled["deploymentSpec"]["executors"]
+    assert executors and all(e["container"]["image"] == "emoalign:0.1.0"
+                             for e in executors.values())
+    assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {
+        "corpus", "config_yaml", "data_hash"}
+    assert_one_line_error(emoalign("compile", "--out", tmp_path / "no" / "dir" / "p.yaml"),
+                          "does not exist")
+
+
+def test_default_corpus_is_regenerated_exactly_as_data_dvc_records(tmp_path, monkeypatch):
+    """A fresh clone has no data/: `emoalign run` makes it again, and it matches data.dvc."""
+    (tmp_path / "data.dvc").write_text((PROJECT_ROOT / "data.dvc").read_text())
+    monkeypatch.setattr(cli, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(cli, "DEFAULT_DATA", tmp_path / "data")
+    corpus = cli.ensure_default_corpus(Config())
+    data_hash, provenance = cli.resolve_data_hash(corpus)
+    assert provenance == "data/ matches data.dvc", (
+        "the generator no longer makes the corpus data.dvc records: regenerate data/ and "
+        "`dvc add data`")
+    assert data_hash == lineage.dvc_pointer_hash(PROJECT_ROOT / "data.dvc")
+
+    wav = next(corpus.glob("IEMOCAP_full_release/Session1/sentences/wav/*/*.wav"))
+    wav.write_bytes(wav.read_bytes()[:-2])
+    changed, provenance = cli.resolve_data_hash(corpus)
+    assert changed != data_hash and "differs from data.dvc" in provenance
