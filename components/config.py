@@ -37,8 +37,6 @@ class IngestConfig:
     # The standard 4-class protocol counts excited as happy; false drops exc utterances
     # (or keeps them as their own class when "excited" is listed in classes).
     merge_excited: bool = True
-    # A wav whose length differs from its label block's by more than this is reported.
-    duration_tolerance_s: float = 0.1
 
     def label_map(self) -> dict[str, str]:
         """IEMOCAP code -> class name, for the codes this class set keeps."""
@@ -49,12 +47,51 @@ class IngestConfig:
 
 
 @dataclass
+class DriftConfig:
+    """Thresholds on how far a corpus may move from the reference statistics."""
+
+    # Total variation distance between class shares.
+    class_share_warn: float = 0.10
+    class_share_fail: float = 0.25
+    # Kolmogorov-Smirnov distance between duration distributions.
+    duration_warn: float = 0.15
+    duration_fail: float = 0.40
+    # Total variation distance between utterances-per-speaker shares.
+    speaker_warn: float = 0.15
+    speaker_fail: float = 0.40
+    # Share of transcript tokens outside the reference vocabulary.
+    oov_warn: float = 0.05
+    oov_fail: float = 0.20
+
+
+@dataclass
+class ValidateConfig:
+    sample_rate: int = 16_000
+    channels: int = 1
+    min_duration_s: float = 0.2
+    max_duration_s: float = 40.0  # the real release's longest turn lasts about 34 s
+    # A wav whose length differs from its label block's by more than this is quarantined.
+    duration_tolerance_s: float = 0.1
+    silence_floor_dbfs: float = -55.0
+    max_clipped_share: float = 0.01
+    # Every class must hold at least this share of the labelled rows.
+    min_class_share: float = 0.03
+    # More quarantined labelled rows than this share means a broken corpus, not a few bad files.
+    max_quarantined_share: float = 0.20
+    strict: bool = False  # every warning becomes an error
+    reference_stats: str = ""  # stats.json of a reference corpus, for the drift check
+    workers: int = 0  # audio check processes; 0 = one per core
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+
+@dataclass
 class Config:
     seed: int = 0
     sample_corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         unknown = [c for c in self.ingest.classes if c not in CLASS_CODES]
         if unknown:
             raise ConfigError(
@@ -67,8 +104,18 @@ class Config:
             raise ConfigError("ingest.merge_excited needs 'happy' in ingest.classes")
         if self.ingest.merge_excited and "excited" in self.ingest.classes:
             raise ConfigError("ingest.merge_excited contradicts 'excited' in ingest.classes")
-        if self.ingest.duration_tolerance_s < 0:
-            raise ConfigError("ingest.duration_tolerance_s must not be negative")
+        v = self.validate
+        for key in ("duration_tolerance_s", "min_duration_s", "max_clipped_share",
+                    "min_class_share", "max_quarantined_share", "workers"):
+            if getattr(v, key) < 0:
+                raise ConfigError(f"validate.{key} must not be negative")
+        if v.min_duration_s >= v.max_duration_s:
+            raise ConfigError("validate.min_duration_s must be below validate.max_duration_s")
+        if v.min_class_share * len(self.ingest.classes) > 1:
+            raise ConfigError("validate.min_class_share is more than the classes can all have")
+        for key, warn in vars(v.drift).items():
+            if key.endswith("_warn") and warn > getattr(v.drift, key[:-5] + "_fail"):
+                raise ConfigError(f"validate.drift.{key} is above its _fail threshold")
         if self.sample_corpus.utterances < 11:
             raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
 
@@ -161,12 +208,12 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple = (
             value = raw
         _set_dotted(tree, key.strip(), value)
     config = _build(Config, tree, "")
-    config.validate()
+    config.check()
     return config
 
 
 def config_from_yaml(text: str) -> Config:
     """The inverse of Config.to_yaml, as pipeline steps receive it."""
     config = _build(Config, yaml.safe_load(text) or {}, "")
-    config.validate()
+    config.check()
     return config

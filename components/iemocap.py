@@ -127,7 +127,8 @@ def read_text(path: Path) -> tuple[str, str]:
     """Return (text, encoding). The release is mostly ASCII; some files are latin-1."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8"), "utf-8"
+        # utf-8-sig: files saved by some Windows editors start with a byte-order mark.
+        return raw.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
         return raw.decode("latin-1"), "latin-1"
 

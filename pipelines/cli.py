@@ -66,6 +66,32 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+# ---- validate ---------------------------------------------------------------------------
+
+def cmd_validate(args) -> int:
+    from components import validate
+
+    config = _load_config(args)
+    if args.strict:
+        config.validate.strict = True
+    out = Path(args.out)
+    try:
+        result = validate.run(Path(args.manifest), out, config.ingest.classes, config.validate,
+                              reference_stats=args.reference)
+    except validate.ValidationError:
+        report_path = out / validate.REPORT_FILENAME
+        if report_path.is_file():
+            for line in validate.summary_lines(json.loads(report_path.read_text())):
+                print(line)
+        raise
+    for line in validate.summary_lines(result.report):
+        print(line)
+    print(f"kept:       {out / validate.MANIFEST_FILENAME}\n"
+          f"quarantine: {out / validate.QUARANTINE_FILENAME}\n"
+          f"report:     {out / validate.HTML_FILENAME}")
+    return 0
+
+
 # ---- run --------------------------------------------------------------------------------
 
 def ensure_default_corpus(config) -> Path:
@@ -97,7 +123,7 @@ def resolve_data_hash(corpus: Path) -> tuple[str, str]:
 
 
 def cmd_run(args) -> int:
-    from components import ingest, iemocap, lineage
+    from components import ingest, iemocap, lineage, validate
     from pipelines.local import run_pipeline
 
     config = _load_config(args)
@@ -118,8 +144,10 @@ def cmd_run(args) -> int:
 
     report = json.loads((run.task_dir("ingest") / "manifest" / ingest.REPORT_FILENAME)
                         .read_text())
+    checks = json.loads((run.task_dir("validate") / "validated" / validate.REPORT_FILENAME)
+                        .read_text())
     print()
-    for line in ingest.summary_lines(report):
+    for line in ingest.summary_lines(report) + validate.summary_lines(checks):
         print(line)
     print(f"\npipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     if args.summary_json:
@@ -129,6 +157,7 @@ def cmd_run(args) -> int:
             "config_sha256": config.sha256(), "seed": config.seed,
             "n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
             "label_counts": report["counts"]["label"],
+            "n_kept": checks["counts"]["kept"], "n_quarantined": checks["counts"]["quarantined"],
         }
         Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
     return 0
@@ -187,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _add_config_args(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("validate", help="Great Expectations + audio checks: the data gate")
+    p.add_argument("--manifest", required=True,
+                   help="manifest.parquet, or the folder ingest wrote it to")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    p.add_argument("--reference", type=Path,
+                   help="stats.json of a reference corpus, for the drift check")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
     p.add_argument("--out", default=str(DEFAULT_COMPILED))

@@ -12,3 +12,5 @@ PIPELINE_NAME = "emoalign"
 def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str):
     ingest = steps.ingest(corpus=corpus, config_yaml=config_yaml, data_hash=data_hash)
     ingest.set_display_name("ingest")
+    validate = steps.validate(manifest=ingest.outputs["manifest"], config_yaml=config_yaml)
+    validate.set_display_name("validate")

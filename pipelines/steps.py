@@ -8,7 +8,7 @@ places because the base image is the project's image and KFP is not reinstalled 
 import os
 
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown, Metrics, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
 
 PROJECT_VERSION = "0.1.0"
 # The image the infra/ Dockerfile builds; override for a registry of your own.
@@ -42,3 +42,31 @@ def ingest(
         counts.log_metric(f"label_{label}", n)
     lines = step.summary_lines(report)
     Path(summary.path).write_text("# Ingest\n\n```\n" + "\n".join(lines) + "\n```\n")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def validate(
+    manifest: Input[Dataset],
+    config_yaml: str,
+    validated: Output[Dataset],
+    report: Output[HTML],
+    checks: Output[Metrics],
+):
+    """Great Expectations + audio checks -> kept manifest, quarantine, reports, stats."""
+    import shutil
+    from pathlib import Path
+
+    from components import validate as step
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    out = Path(validated.path)
+    try:
+        result = step.run(Path(manifest.path), out, config.ingest.classes, config.validate)
+    finally:
+        # The report matters most when the gate stops the run.
+        if (out / step.HTML_FILENAME).is_file():
+            shutil.copy(out / step.HTML_FILENAME, report.path)
+    for key, value in result.report["counts"].items():
+        checks.log_metric(key, value)
+    validated.metadata.update(rows=len(result.manifest), quarantined=len(result.quarantine))

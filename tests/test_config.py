@@ -23,7 +23,7 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_resolved_yaml_round_trips_and_hashes_stably():
-    config = load_config(None, ["ingest.duration_tolerance_s=0.25"])
+    config = load_config(None, ["validate.duration_tolerance_s=0.25"])
     again = config_from_yaml(config.to_yaml())
     assert again == config and again.sha256() == config.sha256()
     assert config.sha256() != Config().sha256()
@@ -40,6 +40,10 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
     (["ingest.classes=neutral,happy,excited"], "contradicts 'excited'"),
     (["seed"], "--set expects key=value"),
     (["sample_corpus.utterances=5"], "at least 11"),
+    (["validate.min_duration_s=50"], "below validate.max_duration_s"),
+    (["validate.drift.oov_warn=0.5"], "above its _fail threshold"),
+    (["validate.min_class_share=0.3"], "more than the classes can all have"),
+    (["validate.drift.nope=1"], "unknown config key 'validate.drift.nope'"),
 ])
 def test_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

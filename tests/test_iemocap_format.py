@@ -88,6 +88,13 @@ def test_latin1_files_are_read(tmp_path):
     assert encoding == "latin-1" and "Café olé." in text
 
 
+def test_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbf% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n")
+    text, encoding = iemocap.read_text(path)
+    assert encoding == "utf-8" and text.startswith("% [START_TIME")
+
+
 def test_find_release_root(tmp_path):
     (tmp_path / "IEMOCAP_full_release" / "Session3").mkdir(parents=True)
     assert iemocap.find_release_root(tmp_path) == tmp_path / "IEMOCAP_full_release"

@@ -20,8 +20,10 @@ def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
     result = emoalign("run", "--corpus", small_corpus.parent, "--workdir", tmp_path / "runs",
                       "--summary-json", summary_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert "Executing task 'ingest'" in result.stdout
-    assert "Task 'ingest' finished with status SUCCESS" in result.stdout
+    for task in ("ingest", "validate"):
+        assert f"Executing task '{task}'" in result.stdout
+        assert f"Task '{task}' finished with status SUCCESS" in result.stdout
+    assert "validation passed: 60 rows = 60 kept + 0 quarantined" in result.stdout
     assert "Streamed logs" not in result.stdout  # the full task logs go to pipeline.log
 
     summary = json.loads(summary_path.read_text())
@@ -42,6 +44,10 @@ def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
     assert "```" in (task / "summary").read_text()
     assert "Streamed logs" in (run_dir / "pipeline.log").read_text()
     assert yaml.safe_load((run_dir / "config.resolved.yaml").read_text()) == Config().to_dict()
+    assert (summary["n_kept"], summary["n_quarantined"]) == (truth["n_utterances"], 0)
+    validated = run_dir / "validate" / "validated"
+    assert ingest.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]
+    assert "PASSED" in (run_dir / "validate" / "report").read_text()
 
 
 def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path):
@@ -53,6 +59,19 @@ def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path):
     assert "CorpusError: corpus path does not exist" in message
     log = Path(message.rsplit("log: ", 1)[1].rstrip(")"))
     assert log.is_file() and "Traceback" in log.read_text()
+
+
+def test_an_error_level_corpus_stops_the_run_at_the_gate(corpus_copy, tmp_path):
+    for path in corpus_copy.glob("Session*/dialog/EmoEvaluation/*.txt"):
+        path.write_text("\n\n".join(b for b in path.read_text().split("\n\n")
+                                     if "\tang\t" not in b))
+    result = emoalign("run", "--corpus", corpus_copy, "--workdir", tmp_path / "runs")
+    assert_one_line_error(result, "task 'validate' failed",
+                          "ValidationError: validation failed: class 'angry' is missing",
+                          "report.html", "log: ")
+    report = Path(result.stderr.split("report: ")[1].split(" ")[0].rstrip(";"))
+    assert report.is_file() and "FAILED" in report.read_text()
+    assert "Task 'validate' finished with status FAILURE" in result.stdout
 
 
 def test_run_with_a_missing_corpus_is_a_one_line_error(tmp_path):
