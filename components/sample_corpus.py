@@ -240,8 +240,8 @@ def spoken_words(text: str) -> list[str]:
 
 
 def n_words_for(rng: np.random.Generator) -> int:
-    # Lognormal like IEMOCAP's turn lengths: median ~9 words, a long tail to ~90.
-    return int(np.clip(round(rng.lognormal(math.log(8.9), 0.8)), 1, 90))
+    # Lognormal like IEMOCAP's turn lengths: median ~9 words, a long tail to ~75 (about 35 s).
+    return int(np.clip(round(rng.lognormal(math.log(8.9), 0.8)), 1, 75))
 
 
 def choose_modalities(rng: np.random.Generator, code: str) -> tuple[str, str, str]:
