@@ -85,11 +85,34 @@ class ValidateConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """MFCC settings (model/features.py) and the feature store's storage and cache."""
+
+    n_mfcc: int = 13
+    n_mels: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    deltas: bool = True
+    delta_deltas: bool = True
+    stack: int = 1
+    subsample: int = 1
+    dtype: str = "float16"
+    # global: one mean/std from the training sessions; speaker: each speaker's own
+    # statistics (from their audio only); none.
+    normalization: str = "global"
+    # The cache key covers each wav's size and mtime; true hashes the bytes instead.
+    content_hash: bool = False
+    workers: int = 0  # extraction processes; 0 = one per core
+    cache_dir: str = ""  # a shared folder of stores, reused across runs; "" = none
+
+
+@dataclass
 class Config:
     seed: int = 0
     sample_corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def check(self) -> None:
         unknown = [c for c in self.ingest.classes if c not in CLASS_CODES]
@@ -113,6 +136,21 @@ class Config:
             raise ConfigError("validate.min_duration_s must be below validate.max_duration_s")
         if v.min_class_share * len(self.ingest.classes) > 1:
             raise ConfigError("validate.min_class_share is more than the classes can all have")
+        f = self.features
+        if f.dtype not in ("float16", "float32"):
+            raise ConfigError(f"features.dtype must be float16 or float32, got {f.dtype!r}")
+        if f.normalization not in ("global", "speaker", "none"):
+            raise ConfigError("features.normalization must be global, speaker or none, "
+                              f"got {f.normalization!r}")
+        for key in ("n_mfcc", "n_mels", "stack", "subsample"):
+            if getattr(f, key) < 1:
+                raise ConfigError(f"features.{key} must be at least 1")
+        if f.n_mfcc > f.n_mels:
+            raise ConfigError("features.n_mfcc cannot exceed features.n_mels")
+        if not 0 < f.hop_ms <= f.win_ms:
+            raise ConfigError("features.hop_ms must be positive and at most features.win_ms")
+        if f.workers < 0:
+            raise ConfigError("features.workers must not be negative")
         for key, warn in vars(v.drift).items():
             if key.endswith("_warn") and warn > getattr(v.drift, key[:-5] + "_fail"):
                 raise ConfigError(f"validate.drift.{key} is above its _fail threshold")

@@ -92,6 +92,19 @@ def cmd_validate(args) -> int:
     return 0
 
 
+# ---- features ---------------------------------------------------------------------------
+
+def cmd_features(args) -> int:
+    from components import features
+
+    config = _load_config(args)
+    result = features.run(Path(args.manifest), Path(args.out), config.features)
+    print(result.message)
+    print(f"{result.n_utterances} utterances, {result.n_frames:,} frames of "
+          f"{features.spec_of(config.features).dim} values ({config.features.dtype})")
+    return 0
+
+
 # ---- run --------------------------------------------------------------------------------
 
 def ensure_default_corpus(config) -> Path:
@@ -127,6 +140,9 @@ def cmd_run(args) -> int:
     from pipelines.local import run_pipeline
 
     config = _load_config(args)
+    if not config.features.cache_dir:
+        # Stores outlive a run, so an unchanged corpus is not extracted again.
+        config.features.cache_dir = str((Path(args.workdir) / "feature_cache").resolve())
     corpus = Path(args.corpus) if args.corpus else ensure_default_corpus(config)
     try:
         iemocap.find_release_root(corpus)
@@ -149,6 +165,11 @@ def cmd_run(args) -> int:
     print()
     for line in ingest.summary_lines(report) + validate.summary_lines(checks):
         print(line)
+    store = json.loads((run.task_dir("features") / "executor_output.json").read_text())
+    store_meta = store["artifacts"]["store"]["artifacts"][0]["metadata"]
+    print(f"features: {'reused' if store_meta['reused'] else 'built'} "
+          f"{int(store_meta['utterances'])} utterances, {int(store_meta['frames']):,} frames "
+          f"({store_meta['cache_entry']})")
     print(f"\npipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     if args.summary_json:
         summary = {
@@ -226,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stats.json of a reference corpus, for the drift check")
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("features", help="MFCC feature store for the validated utterances")
+    p.add_argument("--manifest", required=True,
+                   help="the validated manifest.parquet, or the folder validate wrote it to")
+    p.add_argument("--out", required=True, help="the store folder (reused when unchanged)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
     p.add_argument("--out", default=str(DEFAULT_COMPILED))

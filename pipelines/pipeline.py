@@ -14,3 +14,6 @@ def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str):
     ingest.set_display_name("ingest")
     validate = steps.validate(manifest=ingest.outputs["manifest"], config_yaml=config_yaml)
     validate.set_display_name("validate")
+    features = steps.features(validated=validate.outputs["validated"], config_yaml=config_yaml,
+                              data_hash=data_hash)
+    features.set_display_name("features")

@@ -70,3 +70,28 @@ def validate(
     for key, value in result.report["counts"].items():
         checks.log_metric(key, value)
     validated.metadata.update(rows=len(result.manifest), quarantined=len(result.quarantine))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def features(
+    validated: Input[Dataset],
+    config_yaml: str,
+    data_hash: str,
+    store: Output[Dataset],
+    summary: Output[Metrics],
+):
+    """Kept manifest -> MFCC feature store (reused from the cache when inputs are unchanged)."""
+    from pathlib import Path
+
+    from components import features as step
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    result = step.run(Path(validated.path), Path(store.path), config.features)
+    print(result.message)
+    store.metadata.update(data_hash=data_hash, reused=result.reused,
+                          utterances=result.n_utterances, frames=result.n_frames,
+                          cache_entry=str(result.store_dir))
+    summary.log_metric("utterances", result.n_utterances)
+    summary.log_metric("frames", result.n_frames)
+    summary.log_metric("reused", int(result.reused))

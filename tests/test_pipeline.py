@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import ingest, lineage
-from components.config import Config
+from components import features, ingest, lineage
+from components.config import Config, config_from_yaml
 from conftest import assert_one_line_error, emoalign, truth_of
 from pipelines import cli
 from pipelines.local import PipelineFailed, run_pipeline
@@ -33,7 +33,6 @@ def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
     truth = truth_of(small_corpus)
     assert summary["label_counts"] == truth["counts"]["class4"]
     assert summary["n_label_blocks"] == truth["n_utterances"]
-    assert summary["config_sha256"] == Config().sha256()
 
     # The task's artifacts, where kfp.local puts them.
     task = run_dir / "ingest"
@@ -43,7 +42,13 @@ def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
     assert "label_blocks" in json.dumps(metrics)
     assert "```" in (task / "summary").read_text()
     assert "Streamed logs" in (run_dir / "pipeline.log").read_text()
-    assert yaml.safe_load((run_dir / "config.resolved.yaml").read_text()) == Config().to_dict()
+    resolved = config_from_yaml((run_dir / "config.resolved.yaml").read_text())
+    expected = Config()
+    expected.features.cache_dir = str((tmp_path / "runs" / "feature_cache").resolve())
+    assert resolved == expected and summary["config_sha256"] == expected.sha256()
+    store = features.FeatureStore(run_dir / "features" / "store", verify=True)
+    assert len(store) == truth["n_utterances"]
+    assert "features: built 60 utterances" in result.stdout
     assert (summary["n_kept"], summary["n_quarantined"]) == (truth["n_utterances"], 0)
     validated = run_dir / "validate" / "validated"
     assert ingest.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]

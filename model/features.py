@@ -1,0 +1,118 @@
+"""Speech frames as the model sees them: MFCCs (+ deltas) from torchaudio, then optional
+frame stacking, then mean/variance normalisation with statistics fitted on training data.
+
+Training (through the feature store) and serving (the MLflow pyfunc) both call `extract`
+and `Normalizer.apply`, so the two can never compute features differently.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torchaudio
+
+FEATURE_CODE_VERSION = "1"  # bump when `extract` changes what it returns
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    sample_rate: int = 16_000
+    n_mfcc: int = 13
+    n_mels: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    deltas: bool = True
+    delta_deltas: bool = True
+    stack: int = 1       # consecutive frames concatenated into one
+    subsample: int = 1   # keep every k-th (stacked) frame: k times shorter sequences
+
+    @property
+    def dim(self) -> int:
+        return self.n_mfcc * (1 + self.deltas + self.delta_deltas) * self.stack
+
+    @property
+    def frames_per_second(self) -> float:
+        return 1000.0 / self.hop_ms / self.subsample
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Extractor:
+    """Waveform (float, mono, at spec.sample_rate) -> frames (T, spec.dim) float32."""
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec
+        win = int(round(spec.sample_rate * spec.win_ms / 1000))
+        hop = int(round(spec.sample_rate * spec.hop_ms / 1000))
+        n_fft = 1 << (win - 1).bit_length()  # next power of two: 400 samples -> 512
+        self.mfcc = torchaudio.transforms.MFCC(
+            sample_rate=spec.sample_rate, n_mfcc=spec.n_mfcc,
+            melkwargs={"n_fft": n_fft, "win_length": win, "hop_length": hop,
+                       "n_mels": spec.n_mels, "center": True})
+        self.delta = torchaudio.transforms.ComputeDeltas(win_length=5)
+
+    @torch.no_grad()
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
+        coefficients = self.mfcc(x)  # (n_mfcc, T)
+        parts = [coefficients]
+        if self.spec.deltas or self.spec.delta_deltas:
+            d1 = self.delta(coefficients)
+            if self.spec.deltas:
+                parts.append(d1)
+            if self.spec.delta_deltas:
+                parts.append(self.delta(d1))
+        frames = torch.cat(parts, dim=0).T.contiguous().numpy()  # (T, D)
+        return stack_frames(frames, self.spec.stack, self.spec.subsample)
+
+
+def stack_frames(frames: np.ndarray, stack: int, subsample: int) -> np.ndarray:
+    """Concatenate each frame with the next stack-1 (repeating the last), keep every k-th."""
+    if stack > 1:
+        padded = np.concatenate([frames, np.repeat(frames[-1:], stack - 1, axis=0)])
+        frames = np.concatenate([padded[i:i + len(frames)] for i in range(stack)], axis=1)
+    return np.ascontiguousarray(frames[::subsample])
+
+
+def extract(waveform: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """One-off extraction; the store keeps an Extractor per worker instead."""
+    return Extractor(spec)(waveform)
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension mean and standard deviation, fitted on training data only.
+
+    `speakers` optionally holds each speaker's own statistics (per-speaker normalisation);
+    a speaker it does not know (at serving time, say) gets the global statistics.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    speakers: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def apply(self, frames: np.ndarray, speaker: str | None = None) -> np.ndarray:
+        mean, std = self.mean, self.std
+        if self.speakers and speaker in self.speakers:
+            mean, std = self.speakers[speaker]
+        return ((frames.astype(np.float32) - mean) / std).astype(np.float32)
+
+    @staticmethod
+    def from_moments(total: np.ndarray, total_sq: np.ndarray, count: float,
+                     floor: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+        mean = total / count
+        var = np.maximum(total_sq / count - mean * mean, floor)
+        return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(),
+                "speakers": {k: [m.tolist(), s.tolist()] for k, (m, s) in
+                             (self.speakers or {}).items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalizer":
+        speakers = {k: (np.asarray(m, np.float32), np.asarray(s, np.float32))
+                    for k, (m, s) in (data.get("speakers") or {}).items()}
+        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32),
+                   speakers or None)

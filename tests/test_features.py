@@ -1,0 +1,202 @@
+"""The feature store: torchaudio MFCCs, identical whatever the workers, cached, self-checking,
+normalised with training statistics only."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+
+from components import features, ingest
+from components.config import FeaturesConfig
+from conftest import assert_one_line_error, emoalign
+from model.features import Extractor, FeatureSpec, extract, stack_frames
+
+
+@pytest.fixture(scope="module")
+def manifest(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ingest")
+    ingest.run(small_corpus, out)
+    return out / ingest.MANIFEST_FILENAME
+
+
+@pytest.fixture(scope="module")
+def store(manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features") / "store"
+    features.run(manifest, out, FeaturesConfig(workers=1, dtype="float32"))
+    return features.FeatureStore(out, verify=True)
+
+
+@pytest.fixture(scope="module")
+def wavs(manifest) -> dict[str, str]:
+    m = ingest.read_manifest(manifest)
+    return dict(zip(m["utt_id"], m["wav_path"]))
+
+
+def test_mfcc_matches_a_direct_torchaudio_call(store, wavs):
+    utt = store.index["utt_id"].iloc[3]
+    row = store.index.iloc[3]
+    audio, rate = soundfile.read(wavs[utt], dtype="float32")
+    mfcc = torchaudio.transforms.MFCC(
+        sample_rate=16000, n_mfcc=13,
+        melkwargs={"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40})
+    coefficients = mfcc(torch.from_numpy(audio))
+    delta = torchaudio.functional.compute_deltas(coefficients, win_length=5)
+    delta2 = torchaudio.functional.compute_deltas(delta, win_length=5)
+    expected = torch.cat([coefficients, delta, delta2]).T.numpy()
+    assert store.get(utt).shape == expected.shape == (row["length"], 39)
+    np.testing.assert_allclose(store.get(utt), expected, rtol=1e-5, atol=1e-4)
+    assert len(expected) == 1 + len(audio) // 160  # 10 ms hop, centred frames
+
+
+def test_serving_extraction_equals_the_store(store, wavs):
+    spec = store.spec
+    for utt in store.index["utt_id"].iloc[:5]:
+        audio, _ = soundfile.read(wavs[utt], dtype="float32")
+        np.testing.assert_array_equal(extract(audio, spec), store.get(utt))
+
+
+def test_reads_are_memory_mapped_views(store):
+    frames = store.get(store.index["utt_id"].iloc[0])
+    assert isinstance(frames, np.memmap) and not frames.flags.owndata
+
+
+def test_worker_count_does_not_change_a_byte(manifest, tmp_path):
+    one = features.run(manifest, tmp_path / "one", FeaturesConfig(workers=1))
+    two = features.run(manifest, tmp_path / "two", FeaturesConfig(workers=2))
+    for name in ("frames.bin", "index.parquet", "normalization.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert one.n_frames == two.n_frames > 0
+
+
+def test_cache_hit_and_misses(manifest, tmp_path, small_corpus):
+    config = FeaturesConfig(workers=1)
+    first = features.run(manifest, tmp_path / "s", config)
+    assert not first.reused
+    again = features.run(manifest, tmp_path / "s", config)
+    assert again.reused and "reused" in again.message
+    other = features.run(manifest, tmp_path / "s", FeaturesConfig(workers=1, n_mfcc=20))
+    assert not other.reused and "stale" in other.message
+    assert features.FeatureStore(tmp_path / "s").spec.n_mfcc == 20
+
+    # A re-recorded wav (new mtime) is noticed; with content hashing, a mere touch is not.
+    wav = ingest.read_manifest(manifest)["wav_path"].iloc[0]
+    st = os.stat(wav)
+    key = features.cache_key(ingest.read_manifest(manifest), config)
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        assert features.cache_key(ingest.read_manifest(manifest), config) != key
+        hashed = FeaturesConfig(workers=1, content_hash=True)
+        key = features.cache_key(ingest.read_manifest(manifest), hashed)
+        os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+        assert features.cache_key(ingest.read_manifest(manifest), hashed) == key
+    finally:
+        os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_shared_cache_serves_a_second_output_folder(manifest, tmp_path):
+    config = FeaturesConfig(workers=1, cache_dir=str(tmp_path / "cache"))
+    first = features.run(manifest, tmp_path / "run1", config)
+    second = features.run(manifest, tmp_path / "run2", config)
+    assert not first.reused and second.reused
+    assert first.store_dir == second.store_dir and first.store_dir.parent == tmp_path / "cache"
+    assert os.path.samefile(tmp_path / "run2" / "frames.bin", first.store_dir / "frames.bin")
+    assert features.check_store(tmp_path / "run2") is None
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: _flip_byte(d / "frames.bin"), "checksum mismatch in frames.bin"),
+    (lambda d: (d / "store.json").unlink(), "incomplete"),
+    (lambda d: (d / "frames.bin").write_bytes(b"\0" * 10), "wrong size"),
+    (lambda d: (d / "index.parquet").write_bytes(b"junk"), "checksum mismatch in index"),
+])
+def test_a_damaged_store_is_rebuilt_never_used(manifest, tmp_path, damage, reason):
+    config = FeaturesConfig(workers=1)
+    features.run(manifest, tmp_path / "s", config)
+    good = (tmp_path / "s" / "frames.bin").read_bytes()
+    damage(tmp_path / "s")
+    assert reason in features.check_store(tmp_path / "s")
+    with pytest.raises(Exception, match="feature store"):
+        features.FeatureStore(tmp_path / "s", verify=True)
+    result = features.run(manifest, tmp_path / "s", config)
+    assert not result.reused and reason in result.message
+    assert (tmp_path / "s" / "frames.bin").read_bytes() == good
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_leftover_partial_build_is_ignored(manifest, tmp_path):
+    (tmp_path / "s.partial-99999").mkdir()
+    (tmp_path / "s.partial-99999" / "frames.bin").write_bytes(b"half")
+    result = features.run(manifest, tmp_path / "s", FeaturesConfig(workers=1))
+    assert not result.reused and features.check_store(tmp_path / "s") is None
+
+
+def test_normalisation_is_fitted_on_training_sessions_only(store):
+    frames = {u: np.asarray(store.get(u), np.float64) for u in store.index["utt_id"]}
+    for held_out in (1, 5):
+        train = [u for u, s in zip(store.index["utt_id"], store.index["session"])
+                 if s != held_out]
+        stacked = np.concatenate([frames[u] for u in train])
+        normalizer = store.normalizer(held_out)
+        np.testing.assert_allclose(normalizer.mean, stacked.mean(0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(normalizer.std, stacked.std(0), rtol=1e-3, atol=1e-4)
+    # The held-out session's statistics differ, so leaking them would show.
+    assert not np.allclose(store.normalizer(5).mean, store.normalizer(None).mean)
+    normalized = store.normalizer(5).apply(np.concatenate(
+        [frames[u] for u, s in zip(store.index["utt_id"], store.index["session"]) if s != 5]))
+    np.testing.assert_allclose(normalized.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(normalized.std(0), 1, atol=1e-2)
+
+
+def test_speaker_normalisation_falls_back_to_training_statistics(store):
+    normalizer = store.normalizer(5, mode="speaker")
+    utt = store.index["utt_id"].iloc[0]
+    speaker = store.index["speaker"].iloc[0]
+    own = np.asarray(store.get(utt), np.float32)
+    mean, std = normalizer.speakers[speaker]
+    np.testing.assert_allclose(normalizer.apply(own, speaker), (own - mean) / std, rtol=1e-6)
+    np.testing.assert_allclose(normalizer.apply(own, "Unknown"),
+                               (own - normalizer.mean) / normalizer.std, rtol=1e-6)
+
+
+def test_stacking_and_subsampling():
+    frames = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+    stacked = stack_frames(frames, stack=3, subsample=3)
+    assert stacked.shape == (4, 6)
+    np.testing.assert_array_equal(stacked[0], [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(stacked[-1], [18, 19, 18, 19, 18, 19])  # last frame repeated
+    spec = FeatureSpec(stack=3, subsample=3)
+    out = Extractor(spec)(np.random.default_rng(0).standard_normal(16000).astype(np.float32))
+    assert out.shape == (34, spec.dim) and spec.dim == 117
+
+
+def test_an_unreadable_wav_stops_the_step_naming_it(manifest, tmp_path):
+    m = ingest.read_manifest(manifest)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....")
+    m.loc[2, "wav_path"] = str(broken)
+    m.to_parquet(tmp_path / "manifest.parquet")
+    with pytest.raises(features.FeatureInputError, match=f"cannot read {broken}"):
+        features.run(tmp_path / "manifest.parquet", tmp_path / "s", FeaturesConfig(workers=1))
+    result = emoalign("features", "--manifest", tmp_path / "manifest.parquet", "--out",
+                      tmp_path / "s")
+    assert_one_line_error(result, "cannot read", m.loc[2, "utt_id"])
+    assert not (tmp_path / "s" / "store.json").exists()
+
+
+def test_cli_features_reuses(manifest, tmp_path):
+    first = emoalign("features", "--manifest", manifest, "--out", tmp_path / "s")
+    assert first.returncode == 0, first.stderr
+    assert "built the feature store" in first.stdout
+    second = emoalign("features", "--manifest", manifest, "--out", tmp_path / "s")
+    assert "reused the feature store" in second.stdout
+    meta = json.loads((tmp_path / "s" / "store.json").read_text())
+    assert meta["dtype"] == "float16" and meta["dim"] == 39
