@@ -32,7 +32,7 @@ compile: install
 # Re-resolve the lock from pyproject.toml in a scratch venv (needs the package index).
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	.venv-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	.venv-lock/bin/pip freeze --exclude-editable --disable-pip-version-check | sort > requirements.lock
 	rm -rf .venv-lock
 
