@@ -107,12 +107,54 @@ class FeaturesConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The network (model/network.py)."""
+
+    kind: str = "align"  # align | speech | text | late_fusion
+    attention: str = "additive"  # additive (the paper) | dot (scaled dot product)
+    embed_dim: int = 100
+    hidden: int = 64
+    attention_dim: int = 64
+    frame_pool: int = 5
+    dropout: float = 0.3
+    word_vectors: str = ""  # a local GloVe-format file; "" = embeddings learnt from scratch
+    min_word_count: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"  # cosine (down to lr/10 at the last epoch) | constant
+    patience: int = 8  # epochs without a better validation UA before stopping
+    min_epochs: int = 12  # no model is picked, and training never stops, before this
+    # Speakers held out of the training sessions for early stopping, one per session.
+    validation_speakers: int = 1
+    grad_clip: float = 1.0
+    class_weights: bool = False  # weight the loss by inverse class frequency
+    # Align model only: share of training utterances shown without speech or without words,
+    # so that fusion learns to use both modalities.
+    modality_dropout: float = 0.3
+    bucketing: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast on CUDA
+    threads: int = 0  # CPU threads; 0 = one per core
+
+
+@dataclass
 class Config:
     seed: int = 0
+    # holdout: train on four sessions, test on `holdout_session`;
+    # loso: leave-one-session-out 5-fold cross-validation.
+    protocol: str = "holdout"
+    holdout_session: int = 5
     sample_corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> None:
         unknown = [c for c in self.ingest.classes if c not in CLASS_CODES]
@@ -151,6 +193,34 @@ class Config:
             raise ConfigError("features.hop_ms must be positive and at most features.win_ms")
         if f.workers < 0:
             raise ConfigError("features.workers must not be negative")
+        if self.protocol not in ("holdout", "loso"):
+            raise ConfigError(f"protocol must be holdout or loso, got {self.protocol!r}")
+        if self.holdout_session not in (1, 2, 3, 4, 5):
+            raise ConfigError(f"holdout_session must be 1..5, got {self.holdout_session}")
+        m, t = self.model, self.train
+        kinds, attentions = ("align", "speech", "text", "late_fusion"), ("additive", "dot")
+        if m.kind not in kinds:
+            raise ConfigError(f"model.kind must be one of {', '.join(kinds)}, got {m.kind!r}")
+        if m.attention not in attentions:
+            raise ConfigError(f"model.attention must be additive or dot, got {m.attention!r}")
+        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count"):
+            if getattr(m, key) < 1:
+                raise ConfigError(f"model.{key} must be at least 1")
+        if not 0 <= m.dropout < 1:
+            raise ConfigError("model.dropout must be in [0, 1)")
+        if not 0 <= self.train.modality_dropout < 1:
+            raise ConfigError("train.modality_dropout must be in [0, 1)")
+        for key in ("epochs", "batch_size"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be at least 1")
+        if t.lr <= 0 or t.grad_clip < 0 or t.patience < 1 or t.threads < 0:
+            raise ConfigError("train.lr must be positive, train.patience at least 1, "
+                              "train.grad_clip and train.threads not negative")
+        if t.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"train.lr_schedule must be cosine or constant, got "
+                              f"{t.lr_schedule!r}")
+        if t.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
         for key, warn in vars(v.drift).items():
             if key.endswith("_warn") and warn > getattr(v.drift, key[:-5] + "_fail"):
                 raise ConfigError(f"validate.drift.{key} is above its _fail threshold")

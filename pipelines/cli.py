@@ -105,6 +105,35 @@ def cmd_features(args) -> int:
     return 0
 
 
+# ---- train / evaluate -------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from components import train
+
+    config = _load_config(args)
+    summary = train.run(Path(args.store), Path(args.manifest), Path(args.out), config,
+                        resume=args.resume)
+    for fold in summary["folds"]:
+        print(f"{fold['fold']}: best validation UA {fold['best_val_ua']:.3f} at epoch "
+              f"{fold['best_epoch']} ({fold['n_train']} train, {fold['n_val']} validation, "
+              f"{fold['n_test']} test utterances)")
+    print(f"trained {summary['model_kind']} ({summary['protocol']}) on {summary['device']} in "
+          f"{summary['seconds']:.1f} s; models under {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from components import evaluate
+
+    config = _load_config(args)
+    metrics = evaluate.run(Path(args.model), Path(args.store), Path(args.manifest),
+                           Path(args.out), config)
+    for line in evaluate.report_lines(metrics):
+        print(line)
+    print(f"metrics, predictions and plots under {args.out}")
+    return 0
+
+
 # ---- run --------------------------------------------------------------------------------
 
 def ensure_default_corpus(config) -> Path:
@@ -136,7 +165,7 @@ def resolve_data_hash(corpus: Path) -> tuple[str, str]:
 
 
 def cmd_run(args) -> int:
-    from components import ingest, iemocap, lineage, validate
+    from components import evaluate, ingest, iemocap, lineage, train, validate
     from pipelines.local import run_pipeline
 
     config = _load_config(args)
@@ -170,6 +199,11 @@ def cmd_run(args) -> int:
     print(f"features: {'reused' if store_meta['reused'] else 'built'} "
           f"{int(store_meta['utterances'])} utterances, {int(store_meta['frames']):,} frames "
           f"({store_meta['cache_entry']})")
+    trained = json.loads((run.task_dir("train") / "model" / train.SUMMARY_FILENAME).read_text())
+    metrics = json.loads((run.task_dir("evaluate") / "evaluation" / evaluate.METRICS_FILENAME)
+                         .read_text())
+    for line in evaluate.report_lines(metrics):
+        print(line)
     print(f"\npipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     if args.summary_json:
         summary = {
@@ -179,6 +213,11 @@ def cmd_run(args) -> int:
             "n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
             "label_counts": report["counts"]["label"],
             "n_kept": checks["counts"]["kept"], "n_quarantined": checks["counts"]["quarantined"],
+            "wa": metrics["wa"], "ua": metrics["ua"],
+            "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
+            "confusion": metrics["confusion"], "model_kind": metrics["model_kind"],
+            "protocol": metrics["protocol"], "n_test": metrics["n_test"],
+            "n_train": sum(f["n_train"] for f in trained["folds"]),
         }
         Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
     return 0
@@ -254,6 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the store folder (reused when unchanged)")
     _add_config_args(p)
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train the model (or a baseline) on each fold")
+    p.add_argument("--store", required=True, help="the feature store folder")
+    p.add_argument("--manifest", required=True, help="the validated manifest (or its folder)")
+    p.add_argument("--out", required=True, help="where the fold models go")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last epoch checkpoint in --out")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="WA, UA, confusion, per-session results, plots")
+    p.add_argument("--model", required=True, help="what train wrote (--out of train)")
+    p.add_argument("--store", required=True, help="the feature store folder")
+    p.add_argument("--manifest", required=True, help="the validated manifest (or its folder)")
+    p.add_argument("--out", required=True, help="where metrics, predictions and plots go")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
     p.add_argument("--out", default=str(DEFAULT_COMPILED))

@@ -17,3 +17,9 @@ def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str):
     features = steps.features(validated=validate.outputs["validated"], config_yaml=config_yaml,
                               data_hash=data_hash)
     features.set_display_name("features")
+    train = steps.train(store=features.outputs["store"], validated=validate.outputs["validated"],
+                        config_yaml=config_yaml)
+    train.set_display_name("train")
+    evaluate = steps.evaluate(model=train.outputs["model"], store=features.outputs["store"],
+                              validated=validate.outputs["validated"], config_yaml=config_yaml)
+    evaluate.set_display_name("evaluate")

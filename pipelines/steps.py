@@ -8,7 +8,8 @@ places because the base image is the project's image and KFP is not reinstalled 
 import os
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import (HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
+                     Output)
 
 PROJECT_VERSION = "0.1.0"
 # The image the infra/ Dockerfile builds; override for a registry of your own.
@@ -95,3 +96,50 @@ def features(
     summary.log_metric("utterances", result.n_utterances)
     summary.log_metric("frames", result.n_frames)
     summary.log_metric("reused", int(result.reused))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(
+    store: Input[Dataset],
+    validated: Input[Dataset],
+    config_yaml: str,
+    model: Output[Model],
+):
+    """One model per fold of the configured protocol (GPU when the node has one)."""
+    from pathlib import Path
+
+    from components import train as step
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    summary = step.run(Path(store.path), Path(validated.path), Path(model.path), config)
+    model.metadata.update(kind=summary["model_kind"], protocol=summary["protocol"],
+                          device=summary["device"], seconds=summary["seconds"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    store: Input[Dataset],
+    validated: Input[Dataset],
+    config_yaml: str,
+    evaluation: Output[Dataset],
+    scores: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[Markdown],
+) -> float:
+    """Test-set WA/UA per fold, confusion matrix, plots; returns UA for the gate."""
+    from pathlib import Path
+
+    from components import evaluate as step
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    metrics = step.run(Path(model.path), Path(store.path), Path(validated.path),
+                       Path(evaluation.path), config)
+    for key in ("wa", "ua", "wa_std", "ua_std"):
+        scores.log_metric(key, metrics[key])
+    confusion.log_confusion_matrix(metrics["classes"], metrics["confusion"])
+    Path(report.path).write_text("# Evaluation\n\n```\n"
+                                 + "\n".join(step.report_lines(metrics)) + "\n```\n")
+    return metrics["ua"]

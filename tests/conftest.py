@@ -46,3 +46,25 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(lines) == 1 and lines[0].startswith("emoalign: error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+# Small, fast model settings for tests that train (a few seconds per model on one thread).
+TINY = ["train.epochs=3", "model.hidden=16", "model.embed_dim=16", "model.attention_dim=16",
+        "model.frame_pool=10", "train.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> dict[str, Path]:
+    """A 200-utterance corpus taken through ingest, validate and features (every class in
+    every training fold), for the tests that train and evaluate."""
+    from components import features, ingest, validate
+    from components.config import load_config
+
+    work = tmp_path_factory.mktemp("prepared")
+    corpus = work / "IEMOCAP_full_release"
+    sample_corpus.generate(corpus, 200, seed=7)
+    config = load_config()
+    ingest.run(corpus, work / "ingest")
+    validate.run(work / "ingest", work / "validated", config.ingest.classes, config.validate)
+    features.run(work / "validated", work / "store", config.features)
+    return {"corpus": corpus, "validated": work / "validated", "store": work / "store"}

@@ -7,30 +7,31 @@ import pytest
 import yaml
 
 from components import features, ingest, lineage
-from components.config import Config, config_from_yaml
-from conftest import assert_one_line_error, emoalign, truth_of
+from components.config import Config, config_from_yaml, load_config
+from conftest import TINY, assert_one_line_error, emoalign, truth_of
 from pipelines import cli
 from pipelines.local import PipelineFailed, run_pipeline
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
+def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
+    corpus = prepared["corpus"]
     summary_path = tmp_path / "summary.json"
-    result = emoalign("run", "--corpus", small_corpus.parent, "--workdir", tmp_path / "runs",
-                      "--summary-json", summary_path)
+    result = emoalign("run", "--corpus", corpus.parent, "--workdir", tmp_path / "runs",
+                      "--summary-json", summary_path, *sum((["--set", o] for o in TINY), []))
     assert result.returncode == 0, result.stderr + result.stdout
-    for task in ("ingest", "validate"):
+    for task in ("ingest", "validate", "features", "train", "evaluate"):
         assert f"Executing task '{task}'" in result.stdout
         assert f"Task '{task}' finished with status SUCCESS" in result.stdout
-    assert "validation passed: 60 rows = 60 kept + 0 quarantined" in result.stdout
+    assert "validation passed: 200 rows = 200 kept + 0 quarantined" in result.stdout
     assert "Streamed logs" not in result.stdout  # the full task logs go to pipeline.log
 
     summary = json.loads(summary_path.read_text())
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == (tmp_path / "runs" / "pipeline_root").resolve()
-    assert summary["data_hash"] == lineage.corpus_hash(small_corpus)
-    truth = truth_of(small_corpus)
+    assert summary["data_hash"] == lineage.corpus_hash(corpus)
+    truth = truth_of(corpus)
     assert summary["label_counts"] == truth["counts"]["class4"]
     assert summary["n_label_blocks"] == truth["n_utterances"]
 
@@ -43,12 +44,19 @@ def test_run_executes_the_pipeline_through_kfp_local(small_corpus, tmp_path):
     assert "```" in (task / "summary").read_text()
     assert "Streamed logs" in (run_dir / "pipeline.log").read_text()
     resolved = config_from_yaml((run_dir / "config.resolved.yaml").read_text())
-    expected = Config()
+    expected = load_config(None, TINY)
     expected.features.cache_dir = str((tmp_path / "runs" / "feature_cache").resolve())
     assert resolved == expected and summary["config_sha256"] == expected.sha256()
     store = features.FeatureStore(run_dir / "features" / "store", verify=True)
     assert len(store) == truth["n_utterances"]
-    assert "features: built 60 utterances" in result.stdout
+    assert "features: built 200 utterances" in result.stdout
+    metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    assert (summary["wa"], summary["ua"]) == (metrics["wa"], metrics["ua"])
+    session5_labelled = sum(1 for u, i in truth["utterances"].items() if u.startswith("Ses05")
+                            and i["code"] in ("neu", "hap", "exc", "ang", "sad"))
+    assert summary["n_test"] == metrics["n_test"] == session5_labelled
+    assert f"align (holdout): WA {metrics['wa']:.3f}" in result.stdout
+    assert (run_dir / "train" / "model" / "session5" / "model.pt").is_file()
     assert (summary["n_kept"], summary["n_quarantined"]) == (truth["n_utterances"], 0)
     validated = run_dir / "validate" / "validated"
     assert ingest.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]

@@ -1,0 +1,213 @@
+"""Evaluate: each fold's model on its held-out session -> metrics, tables and pictures.
+
+WA is overall accuracy, UA the mean per-class recall. Under leave-one-session-out both are
+reported as mean ± std over the folds (the field's convention) and also pooled over every
+test utterance; per-class precision/recall/F1, confusion matrices (counts and
+row-normalised) and per-session results come with them.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components import train
+from components.config import Config
+from components.errors import UserError
+from components.features import FeatureStore
+from model.data import Example, collate
+from model.metrics import scores
+
+METRICS_FILENAME = "metrics.json"
+PREDICTIONS_FILENAME = "predictions.csv"
+CONFUSION_PNG = "confusion.png"
+CURVES_PNG = "learning_curves.png"
+ATTENTION_PNG = "attention.png"
+REPORT_MD = "report.md"
+
+
+def fold_dirs(model_dir: Path) -> list[Path]:
+    folds = sorted(p.parent for p in Path(model_dir).glob(f"*/{train.MODEL_FILENAME}"))
+    if not folds:
+        raise UserError(f"no trained model under {model_dir} (expected <fold>/model.pt)")
+    return folds
+
+
+def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
+        config: Config) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = FeatureStore(Path(store_dir))
+    rows = train.labelled_rows(manifest_path, config.ingest.classes)
+    device = torch.device("cpu")
+    predictions, folds, histories, attention_cases = [], [], {}, None
+    classes = None
+    for fold_dir in fold_dirs(model_dir):
+        model, prepared, bundle = train.load_bundle(fold_dir / train.MODEL_FILENAME, device)
+        classes = bundle["classes"]
+        fold = json.loads((fold_dir / train.FOLD_FILENAME).read_text())
+        examples = prepared.examples(fold["test_ids"], store, rows)
+        log_p = train.predict(model, examples, device)
+        predicted = log_p.argmax(1)
+        labels = np.array([e.label for e in examples])
+        fold_scores = scores(labels, predicted, classes)
+        folds.append({"fold": fold["name"], "test_session": fold["test_session"],
+                      "wa": fold_scores["wa"], "ua": fold_scores["ua"],
+                      "n": fold_scores["n"], "best_epoch": bundle["best_epoch"]})
+        for e, p, lp in zip(examples, predicted, log_p):
+            predictions.append({"utt_id": e.utt_id, "session": fold["test_session"],
+                                "speaker": rows.at[e.utt_id, "speaker"],
+                                "label": classes[e.label], "predicted": classes[p],
+                                **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)}})
+        if bundle["spec"]["kind"] in ("align", "late_fusion"):
+            folds[-1]["ablation"] = _ablation(model, examples, labels, classes, device)
+        histories[fold["name"]] = json.loads((fold_dir / train.HISTORY_FILENAME).read_text())
+        if attention_cases is None and bundle["spec"]["kind"] == "align":
+            attention_cases = _attention_cases(model, examples[:3], rows, bundle)
+
+    table = pd.DataFrame(predictions)
+    label_ids = table["label"].map(classes.index).to_numpy()
+    pred_ids = table["predicted"].map(classes.index).to_numpy()
+    pooled = scores(label_ids, pred_ids, classes)
+    per_session = {}
+    for session, part in table.groupby("session"):
+        s = scores(part["label"].map(classes.index), part["predicted"].map(classes.index),
+                   classes)
+        per_session[str(session)] = {"wa": s["wa"], "ua": s["ua"], "n": s["n"]}
+    fold_wa = np.array([f["wa"] for f in folds])
+    fold_ua = np.array([f["ua"] for f in folds])
+    metrics = {
+        "protocol": config.protocol, "model_kind": config.model.kind, "classes": classes,
+        "wa": float(fold_wa.mean()), "ua": float(fold_ua.mean()),
+        "wa_std": float(fold_wa.std()), "ua_std": float(fold_ua.std()),
+        "pooled": {"wa": pooled["wa"], "ua": pooled["ua"]},
+        "per_class": pooled["per_class"], "confusion": pooled["confusion"],
+        "confusion_normalized": pooled["confusion_normalized"],
+        "per_session": per_session, "folds": folds, "n_test": int(len(table)),
+        "chance_ua": 1 / len(classes),
+    }
+    if all("ablation" in f for f in folds):
+        metrics["ablation"] = {k: float(np.mean([f["ablation"][k] for f in folds]))
+                               for k in folds[0]["ablation"]}
+    table.to_csv(out_dir / PREDICTIONS_FILENAME, index=False)
+    (out_dir / METRICS_FILENAME).write_text(json.dumps(metrics, indent=1))
+    _plot_confusion(pooled, classes, out_dir / CONFUSION_PNG)
+    _plot_curves(histories, out_dir / CURVES_PNG)
+    if attention_cases:
+        _plot_attention(attention_cases, out_dir / ATTENTION_PNG)
+    (out_dir / REPORT_MD).write_text("\n".join(report_lines(metrics)) + "\n")
+    return metrics
+
+
+def _ablation(model, examples, labels, classes, device) -> dict:
+    """UA with one modality taken away: speech frames set to the training mean (zeros once
+    normalised), or every word made unknown. A fusion model that uses both loses UA either
+    way; one that quietly ignores a modality loses nothing when it goes."""
+    no_speech = [Example(e.utt_id, np.zeros_like(e.frames), e.words, e.label)
+                 for e in examples]
+    no_text = [Example(e.utt_id, e.frames, [1] * len(e.words), e.label) for e in examples]
+    return {name: scores(labels, train.predict(model, part, device).argmax(1), classes)["ua"]
+            for name, part in (("ua_without_speech", no_speech), ("ua_without_text", no_text))}
+
+
+def _attention_cases(model, examples, rows, bundle) -> list[dict]:
+    """Word-by-frame attention weights of a few test utterances."""
+    from model.text import tokenize
+
+    cases = []
+    frame_seconds = bundle["spec"]["frame_pool"] / 100.0 * bundle["feature_spec"]["subsample"]
+    with torch.no_grad():
+        for e in examples:
+            batch = collate([e])
+            _, weights = model(batch.frames, batch.frame_lengths, batch.words,
+                               batch.word_lengths, return_attention=True)
+            words = tokenize(rows.at[e.utt_id, "transcript"]) or ["<unk>"]
+            cases.append({"utt_id": e.utt_id, "words": words,
+                          "weights": weights[0, :len(words)].numpy(),
+                          "frame_seconds": frame_seconds})
+    return cases
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_confusion(pooled: dict, classes: list[str], path: Path) -> None:
+    plt = _plt()
+    normalized = np.array(pooled["confusion_normalized"])
+    counts = np.array(pooled["confusion"])
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{normalized[i, j]:.2f}\n({counts[i, j]})", ha="center",
+                    va="center", fontsize=8,
+                    color="white" if normalized[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"WA {pooled['wa']:.3f}  UA {pooled['ua']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_curves(histories: dict, path: Path) -> None:
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        left.plot(epochs, [h["loss"] for h in history], label=name)
+        right.plot(epochs, [h["val_ua"] for h in history], label=name)
+    left.set_title("training loss")
+    right.set_title("validation UA")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_attention(cases: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 2.2 * len(cases)), squeeze=False)
+    for ax, case in zip(axes[:, 0], cases):
+        weights = case["weights"]
+        seconds = weights.shape[1] * case["frame_seconds"]
+        ax.imshow(weights, aspect="auto", cmap="viridis", extent=(0, seconds, len(weights), 0))
+        ax.set_yticks(np.arange(len(case["words"])) + 0.5, case["words"], fontsize=7)
+        ax.set_title(case["utt_id"], fontsize=9)
+        ax.set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report_lines(metrics: dict) -> list[str]:
+    lines = [f"{metrics['model_kind']} ({metrics['protocol']}): WA {metrics['wa']:.3f}"
+             + (f" ± {metrics['wa_std']:.3f}" if len(metrics["folds"]) > 1 else "")
+             + f"  UA {metrics['ua']:.3f}"
+             + (f" ± {metrics['ua_std']:.3f}" if len(metrics["folds"]) > 1 else "")
+             + f"  on {metrics['n_test']} test utterances (chance UA "
+               f"{metrics['chance_ua']:.2f})"]
+    lines.append("class       recall  precision  f1     support")
+    for name, c in metrics["per_class"].items():
+        lines.append(f"{name:<11} {c['recall']:.3f}   {c['precision']:.3f}      {c['f1']:.3f}"
+                     f"  {c['support']}")
+    if "ablation" in metrics:
+        a = metrics["ablation"]
+        lines.append(f"modality ablation: UA {a['ua_without_speech']:.3f} without speech, "
+                     f"{a['ua_without_text']:.3f} without text")
+    lines.append("session  WA     UA     n")
+    for session, s in metrics["per_session"].items():
+        lines.append(f"{session:<8} {s['wa']:.3f}  {s['ua']:.3f}  {s['n']}")
+    return lines

@@ -1,0 +1,35 @@
+"""The field's measures: WA = overall accuracy, UA = mean per-class recall."""
+
+import numpy as np
+
+
+def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def scores(labels, predictions, classes: list[str]) -> dict:
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    matrix = confusion(labels, predictions, len(classes))
+    support = matrix.sum(1)
+    predicted = matrix.sum(0)
+    tp = np.diag(matrix).astype(float)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
+                   where=precision + recall > 0)
+    present = support > 0  # UA averages over the classes the test set holds
+    return {
+        "wa": float(tp.sum() / max(1, matrix.sum())),
+        "ua": float(recall[present].mean()) if present.any() else 0.0,
+        "n": int(matrix.sum()),
+        "per_class": {c: {"recall": float(recall[i]), "precision": float(precision[i]),
+                          "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        "confusion": matrix.tolist(),
+        "confusion_normalized": np.divide(matrix, support[:, None],
+                                          out=np.zeros(matrix.shape),
+                                          where=support[:, None] > 0).round(4).tolist(),
+    }

@@ -1,0 +1,211 @@
+"""The attention-alignment model of Xu et al. (Interspeech 2019) and the baselines it beats.
+
+    speech frames (B, T, F) ─► pool ─► BiLSTM ─► s (B, T', 2H) ───────┐
+                                                                      ├─ attention: each word
+    words (B, W) ─► embedding ─► BiLSTM ─► h (B, W, 2H) ──────────────┘  over all frames
+                                                   a_i = Σ_j α_ij s_j    (B, W, 2H)
+    [a_i ; h_i] ─► BiLSTM ─► max over words ─► dropout ─► linear ─► class logits
+
+Baselines trained by the same loop: speech-only and text-only (encoder ─► max pool ─►
+linear), and decision-level fusion (both, each with its own loss, probabilities averaged).
+Padded frames and words are masked everywhere: in the LSTMs (packed sequences), in the
+attention and in the pooling.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+KINDS = ("align", "speech", "text", "late_fusion")
+ATTENTIONS = ("additive", "dot")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str = "align"
+    n_classes: int = 4
+    feature_dim: int = 39
+    vocab_size: int = 2
+    embed_dim: int = 100
+    hidden: int = 64
+    attention: str = "additive"
+    attention_dim: int = 64
+    frame_pool: int = 5   # average this many frames before the speech LSTM (50 ms steps)
+    dropout: float = 0.3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]  # (B, L)
+
+
+class BiLSTM(nn.Module):
+    """A bidirectional LSTM over padded sequences, run packed so padding never enters."""
+
+    def __init__(self, inputs: int, hidden: int):
+        super().__init__()
+        self.lstm = nn.LSTM(inputs, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out  # (B, L, 2H), zeros past each length
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over dim 1 of (B, L, D), ignoring padded positions."""
+    return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+
+
+class SpeechEncoder(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.pool = spec.frame_pool
+        self.project = nn.Linear(spec.feature_dim, spec.hidden)
+        self.lstm = BiLSTM(spec.hidden, spec.hidden)
+
+    def forward(self, frames, frame_lengths):
+        # Average consecutive frames: a 4 s turn is 400 frames, too long a chain for an LSTM.
+        if self.pool > 1:
+            frames, frame_lengths = pool_frames(frames, frame_lengths, self.pool)
+        states = self.lstm(torch.relu(self.project(frames)), frame_lengths)
+        return states, frame_lengths  # (B, T', 2H)
+
+
+def pool_frames(frames, lengths, pool: int):
+    """Mean of each run of `pool` frames, counting real frames only, so an utterance pools
+    the same alone as beside longer ones. (B, T, F) -> (B, ceil(T/pool), F)."""
+    b, t, f = frames.shape
+    steps = -(-t // pool)
+    padded = F.pad(frames, (0, 0, 0, steps * pool - t))  # padding frames are zeros
+    sums = padded.view(b, steps, pool, f).sum(2)
+    starts = torch.arange(steps, device=lengths.device) * pool
+    counts = (lengths[:, None] - starts[None, :]).clamp(0, pool)  # (B, T')
+    pooled = sums / counts.clamp(min=1)[..., None].to(sums.dtype)
+    return pooled, torch.div(lengths + pool - 1, pool, rounding_mode="floor")
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.embed = nn.Embedding(spec.vocab_size, spec.embed_dim, padding_idx=0)
+        self.lstm = BiLSTM(spec.embed_dim, spec.hidden)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, words, word_lengths):
+        return self.lstm(self.dropout(self.embed(words)), word_lengths)  # (B, W, 2H)
+
+
+class Attention(nn.Module):
+    """Each word state attends over all speech states; returns aligned speech + weights."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.kind = spec.attention
+        d = 2 * spec.hidden
+        if self.kind == "additive":  # Bahdanau: v^T tanh(W_w h_i + W_s s_j)
+            self.w_word = nn.Linear(d, spec.attention_dim, bias=False)
+            self.w_speech = nn.Linear(d, spec.attention_dim)
+            self.v = nn.Linear(spec.attention_dim, 1, bias=False)
+        else:  # scaled dot product of projected queries and keys
+            self.query = nn.Linear(d, spec.attention_dim)
+            self.key = nn.Linear(d, spec.attention_dim)
+
+    def forward(self, words, speech, speech_mask):
+        if self.kind == "additive":
+            scores = self.v(torch.tanh(self.w_word(words)[:, :, None, :]
+                                       + self.w_speech(speech)[:, None, :, :])).squeeze(-1)
+        else:
+            scores = self.query(words) @ self.key(speech).transpose(1, 2)
+            scores = scores / self.key.out_features ** 0.5
+        scores = scores.masked_fill(~speech_mask[:, None, :], float("-inf"))  # (B, W, T')
+        weights = torch.softmax(scores, dim=-1)
+        return weights @ speech, weights  # (B, W, 2H), (B, W, T')
+
+
+class AlignModel(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.speech = SpeechEncoder(spec)
+        self.text = TextEncoder(spec)
+        self.attention = Attention(spec)
+        self.fusion = BiLSTM(4 * spec.hidden, spec.hidden)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
+
+    def forward(self, frames, frame_lengths, words, word_lengths, return_attention=False):
+        speech, speech_lengths = self.speech(frames, frame_lengths)
+        speech_mask = _lengths_mask(speech_lengths, speech.shape[1])
+        text = self.text(words, word_lengths)
+        aligned, weights = self.attention(text, speech, speech_mask)
+        fused = self.fusion(torch.cat([aligned, text], dim=-1), word_lengths)
+        pooled = masked_max(fused, _lengths_mask(word_lengths, words.shape[1]))
+        logits = self.out(self.dropout(pooled))
+        return (logits, weights) if return_attention else logits
+
+
+class SpeechModel(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.speech = SpeechEncoder(spec)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
+
+    def forward(self, frames, frame_lengths, words, word_lengths):
+        speech, lengths = self.speech(frames, frame_lengths)
+        return self.out(self.dropout(masked_max(speech, _lengths_mask(lengths,
+                                                                      speech.shape[1]))))
+
+
+class TextModel(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.text = TextEncoder(spec)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
+
+    def forward(self, frames, frame_lengths, words, word_lengths):
+        text = self.text(words, word_lengths)
+        return self.out(self.dropout(masked_max(text, _lengths_mask(word_lengths,
+                                                                    words.shape[1]))))
+
+
+class LateFusion(nn.Module):
+    """Decision-level fusion: a speech and a text model, each trained on its own loss;
+    the prediction averages their class probabilities."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.speech_model = SpeechModel(spec)
+        self.text_model = TextModel(spec)
+
+    def forward(self, frames, frame_lengths, words, word_lengths):
+        # (2, B, C): the loss treats each branch on its own; `log_probs` averages them.
+        return torch.stack([self.speech_model(frames, frame_lengths, words, word_lengths),
+                            self.text_model(frames, frame_lengths, words, word_lengths)])
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown model kind {spec.kind!r}")
+    return {"align": AlignModel, "speech": SpeechModel, "text": TextModel,
+            "late_fusion": LateFusion}[spec.kind](spec)
+
+
+def loss_fn(output: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:
+    if output.dim() == 3:  # late fusion: both branches learn from the labels
+        return sum(F.cross_entropy(o, labels, weight=weight) for o in output) / len(output)
+    return F.cross_entropy(output, labels, weight=weight)
+
+
+def log_probs(output: torch.Tensor) -> torch.Tensor:
+    if output.dim() == 3:
+        return torch.log(torch.softmax(output.float(), -1).mean(0))
+    return torch.log_softmax(output.float(), -1)

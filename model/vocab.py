@@ -1,0 +1,58 @@
+"""The word vocabulary: built from training transcripts only, with padding and unknown."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from model.text import tokenize
+
+PAD, UNK = "<pad>", "<unk>"
+
+
+class Vocabulary:
+    def __init__(self, words: list[str]):
+        self.words = [PAD, UNK] + [w for w in words if w not in (PAD, UNK)]
+        self.ids = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def build(cls, transcripts, min_count: int = 1) -> "Vocabulary":
+        counts = Counter(t for text in transcripts for t in tokenize(text))
+        # Most frequent first, ties alphabetical: the same transcripts give the same ids.
+        kept = sorted((w for w, n in counts.items() if n >= min_count),
+                      key=lambda w: (-counts[w], w))
+        return cls(kept)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str | None) -> list[int]:
+        ids = [self.ids.get(t, 1) for t in tokenize(text)]
+        return ids or [1]  # an empty transcript still gives the model one (unknown) word
+
+    def to_list(self) -> list[str]:
+        return list(self.words)
+
+    @classmethod
+    def from_list(cls, words: list[str]) -> "Vocabulary":
+        return cls(words[2:])
+
+
+def load_word_vectors(path: Path, vocab: Vocabulary, dim: int) -> tuple[np.ndarray, int]:
+    """Rows of a GloVe-format text file (word v1 v2 ...) for the vocabulary's words; words
+    it lacks keep a small random vector. Returns (matrix, words found)."""
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
+    matrix[0] = 0
+    found = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.rstrip().split(" ")
+            if len(parts) != dim + 1:
+                raise ValueError(f"{path}:{number}: expected a word and {dim} numbers, "
+                                 f"got {len(parts) - 1} numbers")
+            row = vocab.ids.get(parts[0])
+            if row is not None and row > 1:
+                matrix[row] = np.asarray(parts[1:], dtype=np.float32)
+                found += 1
+    return matrix, found

@@ -1,0 +1,118 @@
+"""The network, its masking, the vocabulary, the batching and the metrics."""
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from model.data import Example, batch_indices, collate
+from model.features import deltas
+from model.metrics import scores
+from model.network import KINDS, ModelSpec, build_model, log_probs, loss_fn
+from model.vocab import Vocabulary, load_word_vectors
+
+
+def examples(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Example(f"u{i}", rng.standard_normal((int(rng.integers(40, 200)), 39))
+                    .astype(np.float32), list(rng.integers(2, 30, size=int(rng.integers(1, 9)))),
+                    int(rng.integers(4))) for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_gives_class_scores_and_learns(kind):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind=kind, vocab_size=30, hidden=16, embed_dim=8,
+                                  attention_dim=8, dropout=0.0))
+    batch = collate(examples(8))
+    output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+    probs = log_probs(output).exp()
+    assert probs.shape == (8, 4)
+    torch.testing.assert_close(probs.sum(1), torch.ones(8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    first = None
+    for _ in range(30):
+        loss = loss_fn(model(batch.frames, batch.frame_lengths, batch.words,
+                             batch.word_lengths), batch.labels)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first  # it can fit a small batch
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padding_never_changes_an_utterance_score(kind):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind=kind, vocab_size=30, hidden=16, embed_dim=8,
+                                  attention_dim=8)).eval()
+    data = examples(6, seed=1)
+    together = collate(data)
+    with torch.no_grad():
+        batched = log_probs(model(together.frames, together.frame_lengths, together.words,
+                                  together.word_lengths))
+        for i, e in enumerate(data):
+            alone = collate([e])
+            single = log_probs(model(alone.frames, alone.frame_lengths, alone.words,
+                                     alone.word_lengths))
+            torch.testing.assert_close(single[0], batched[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["additive", "dot"])
+def test_attention_weights_cover_only_real_frames(attention):
+    model = build_model(ModelSpec(kind="align", vocab_size=30, hidden=16, embed_dim=8,
+                                  attention_dim=8, attention=attention, frame_pool=5)).eval()
+    batch = collate(examples(4, seed=2))
+    with torch.no_grad():
+        _, weights = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths,
+                           return_attention=True)
+    pooled = (batch.frame_lengths + 4) // 5
+    for i in range(4):
+        torch.testing.assert_close(weights[i].sum(-1), torch.ones(weights.shape[1]))
+        assert torch.all(weights[i, :, pooled[i]:] == 0)
+
+
+def test_ua_is_mean_recall_not_precision():
+    labels = [0, 0, 0, 0, 1, 1, 2, 3]
+    predicted = [0, 0, 0, 0, 0, 0, 2, 3]
+    s = scores(labels, predicted, ["a", "b", "c", "d"])
+    assert s["wa"] == 6 / 8
+    assert s["ua"] == pytest.approx((1 + 0 + 1 + 1) / 4)
+    assert s["per_class"]["a"]["precision"] == pytest.approx(4 / 6)
+    assert s["confusion"] == [[4, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    assert s["confusion_normalized"][1] == [1.0, 0, 0, 0]
+
+
+def test_vocabulary_and_unknown_words(tmp_path):
+    vocab = Vocabulary.build(["Hello there.", "Hello [LAUGHTER] you!"])
+    assert vocab.words[:3] == ["<pad>", "<unk>", "hello"]
+    assert vocab.encode("hello stranger") == [2, 1]
+    assert vocab.encode("") == [1]
+    assert Vocabulary.from_list(vocab.to_list()).ids == vocab.ids
+    vectors = tmp_path / "glove.txt"
+    vectors.write_text("hello 1 2 3\nzebra 4 5 6\n")
+    matrix, found = load_word_vectors(vectors, vocab, 3)
+    assert found == 1 and matrix[2].tolist() == [1, 2, 3] and matrix[0].tolist() == [0, 0, 0]
+    vectors.write_text("hello 1 2\n")
+    with pytest.raises(ValueError, match="expected a word and 3 numbers"):
+        load_word_vectors(vectors, vocab, 3)
+
+
+def test_bucketing_cuts_padding_and_covers_everything():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(50, 3000, size=500).tolist()
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b)
+                   for b in batches)
+
+    bucketed = batch_indices(lengths, 32, np.random.default_rng(1), bucketing=True)
+    plain = batch_indices(lengths, 32, np.random.default_rng(1), bucketing=False)
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(500))
+    assert padding(bucketed) < 0.2 * padding(plain)
+
+
+def test_deltas_equal_torchaudio():
+    c = torch.randn(100, 13)
+    torch.testing.assert_close(deltas(c).T, torchaudio.functional.compute_deltas(
+        c.T.contiguous(), win_length=5), atol=1e-5, rtol=1e-5)
