@@ -8,6 +8,7 @@ after a crash finishes with the same weights, bit for bit on CPU, as one never s
 """
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -44,7 +45,7 @@ class TrainError(UserError):
 class Fold:
     name: str
     test_session: int
-    val_speaker: str
+    val_speaker: str  # comma-separated when there are several
     train_ids: list[str]
     val_ids: list[str]
     test_ids: list[str]
@@ -84,8 +85,8 @@ def _check_fold(fold: Fold, labels: dict[str, str], classes: list[str]) -> None:
     if not fold.train_ids:
         raise TrainError(f"fold {fold.name}: the training set is empty")
     if not fold.val_ids:
-        raise TrainError(f"fold {fold.name}: validation speaker {fold.val_speaker} has no "
-                         "labelled utterances")
+        raise TrainError(f"fold {fold.name}: validation speaker(s) {fold.val_speaker} have "
+                         "no labelled utterances")
     present = {labels[u] for u in fold.train_ids}
     for name in classes:
         if name not in present:
@@ -124,7 +125,6 @@ class Prepared:
 def predict(model, examples: list[Example], device, batch_size: int = 64) -> np.ndarray:
     """Class log-probabilities (N, C), in the order of `examples`."""
     model.eval()
-    out = np.zeros((len(examples), 0))
     parts, order = [], []
     with torch.no_grad():
         for idx in batch_indices([len(e.frames) for e in examples], batch_size, None):
@@ -132,10 +132,16 @@ def predict(model, examples: list[Example], device, batch_size: int = 64) -> np.
             output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
             parts.append(log_probs(output).cpu().numpy())
             order.extend(idx.tolist())
-    if parts:
-        out = np.zeros((len(examples), parts[0].shape[1]))
-        out[order] = np.concatenate(parts)
+    if not parts:
+        return np.zeros((0, model_classes(model)))
+    out = np.zeros((len(examples), parts[0].shape[1]))
+    out[order] = np.concatenate(parts)
     return out
+
+
+def model_classes(model) -> int:
+    return next(m for m in reversed(list(model.modules()))
+                if isinstance(m, torch.nn.Linear)).out_features
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -344,9 +350,9 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
     for fold in folds:
         _check_fold(fold, labels, config.ingest.classes)
     # A checkpoint belongs to these data and settings only.
-    fingerprint = json.dumps({"config": config.to_dict(), "store": store.meta["key"],
-                              "rows": sorted(rows.index)}, sort_keys=True)
-    fingerprint = str(hash_text(fingerprint))
+    fingerprint = hashlib.sha256(json.dumps(
+        {"config": config.to_dict(), "store": store.meta["key"], "rows": sorted(rows.index)},
+        sort_keys=True).encode()).hexdigest()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -357,9 +363,3 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
                "seconds": round(time.perf_counter() - started, 2)}
     (out_dir / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def hash_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
