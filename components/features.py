@@ -10,6 +10,7 @@ store.json is written last, into a folder renamed into place only when complete,
 killed mid-write is never taken for a finished one; a checksum mismatch means a rebuild.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,10 +46,10 @@ class FeatureResult:
 
 
 def spec_of(config: FeaturesConfig) -> FeatureSpec:
-    return FeatureSpec(n_mfcc=config.n_mfcc, n_mels=config.n_mels, win_ms=config.win_ms,
-                       hop_ms=config.hop_ms, deltas=config.deltas,
-                       delta_deltas=config.delta_deltas, stack=config.stack,
-                       subsample=config.subsample)
+    """The extraction settings of the config (which keeps them as its own typed keys so that
+    loading a config never imports torch)."""
+    return FeatureSpec(**{f.name: getattr(config, f.name) for f in dataclasses.fields(FeatureSpec)
+                          if hasattr(config, f.name)})
 
 
 # ---- the cache key ----------------------------------------------------------------------

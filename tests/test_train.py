@@ -2,7 +2,6 @@
 measures, with clear errors, and fusion that really uses both modalities."""
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
