@@ -143,6 +143,23 @@ class TrainConfig:
 
 
 @dataclass
+class RegistryConfig:
+    """MLflow names and the promotion gate (components/registry.py). The tracking store is
+    not configured here: MLFLOW_TRACKING_URI, else SQLite under runs/."""
+
+    model_name: str = "emoalign"
+    experiment: str = "emoalign"
+    # A model below this UA is never registered (4 classes: chance is 0.25).
+    ua_floor: float = 0.40
+    # The challenger replaces the champion unless its UA, both re-scored on the same test
+    # utterances, is lower by more than this.
+    tolerance: float = 0.01
+    bootstrap_samples: int = 1000  # for the confidence interval of the UA difference
+    # Test utterances the registered model must score through MLflow before promotion.
+    infra_check_utterances: int = 8
+
+
+@dataclass
 class Config:
     seed: int = 0
     # holdout: train on four sessions, test on `holdout_session`;
@@ -155,6 +172,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def check(self) -> None:
         unknown = [c for c in self.ingest.classes if c not in CLASS_CODES]
@@ -224,6 +242,14 @@ class Config:
         for key, warn in vars(v.drift).items():
             if key.endswith("_warn") and warn > getattr(v.drift, key[:-5] + "_fail"):
                 raise ConfigError(f"validate.drift.{key} is above its _fail threshold")
+        r = self.registry
+        if not r.model_name.strip() or not r.experiment.strip():
+            raise ConfigError("registry.model_name and registry.experiment must not be empty")
+        if not 0 <= r.ua_floor <= 1 or not 0 <= r.tolerance <= 1:
+            raise ConfigError("registry.ua_floor and registry.tolerance must be in [0, 1]")
+        if r.bootstrap_samples < 100 or r.infra_check_utterances < 1:
+            raise ConfigError("registry.bootstrap_samples must be at least 100 and "
+                              "registry.infra_check_utterances at least 1")
         if self.sample_corpus.utterances < 11:
             raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
 

@@ -24,9 +24,10 @@ from components.config import Config
 from components.errors import UserError
 from components.features import FeatureStore
 from model.data import Example, batch_indices, collate
-from model.features import Normalizer
 from model.metrics import scores
-from model.network import ModelSpec, build_model, log_probs, loss_fn
+from model.features import Normalizer
+from model.network import ModelSpec, build_model, loss_fn
+from model.serving import load_fold, predict_log_probs
 from model.vocab import Vocabulary, load_word_vectors
 
 MODEL_FILENAME = "model.pt"
@@ -123,25 +124,8 @@ class Prepared:
 
 
 def predict(model, examples: list[Example], device, batch_size: int = 64) -> np.ndarray:
-    """Class log-probabilities (N, C), in the order of `examples`."""
-    model.eval()
-    parts, order = [], []
-    with torch.no_grad():
-        for idx in batch_indices([len(e.frames) for e in examples], batch_size, None):
-            batch = collate([examples[i] for i in idx]).to(device)
-            output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
-            parts.append(log_probs(output).cpu().numpy())
-            order.extend(idx.tolist())
-    if not parts:
-        return np.zeros((0, model_classes(model)))
-    out = np.zeros((len(examples), parts[0].shape[1]))
-    out[order] = np.concatenate(parts)
-    return out
-
-
-def model_classes(model) -> int:
-    return next(m for m in reversed(list(model.modules()))
-                if isinstance(m, torch.nn.Linear)).out_features
+    """Class log-probabilities (N, C), in the order of `examples` (as serving computes them)."""
+    return predict_log_probs(model, examples, device, batch_size)
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -265,7 +249,8 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
     bundle = {"state_dict": state["best_state"], "spec": spec.to_dict(),
               "vocab": vocab.to_list(), "normalizer": prepared.normalizer.to_dict(),
               "normalization": config.features.normalization, "classes": classes,
-              "feature_spec": store.spec.to_dict(), "fold": fold.name,
+              "feature_spec": store.spec.to_dict(), "feature_dtype": store.meta["dtype"],
+              "fold": fold.name,
               "best_epoch": state["best_epoch"], "best_val_ua": state["best_ua"]}
     _save_atomic(bundle, out_dir / MODEL_FILENAME)
     (out_dir / HISTORY_FILENAME).write_text(json.dumps(state["history"], indent=1))
@@ -314,13 +299,9 @@ def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec) -> 
 
 def load_bundle(path: Path, device="cpu"):
     """A trained fold model and what it needs to see inputs as in training."""
-    bundle = torch.load(Path(path), map_location=device, weights_only=True)
-    model = build_model(ModelSpec(**bundle["spec"]))
-    model.load_state_dict(bundle["state_dict"])
-    model.to(device).eval()
-    prepared = Prepared(Vocabulary.from_list(bundle["vocab"]),
-                        Normalizer.from_dict(bundle["normalizer"]), bundle["classes"])
-    return model, prepared, bundle
+    fold = load_fold(path, device)
+    return (fold.model, Prepared(fold.vocab, fold.normalizer, fold.bundle["classes"]),
+            fold.bundle)
 
 
 def labelled_rows(manifest_path: Path, classes: list[str]) -> pd.DataFrame:

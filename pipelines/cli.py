@@ -165,26 +165,49 @@ def resolve_data_hash(corpus: Path) -> tuple[str, str]:
 
 
 def cmd_run(args) -> int:
-    from components import evaluate, ingest, iemocap, lineage, train, validate
-    from pipelines.local import run_pipeline
+    from components import lineage
 
     config = _load_config(args)
     if not config.features.cache_dir:
         # Stores outlive a run, so an unchanged corpus is not extracted again.
         config.features.cache_dir = str((Path(args.workdir) / "feature_cache").resolve())
     corpus = Path(args.corpus) if args.corpus else ensure_default_corpus(config)
+    data_hash, provenance = resolve_data_hash(_checked_corpus(corpus))
+    sha, dirty = lineage.git_sha(PROJECT_ROOT)
+    print(f"corpus {corpus.resolve()}\ndata hash {data_hash} ({provenance})")
+    print(f"code {sha or 'not a git checkout'}{' (uncommitted changes)' if dirty else ''}")
+    summary = run_local_pipeline(corpus, config, data_hash, sha, dirty, Path(args.workdir))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+def _checked_corpus(corpus: Path) -> Path:
+    from components import iemocap
+
     try:
         iemocap.find_release_root(corpus)
     except (FileNotFoundError, iemocap.FormatError) as e:
         raise UserError(str(e)) from None
-    data_hash, provenance = resolve_data_hash(corpus)
-    sha, dirty = lineage.git_sha(PROJECT_ROOT)
-    print(f"corpus {corpus.resolve()}\ndata hash {data_hash} ({provenance})")
-    print(f"code {sha or 'not a git checkout'}{' (uncommitted changes)' if dirty else ''}")
+    return corpus
+
+
+def run_local_pipeline(corpus: Path, config, data_hash: str, sha: str | None, dirty: bool,
+                       workdir: Path) -> dict:
+    """Run the DAG through kfp.local, print what happened, return the run summary."""
+    from components import evaluate, ingest, registry, train, validate
+    from pipelines.local import run_pipeline
+
+    # Before any work: a tracking store that does not answer stops the run here.
+    uri = registry.tracking_uri()
+    registry.connect(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the task subprocesses inherit it
+    os.environ["EMOALIGN_GIT_DIRTY"] = str(dirty).lower()
+    print(f"tracking {registry.redact(uri)}")
     run = run_pipeline(
         {"corpus": str(corpus.resolve()), "config_yaml": config.to_yaml(),
-         "data_hash": data_hash},
-        Path(args.workdir) / "pipeline_root")
+         "data_hash": data_hash, "git_sha": sha or ""},
+        workdir / "pipeline_root")
     (run.run_dir / "config.resolved.yaml").write_text(config.to_yaml())
 
     report = json.loads((run.task_dir("ingest") / "manifest" / ingest.REPORT_FILENAME)
@@ -204,22 +227,189 @@ def cmd_run(args) -> int:
                          .read_text())
     for line in evaluate.report_lines(metrics):
         print(line)
-    print(f"\npipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
-    if args.summary_json:
-        summary = {
-            "pipeline_run": run.run_dir.name, "run_dir": str(run.run_dir),
-            "data_hash": data_hash, "git_sha": sha, "git_dirty": dirty,
-            "config_sha256": config.sha256(), "seed": config.seed,
-            "n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
-            "label_counts": report["counts"]["label"],
-            "n_kept": checks["counts"]["kept"], "n_quarantined": checks["counts"]["quarantined"],
-            "wa": metrics["wa"], "ua": metrics["ua"],
-            "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
-            "confusion": metrics["confusion"], "model_kind": metrics["model_kind"],
-            "protocol": metrics["protocol"], "n_test": metrics["n_test"],
-            "n_train": sum(f["n_train"] for f in trained["folds"]),
-        }
-        Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
+    tracked = json.loads((run.task_dir("track") / "run" / registry.RUN_FILENAME).read_text())
+    registration_path = run.task_dir("register") / "registration" / \
+        registry.REGISTRATION_FILENAME
+    registration = json.loads(registration_path.read_text()) if \
+        registration_path.is_file() else None
+    print(f"\nMLflow run {tracked['run_id']} in experiment {config.registry.experiment!r}")
+    if registration:
+        print(f"registered {registration['model_name']} version "
+              f"{registration['model_version']}: "
+              f"{'promoted to champion' if registration['promoted'] else 'not promoted'} "
+              f"({registration['reason']})")
+        print(f"champion: version {registration['champion_version']}")
+    else:
+        verdict = json.loads((run.task_dir("evaluate") / "executor_output.json").read_text())
+        print(f"not registered: {verdict['parameterValues']['Output']}")
+    print(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
+    return {
+        "wa": metrics["wa"], "ua": metrics["ua"],
+        "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
+        "confusion": metrics["confusion"],
+        "model_name": config.registry.model_name,
+        "model_version": registration["model_version"] if registration else None,
+        "promoted": bool(registration and registration["promoted"]),
+        "promotion_reason": registration["reason"] if registration else None,
+        "champion_version": registration["champion_version"] if registration else None,
+        "mlflow_run_id": tracked["run_id"], "tracking_uri": tracked["tracking_uri"],
+        "data_hash": data_hash, "git_sha": sha, "git_dirty": dirty,
+        "n_train": sum(f["n_train"] for f in trained["folds"]), "n_test": metrics["n_test"],
+        "pipeline_run": run.run_dir.name, "run_dir": str(run.run_dir),
+        "config_sha256": config.sha256(), "seed": config.seed,
+        "n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
+        "label_counts": report["counts"]["label"],
+        "n_kept": checks["counts"]["kept"], "n_quarantined": checks["counts"]["quarantined"],
+        "model_kind": metrics["model_kind"], "protocol": metrics["protocol"],
+    }
+
+
+def cmd_reproduce(args) -> int:
+    from pipelines.inprocess import run_steps
+
+    config = _load_config(args)
+    summary = run_steps(_checked_corpus(Path(args.corpus)), config, Path(args.out))
+    m = summary["metrics"]
+    print(f"WA {m['wa']:.6f}  UA {m['ua']:.6f}  ({summary['seconds']['total']:.1f} s); "
+          f"outputs under {args.out}")
+    return 0
+
+
+# ---- registry ---------------------------------------------------------------------------
+
+def cmd_register(args) -> int:
+    """Track and register what a local pipeline run left (a run whose register step was
+    skipped or failed)."""
+    from components import registry
+    from components.config import config_from_yaml
+
+    run_dir = Path(args.pipeline_run)
+    resolved = run_dir / "config.resolved.yaml"
+    if not resolved.is_file():
+        raise UserError(f"{run_dir} is not a finished local pipeline run "
+                        "(no config.resolved.yaml)")
+    config = config_from_yaml(resolved.read_text())
+    outputs = registry.StepOutputs(run_dir / "ingest" / "manifest",
+                                   run_dir / "validate" / "validated",
+                                   run_dir / "train" / "model",
+                                   run_dir / "evaluate" / "evaluation")
+    tracked = run_dir / "track" / "run" / registry.RUN_FILENAME
+    run_id = json.loads(tracked.read_text())["run_id"] if tracked.is_file() else None
+    if run_id is None:
+        from components import iemocap, lineage
+
+        sha, dirty = lineage.git_sha(PROJECT_ROOT)
+        corpus = args.corpus or str(DEFAULT_DATA)
+        data_hash = lineage.corpus_hash(iemocap.find_release_root(Path(corpus)))
+        run_id = registry.track(outputs, config, registry.Lineage(
+            corpus, data_hash, sha or "", dirty, run_dir.name), run_dir / "track" / "run")[
+            "run_id"]
+    result = registry.register(outputs, config, run_id, run_dir / "register" / "registration")
+    print(f"{result['model_name']} version {result['model_version']}: "
+          f"{'promoted to champion' if result['promoted'] else 'not promoted'} "
+          f"({result['reason']})")
+    return 0
+
+
+def _read_requests(args):
+    import pandas as pd
+
+    if args.batch:
+        path = Path(args.batch)
+        if not path.is_file():
+            raise UserError(f"batch file not found: {path}")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
+        missing = [c for c in ("wav", "transcript") if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
+                            "(expected wav, transcript and optionally speaker)")
+        base = path.resolve().parent
+        frame["wav"] = [w if Path(w).is_absolute() or w.startswith("UklGR") else
+                        str(base / w) for w in frame["wav"]]
+        return frame
+    if not args.wav or args.text is None:
+        raise UserError("give --wav and --text, or --batch CSV")
+    if not Path(args.wav).is_file():
+        raise UserError(f"wav file not found: {args.wav}")
+    return pd.DataFrame({"wav": [str(Path(args.wav).resolve())], "transcript": [args.text]})
+
+
+def cmd_predict(args) -> int:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from components import registry
+    from components.pyfunc import load
+
+    requests = _read_requests(args)
+    client = registry.connect()
+    version = registry.resolve(client, args.model)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = load(f"models:/{version.name}/{version.version}")
+    try:
+        out = model.predict(requests)
+    except MlflowException as e:
+        raise UserError(f"cannot score the input: {e.message}") from None
+    shown = ["(base64 WAV)" if w.startswith("UklGR") else Path(w).name for w in requests["wav"]]
+    table = requests[["wav"]].assign(wav=shown).join(out)
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"wrote {len(table)} predictions to {args.out}")
+    print(f"{version.name} version {version.version}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from components import registry
+
+    entry = registry.promote(args.name, str(args.version), args.reason)
+    print(f"{args.name}: champion {entry['from'] or 'none'} -> {entry['to']} ({args.reason})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from components import registry
+
+    entry = registry.rollback(args.name, args.reason)
+    print(f"{args.name}: champion {entry['from']} -> {entry['to']} (rollback: {args.reason})")
+    return 0
+
+
+def cmd_history(args) -> int:
+    from components import registry
+
+    client = registry.connect()
+    entries = registry.read_history(client, args.name)
+    if args.json:
+        print(json.dumps(entries, indent=1))
+        return 0
+    if not entries:
+        print(f"{args.name}: no alias has moved yet")
+    for e in entries:
+        numbers = e.get("numbers") or {}
+        figures = "".join(f" {k}={numbers[k]}" for k in ("ua", "champion_ua", "delta_ua")
+                          if k in numbers)
+        print(f"{e['time']}  {e['action']:<9} {e['alias']:<10} {e['from'] or '-':>4} -> "
+              f"{e['to']:<4} by {e['who']}: {e['reason']}{figures}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from pipelines.audit import audit
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = audit(args.uri, Path(args.corpus) if args.corpus else None, workdir, args.keep)
+    for line in result.lines:
+        print(line)
+    if result.failures:
+        print(f"VERDICT: NOT REPRODUCED ({', '.join(result.failures)})")
+        return 1
+    print("VERDICT: REPRODUCED: same code, data and config rebuild the same model")
     return 0
 
 
@@ -310,6 +500,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where metrics, predictions and plots go")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="run ingest..evaluate in this process, no KFP "
+                                         "(what audit re-runs)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("register", help="track and register a finished local pipeline run")
+    p.add_argument("--pipeline-run", required=True,
+                   help="runs/pipeline_root/emoalign-<time> of `emoalign run`")
+    p.add_argument("--corpus", help="the corpus it read, when it was not tracked yet")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("predict", help="label and class probabilities from a registered model")
+    p.add_argument("--model", default="models:/emoalign@champion",
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
+    p.add_argument("--wav", help="a 16 kHz mono WAV file")
+    p.add_argument("--text", help="its transcript")
+    p.add_argument("--batch", help="CSV with columns wav, transcript (and optionally speaker)")
+    p.add_argument("--out", help="also write the predictions as CSV")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("promote", help="make a version the champion by hand (recorded)")
+    p.add_argument("--name", default="emoalign", help="registered model (default: %(default)s)")
+    p.add_argument("--version", required=True, type=int)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="champion back to the version it replaced (recorded)")
+    p.add_argument("--name", default="emoalign")
+    p.add_argument("--reason", default="rollback")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("history", help="every alias move: who, when, from, to, why")
+    p.add_argument("--name", default="emoalign")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("audit", help="prove where a model came from and rebuild it")
+    p.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--corpus", help="the corpus to check and retrain on (default: data/ when "
+                                    "data.dvc at the model's commit names it)")
+    p.add_argument("--workdir", default="runs", help="scratch space (default: runs/)")
+    p.add_argument("--keep", action="store_true", help="keep the re-run's files")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
     p.add_argument("--out", default=str(DEFAULT_COMPILED))

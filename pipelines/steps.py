@@ -127,8 +127,9 @@ def evaluate(
     scores: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[Markdown],
-) -> float:
-    """Test-set WA/UA per fold, confusion matrix, plots; returns UA for the gate."""
+) -> str:
+    """Test-set WA/UA per fold, confusion matrix, plots. Returns "passed" when UA reaches
+    registry.ua_floor (the register step runs only then), else why not."""
     from pathlib import Path
 
     from components import evaluate as step
@@ -142,4 +143,72 @@ def evaluate(
     confusion.log_confusion_matrix(metrics["classes"], metrics["confusion"])
     Path(report.path).write_text("# Evaluation\n\n```\n"
                                  + "\n".join(step.report_lines(metrics)) + "\n```\n")
-    return metrics["ua"]
+    floor = config.registry.ua_floor
+    if metrics["ua"] >= floor:
+        return "passed"
+    return f"UA {metrics['ua']:.4f} is below registry.ua_floor {floor}"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def track(
+    manifest: Input[Dataset],
+    validated: Input[Dataset],
+    model: Input[Model],
+    evaluation: Input[Dataset],
+    config_yaml: str,
+    corpus: str,
+    data_hash: str,
+    git_sha: str,
+    pipeline_run: str,
+    run: Output[Dataset],
+) -> str:
+    """One MLflow run for the pipeline run: config, metrics, reports, lineage. Returns its id."""
+    import os
+    from pathlib import Path
+
+    from components import lineage, registry
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    # In the image, the commit is baked in at build time; locally, git knows it.
+    sha = git_sha or os.environ.get("EMOALIGN_GIT_SHA", "")
+    dirty = os.environ.get("EMOALIGN_GIT_DIRTY", "false") == "true"
+    if not sha:
+        sha, dirty = lineage.git_sha(registry.PROJECT_ROOT)
+    outputs = registry.StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
+                                   Path(evaluation.path))
+    result = registry.track(outputs, config,
+                            registry.Lineage(corpus, data_hash, sha or "", dirty, pipeline_run),
+                            Path(run.path))
+    run.metadata.update(run_id=result["run_id"], tracking_uri=result["tracking_uri"])
+    return result["run_id"]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register(
+    manifest: Input[Dataset],
+    validated: Input[Dataset],
+    model: Input[Model],
+    evaluation: Input[Dataset],
+    config_yaml: str,
+    run_id: str,
+    registration: Output[Dataset],
+    decision: Output[Markdown],
+):
+    """New registered version (alias challenger); the gate moves champion if it passes."""
+    from pathlib import Path
+
+    from components import registry
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    outputs = registry.StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
+                                   Path(evaluation.path))
+    result = registry.register(outputs, config, run_id, Path(registration.path))
+    registration.metadata.update(model_name=result["model_name"],
+                                 model_version=result["model_version"],
+                                 promoted=result["promoted"])
+    Path(decision.path).write_text(
+        f"# {result['model_name']} version {result['model_version']}\n\n"
+        f"{'Promoted to champion' if result['promoted'] else 'Not promoted'}: "
+        f"{result['reason']}\n")

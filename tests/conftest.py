@@ -1,6 +1,7 @@
 """Shared fixtures: small generated corpora in the real IEMOCAP layout."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,10 +34,20 @@ def truth_of(root: Path) -> dict:
     return json.loads((root / sample_corpus.TRUTH_FILENAME).read_text())
 
 
-def emoalign(*args, cwd=None) -> subprocess.CompletedProcess:
+@pytest.fixture(autouse=True)
+def tracking_store(tmp_path, monkeypatch) -> str:
+    """Every test tracks into its own SQLite store, never the project's runs/mlflow.db."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    return uri
+
+
+def emoalign(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed CLI as a user would, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
+                          capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -1,0 +1,127 @@
+"""The model as an MLflow pyfunc: a DataFrame of wav + transcript in, label and class
+probabilities out.
+
+The logged model carries its fold bundles (weights, vocabulary, feature spec and
+normalisation statistics) as artifacts and the project's own `model/` and `components/`
+code, so it computes features exactly as the pipeline did, whatever is installed later.
+"""
+
+import base64
+import binascii
+import contextlib
+import io
+import importlib.metadata
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ColSpec, Schema
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+INPUT_COLUMNS = ("wav", "transcript")  # + optional "speaker" (for per-speaker normalisation)
+# What the pyfunc imports when it loads; pinned to the versions that trained the model.
+REQUIREMENTS = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "mlflow")
+
+
+def decode_wav(value):
+    """A path to a WAV file, its bytes, or the bytes base64-encoded (what JSON can carry)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError("a wav value must be a path or base64-encoded WAV bytes")
+    if value.startswith("UklGR"):  # base64 of "RIFF", how every WAV file starts
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("the wav value looks like base64 but does not decode") from None
+    return value
+
+
+class _Quiet(contextlib.redirect_stderr):
+    """MLflow prints advice to add type hints to `predict` whenever the class is defined or a
+    model loads, past any warnings filter. The input here is a DataFrame checked against the
+    explicit signature below, so the advice does not apply."""
+
+    def __init__(self):
+        super().__init__(io.StringIO())
+
+
+with _Quiet():
+    class EmoalignModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from model.serving import Predictor
+
+            folds = sorted(k for k in context.artifacts if k.startswith("fold_"))
+            self.predictor = Predictor([Path(context.artifacts[k]) for k in folds])
+
+        def predict(self, context, model_input, params=None):
+            from model.serving import InputError
+
+            frame = pd.DataFrame(model_input)
+            missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+            if missing:
+                raise MlflowException(f"input lacks column(s) {', '.join(missing)}; expected wav "
+                                      "(path or base64 WAV) and transcript",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            speakers = frame["speaker"].tolist() if "speaker" in frame.columns else None
+            try:
+                wavs = [decode_wav(w) for w in frame["wav"]]
+                probs = self.predictor.predict_proba(
+                    wavs, [t if isinstance(t, str) else "" for t in frame["transcript"]], speakers)
+            except (InputError, ValueError) as e:
+                raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+            classes = self.predictor.classes
+            out = pd.DataFrame({f"p_{c}": probs[:, i] for i, c in enumerate(classes)})
+            out.insert(0, "label", [classes[i] for i in probs.argmax(1)])
+            return out
+
+
+def signature(classes: list[str]) -> ModelSignature:
+    inputs = Schema([ColSpec("string", "wav"), ColSpec("string", "transcript"),
+                     ColSpec("string", "speaker", required=False)])
+    outputs = Schema([ColSpec("string", "label")]
+                     + [ColSpec("double", f"p_{c}") for c in classes])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pinned_requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def log_model(fold_bundles: dict[str, Path], classes: list[str], example: pd.DataFrame,
+              name: str = "model"):
+    """Log the pyfunc into the active MLflow run; returns MLflow's ModelInfo. Each fold's
+    bundle is stored as artifacts/<fold>.pt."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = {}
+        for fold, path in sorted(fold_bundles.items()):
+            # Every bundle is called model.pt; MLflow would store them all under one name.
+            artifacts[f"fold_{fold}"] = shutil.copyfile(path, Path(scratch) / f"{fold}.pt")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=EmoalignModel(),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            code_paths=[str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "components")],
+            signature=signature(classes),
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+        )
+
+
+def wav_example(wav_path: Path, transcript: str, speaker: str = "") -> pd.DataFrame:
+    """One request as a client sends it: the WAV itself base64-encoded, so the example
+    stored with the model does not point at a file on this machine."""
+    encoded = base64.b64encode(Path(wav_path).read_bytes()).decode("ascii")
+    return pd.DataFrame({"wav": [encoded], "transcript": [transcript], "speaker": [speaker]})
+
+
+def load(model_uri: str):
+    """mlflow.pyfunc.load_model, without the advice (see _Quiet)."""
+    with _Quiet():
+        return mlflow.pyfunc.load_model(model_uri)

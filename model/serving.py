@@ -1,0 +1,107 @@
+"""Serving: a wav and its transcript -> class probabilities, computed with the same feature,
+vocabulary and normalisation code as training. Torch only: the MLflow wrapper that packages
+this lives in components/pyfunc.py.
+
+A model is one or more fold bundles (what training writes as `<fold>/model.pt`). Under
+leave-one-session-out there are five; their probabilities are averaged, a plain ensemble.
+"""
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from model.data import Example, batch_indices, collate
+from model.features import Extractor, FeatureSpec, Normalizer
+from model.network import ModelSpec, build_model, log_probs
+from model.vocab import Vocabulary
+
+
+class InputError(ValueError):
+    """A request the model cannot score (unreadable audio, wrong sample rate); says which."""
+
+
+@dataclass
+class Fold:
+    model: torch.nn.Module
+    vocab: Vocabulary
+    normalizer: Normalizer
+    bundle: dict
+
+
+def load_fold(path: Path, device="cpu") -> Fold:
+    # weights_only: a bundle holds tensors, lists and plain numbers, never code.
+    bundle = torch.load(Path(path), map_location=device, weights_only=True)
+    model = build_model(ModelSpec(**bundle["spec"]))
+    model.load_state_dict(bundle["state_dict"])
+    model.to(device).eval()
+    return Fold(model, Vocabulary.from_list(bundle["vocab"]),
+                Normalizer.from_dict(bundle["normalizer"]), bundle)
+
+
+def read_audio(wav) -> tuple[np.ndarray, int]:
+    """`wav` is a path or the bytes of a WAV file."""
+    source = io.BytesIO(wav) if isinstance(wav, (bytes, bytearray)) else str(wav)
+    try:
+        audio, rate = soundfile.read(source, dtype="float32")
+    except Exception as e:
+        name = "the WAV bytes" if isinstance(source, io.BytesIO) else source
+        raise InputError(f"cannot read {name}: {str(e).splitlines()[0]}") from None
+    if audio.ndim == 2:
+        if audio.shape[1] != 1:
+            raise InputError(f"audio has {audio.shape[1]} channels; the model takes mono")
+        audio = audio[:, 0]
+    if len(audio) == 0:
+        raise InputError("audio is empty")
+    return audio, rate
+
+
+class Predictor:
+    def __init__(self, bundle_paths: list[Path], device="cpu"):
+        if not bundle_paths:
+            raise ValueError("a Predictor needs at least one fold bundle")
+        self.device = torch.device(device)
+        self.folds = [load_fold(p, self.device) for p in bundle_paths]
+        first = self.folds[0].bundle
+        self.classes: list[str] = list(first["classes"])
+        self.feature_spec = FeatureSpec(**first["feature_spec"])
+        # Training saw frames after the store's rounding (float16 by default); so must serving.
+        self.feature_dtype = np.dtype(first.get("feature_dtype", "float32"))
+        self.extractor = Extractor(self.feature_spec)
+
+    def frames(self, wav) -> np.ndarray:
+        audio, rate = read_audio(wav)
+        if rate != self.feature_spec.sample_rate:
+            raise InputError(f"audio is {rate} Hz; the model takes "
+                             f"{self.feature_spec.sample_rate} Hz")
+        return self.extractor(audio).astype(self.feature_dtype)
+
+    def predict_proba(self, wavs: list, transcripts: list[str],
+                      speakers: list[str | None] | None = None) -> np.ndarray:
+        """(N, C) class probabilities, averaged over the folds."""
+        raw = [self.frames(w) for w in wavs]
+        speakers = speakers or [None] * len(raw)
+        total = np.zeros((len(raw), len(self.classes)))
+        for fold in self.folds:
+            examples = [Example(str(i), fold.normalizer.apply(f, s), fold.vocab.encode(t))
+                        for i, (f, t, s) in enumerate(zip(raw, transcripts, speakers))]
+            total += np.exp(predict_log_probs(fold.model, examples, self.device))
+        return total / len(self.folds)
+
+
+def predict_log_probs(model, examples: list[Example], device, batch_size: int = 64
+                      ) -> np.ndarray:
+    """Class log-probabilities (N, C), in the order of `examples`."""
+    model.eval()
+    n_classes = next(m for m in reversed(list(model.modules()))
+                     if isinstance(m, torch.nn.Linear)).out_features
+    out = np.zeros((len(examples), n_classes))
+    with torch.no_grad():
+        for idx in batch_indices([len(e.frames) for e in examples], batch_size, None):
+            batch = collate([examples[i] for i in idx]).to(device)
+            output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+            out[idx] = log_probs(output).cpu().numpy()
+    return out

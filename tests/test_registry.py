@@ -1,0 +1,349 @@
+"""MLflow tracking, the registry's aliases, the promotion gate, history, predict and audit,
+against a real SQLite-backed store (and a real `mlflow server` over HTTP)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from components import lineage, registry
+from components.config import Config, load_config
+from conftest import TINY, assert_one_line_error, emoalign
+from model.metrics import scores
+
+SENTINEL = "s3nt1nel-Secret-Value"
+GATE = TINY + ["registry.ua_floor=0.0", "registry.bootstrap_samples=200"]
+
+
+def _sets(overrides):
+    return sum((["--set", o] for o in overrides), [])
+
+
+@pytest.fixture(scope="module")
+def two_runs(prepared, tmp_path_factory):
+    """Two `emoalign run`s into one registry: the second on another version of the data."""
+    work = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "AWS_SECRET_ACCESS_KEY": SENTINEL,
+           "MLFLOW_TRACKING_PASSWORD": SENTINEL + "2"}
+    second = work / "v2" / "IEMOCAP_full_release"
+    shutil.copytree(prepared["corpus"], second)
+    # A new data version: one transcript line changes.
+    script = next(second.glob("Session1/dialog/transcriptions/*.txt"))
+    script.write_text(script.read_text().replace("]: ", "]: well ", 1))
+    summaries = []
+    for n, corpus in enumerate((prepared["corpus"], second)):
+        path = work / f"summary{n}.json"
+        result = emoalign("run", "--corpus", corpus, "--workdir", work / "runs",
+                          "--summary-json", path, *_sets(GATE + [f"seed={n}"]), env=env)
+        assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+        summaries.append(json.loads(path.read_text()))
+    return {"uri": uri, "env": env, "work": work, "summaries": summaries,
+            "corpora": [prepared["corpus"], second],
+            "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
+
+
+def test_each_run_is_tracked_with_config_metrics_artifacts_and_lineage(two_runs):
+    client, first = two_runs["client"], two_runs["summaries"][0]
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == first["pipeline_run"]
+    params = run.data.params
+    assert params["model.kind"] == "align" and params["train.epochs"] == "3"
+    assert params["ingest.classes"] == "neutral,happy,angry,sad"
+    assert run.data.metrics["evaluate/ua"] == pytest.approx(first["ua"])
+    assert run.data.metrics["evaluate/wa"] == pytest.approx(first["wa"])
+    losses = client.get_metric_history(run.info.run_id, "train/session5/loss")
+    assert [m.step for m in losses] == [1, 2, 3]
+    tags = run.data.tags
+    assert tags["data_hash"] == first["data_hash"] == lineage.corpus_hash(
+        two_runs["corpora"][0])
+    assert tags["git_sha"] == (first["git_sha"] or "unknown")
+    assert tags["config_sha256"] == first["config_sha256"]
+    assert tags["seed"] == "0" and tags["pipeline_run"] == first["pipeline_run"]
+    manifest = Path(first["run_dir"]) / "ingest" / "manifest" / "manifest.parquet"
+    assert tags["manifest_sha256"] == registry.file_sha256(manifest)
+    assert tags["validation"].startswith("passed")
+    artifacts = {a.path for folder in ("run", "validate", "evaluate", "ingest")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
+    for expected in ("run/config.resolved.yaml", "run/pip_freeze.txt",
+                     "validate/quarantine.csv", "validate/report.html",
+                     "validate/gx_result.json", "validate/stats.json",
+                     "evaluate/metrics.json", "evaluate/confusion.png",
+                     "evaluate/learning_curves.png", "ingest/ingest_report.json"):
+        assert expected in artifacts
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == first["data_hash"][:36]
+    assert dataset.tags[0].value == "training"
+
+
+def test_versions_aliases_and_the_gate_numbers_agree_with_the_summaries(two_runs):
+    client = two_runs["client"]
+    first, second = two_runs["summaries"]
+    assert (first["model_version"], second["model_version"]) == ("1", "2")
+    assert first["promoted"] and first["champion_version"] == "1"
+    model = client.get_registered_model("emoalign")
+    assert str(model.aliases["challenger"]) == "2"
+    assert str(model.aliases["champion"]) == second["champion_version"]
+    assert second["champion_version"] == ("2" if second["promoted"] else "1")
+
+    v2 = client.get_model_version("emoalign", "2")
+    assert v2.tags["data_hash"] == second["data_hash"] != first["data_hash"]
+    assert v2.tags["gate.decision"] == ("promoted" if second["promoted"] else "rejected")
+    numbers = json.loads(v2.tags["gate.numbers"])
+    assert numbers["champion_version"] == "1" and numbers["n_test"] == second["n_test"]
+    low, high = numbers["delta_ua_ci95"]
+    assert low <= numbers["delta_ua"] <= high
+    assert numbers["delta_ua"] == pytest.approx(numbers["ua"] - numbers["champion_ua"],
+                                                abs=1e-5)
+    assert second["promoted"] == (numbers["delta_ua"] >= -numbers["tolerance"])
+    # The champion was re-scored now, on the challenger's test utterances.
+    predictions = Path(second["run_dir"]) / "evaluate" / "evaluation" / "predictions.csv"
+    assert numbers["n_test"] == sum(1 for _ in predictions.open()) - 1
+    assert json.loads(v2.tags["gate.infra_check"])["ok"] is True
+    assert "champion" in v2.description
+
+
+def test_history_records_every_alias_move_consistently(two_runs):
+    history = registry.read_history(two_runs["client"], "emoalign")
+    champion_moves = [e for e in history if e["alias"] == "champion"]
+    assert champion_moves[0]["from"] is None and champion_moves[0]["to"] == "1"
+    assert champion_moves[0]["action"] == "auto" and "floor" in champion_moves[0]["reason"]
+    for before, after in zip(champion_moves, champion_moves[1:]):
+        assert after["from"] == before["to"]
+    challenger_moves = [e for e in history if e["alias"] == "challenger"]
+    assert [e["to"] for e in challenger_moves] == ["1", "2"]
+    shown = emoalign("history", env=two_runs["env"])
+    assert shown.returncode == 0 and shown.stdout.count("challenger") == 2
+
+
+def test_promote_by_hand_rollback_and_their_history(two_runs, tmp_path):
+    env = two_runs["env"]
+    client = two_runs["client"]
+    current = str(client.get_registered_model("emoalign").aliases["champion"])
+    other = "1" if current == "2" else "2"
+    result = emoalign("promote", "--version", other, "--reason", "listening test", env=env)
+    assert result.returncode == 0, result.stderr
+    assert str(client.get_registered_model("emoalign").aliases["champion"]) == other
+    result = emoalign("rollback", "--reason", "complaints", env=env)
+    assert result.returncode == 0, result.stderr
+    assert str(client.get_registered_model("emoalign").aliases["champion"]) == current
+    last_two = registry.read_history(client, "emoalign")[-2:]
+    assert [(e["action"], e["from"], e["to"]) for e in last_two] == [
+        ("manual", current, other), ("rollback", other, current)]
+    assert last_two[0]["reason"] == "listening test" and last_two[0]["who"]
+    assert_one_line_error(emoalign("promote", "--version", "99", "--reason", "x", env=env),
+                          "has no version 99")
+
+
+def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
+    env = two_runs["env"]
+    run_dir = Path(two_runs["summaries"][0]["run_dir"])
+    predictions = (run_dir / "evaluate" / "evaluation" / "predictions.csv").read_text()
+    header, *rows = predictions.splitlines()
+    utt_ids = [r.split(",")[0] for r in rows[:3]]
+    wavs = {p.stem: p for p in two_runs["corpora"][0].glob("Session5/sentences/wav/*/*.wav")}
+    batch = tmp_path / "batch.csv"
+    batch.write_text("wav,transcript\n" + "".join(
+        f"{wavs[u]},some words here\n" for u in utt_ids))
+    result = emoalign("predict", "--model", "models:/emoalign/1", "--batch", batch,
+                      "--out", tmp_path / "out.csv", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0].startswith("wav,label,p_neutral,p_happy,p_angry,p_sad")
+    probs = np.array([[float(v) for v in line.split(",")[2:]] for line in lines[1:]])
+    assert probs.shape == (3, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+    single = emoalign("predict", "--wav", wavs[utt_ids[0]], "--text", "hello", env=env)
+    assert single.returncode == 0 and "emoalign version" in single.stdout
+    assert_one_line_error(emoalign("predict", "--model", "models:/nothing@champion",
+                                   "--wav", wavs[utt_ids[0]], "--text", "x", env=env),
+                          "no registered model named 'nothing'")
+    assert_one_line_error(emoalign("predict", "--model", "models:/emoalign@staging",
+                                   "--wav", wavs[utt_ids[0]], "--text", "x", env=env),
+                          "has no alias 'staging'")
+    assert_one_line_error(emoalign("predict", "--model", "emoalign", "--wav", batch,
+                                   "--text", "x", env=env), "is not a model URI")
+    assert_one_line_error(emoalign("predict", "--wav", batch, "--text", "x", env=env),
+                          "cannot read")
+
+
+def test_no_credential_from_the_environment_reaches_the_store(two_runs):
+    for path in two_runs["work"].rglob("*"):
+        if path.is_file() and ("mlartifacts" in path.parts or path.name == "mlflow.db"):
+            data = path.read_bytes()
+            assert SENTINEL.encode() not in data, path
+
+
+def test_scrub_masks_credentials_in_params_and_uris(monkeypatch):
+    monkeypatch.setenv("MY_API_TOKEN", SENTINEL)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://alice:{SENTINEL}x@mlflow.local:5000")
+    assert registry.scrub(f"path/{SENTINEL}/x") == "path/***/x"
+    assert SENTINEL not in registry.redact(os.environ["MLFLOW_TRACKING_URI"])
+    assert registry.redact(os.environ["MLFLOW_TRACKING_URI"]) == "https://mlflow.local:5000"
+    params = registry.flatten({"a": {"b": f"x{SENTINEL}"}, "c": [1, 2]})
+    assert params == {"a.b": f"x{SENTINEL}", "c": "1,2"}
+
+
+def test_audit_rebuilds_the_model_bit_for_bit(two_runs, tmp_path):
+    sha, dirty = lineage.git_sha(Path(__file__).resolve().parents[1])
+    first = two_runs["summaries"][0]
+    if sha is None or dirty or first["git_dirty"]:
+        pytest.skip("audit reproduces committed code; this checkout has uncommitted changes")
+    result = emoalign("audit", "models:/emoalign/1", "--corpus", two_runs["corpora"][0],
+                      "--workdir", tmp_path, env=two_runs["env"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("code", "data", "config", "manifest", "metrics", "weights"):
+        assert f"OK        {check}:" in result.stdout
+    assert "VERDICT: REPRODUCED" in result.stdout
+
+
+def test_audit_says_mismatch_on_other_data(two_runs, tmp_path):
+    result = emoalign("audit", "models:/emoalign/1", "--corpus", two_runs["corpora"][1],
+                      "--workdir", tmp_path, env=two_runs["env"])
+    if "is not in this repository" in result.stdout:
+        pytest.skip("the model's commit is not in this checkout")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "MISMATCH  data:" in result.stdout and "VERDICT: NOT REPRODUCED" in result.stdout
+
+
+# ---- the gate, unit by unit -------------------------------------------------------------
+
+def test_unweighted_accuracy_matches_the_evaluation_metric():
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    expected = scores(labels, predicted, ["a", "b", "c", "d"])["ua"]
+    assert registry.unweighted_accuracy(labels, predicted, 4)[0] == pytest.approx(expected)
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 400)
+    same = registry.paired_bootstrap(labels, labels, labels, 4, 200, seed=0)
+    assert same == (0.0, 0.0)
+    noisy = np.where(rng.random(400) < 0.5, labels, (labels + 1) % 4)
+    low, high = registry.paired_bootstrap(labels, labels, noisy, 4, 500, seed=0)
+    assert 0.4 < low < high < 0.6  # perfect vs about half right
+    low, high = registry.paired_bootstrap(labels, noisy, labels, 4, 500, seed=0)
+    assert -0.6 < low < high < -0.4
+
+
+def test_decide_applies_floor_infra_and_tolerance():
+    config = Config()
+    ok = {"ok": True}
+    champion = {"version": "3", "ua": 0.70, "n": 100, "ci_low": -0.05, "ci_high": 0.03}
+    assert not registry.decide(config, 0.39, ok, None)[0]
+    assert "below the floor" in registry.decide(config, 0.39, ok, None)[1]
+    assert not registry.decide(config, 0.8, {"ok": False, "error": "boom"}, None)[0]
+    assert registry.decide(config, 0.8, ok, None)[0]
+    assert registry.decide(config, 0.695, ok, champion)[0]  # within tolerance 0.01
+    promoted, reason = registry.decide(config, 0.68, ok, champion)
+    assert not promoted and "worse than the champion" in reason and "v3" in reason
+
+
+# ---- backends and faults ----------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_stops_the_run_before_any_work(prepared, tmp_path):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    result = emoalign("run", "--corpus", prepared["corpus"], "--workdir", tmp_path,
+                      env={"MLFLOW_TRACKING_URI": dead})
+    assert_one_line_error(result, f"MLflow tracking server {dead} is unreachable",
+                          "nothing was trained")
+    assert "Executing task" not in result.stdout
+    assert not (tmp_path / "pipeline_root").exists()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend."""
+    work = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{work / 'server.db'}",
+         "--artifacts-destination", str(work / "artifacts"), "--workers", "1"],
+        stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    uri = f"http://127.0.0.1:{port}"
+    import requests
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(uri + "/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start: " + (work / "server.log").read_text()[-2000:])
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_log_register_gate_and_promote_through_a_real_server(two_runs, mlflow_server,
+                                                             monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    run_dir = Path(two_runs["summaries"][0]["run_dir"])
+    config = load_config(None, GATE)
+    outputs = registry.StepOutputs(run_dir / "ingest" / "manifest",
+                                   run_dir / "validate" / "validated",
+                                   run_dir / "train" / "model",
+                                   run_dir / "evaluate" / "evaluation")
+    tracked = registry.track(outputs, config, registry.Lineage(
+        str(two_runs["corpora"][0]), "abc.dir", "deadbeef", False, "server-test"),
+        tmp_path / "track")
+    first = registry.register(outputs, config, tracked["run_id"], tmp_path / "reg1")
+    second = registry.register(outputs, config, tracked["run_id"], tmp_path / "reg2")
+    assert first["promoted"] and first["model_version"] == "1"
+    # The same model re-scored against itself: delta 0, promoted within tolerance.
+    assert second["promoted"] and second["numbers"]["delta_ua"] == 0
+    assert second["numbers"]["delta_ua_ci95"] == [0, 0]
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    aliases = client.get_registered_model("emoalign").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"champion": "2", "challenger": "2"}
+    entry = registry.promote("emoalign", "1", "server test")
+    assert (entry["from"], entry["to"]) == ("2", "1")
+    assert client.get_model_version("emoalign", "1").tags["pipeline_run"] == "server-test"
+
+
+def test_two_registrations_at_once_get_distinct_versions_and_one_champion(two_runs, tmp_path):
+    env = two_runs["env"]
+    source = Path(two_runs["summaries"][1]["run_dir"])
+    copies = []
+    for n in range(2):
+        copy = tmp_path / f"run{n}"
+        shutil.copytree(source, copy, symlinks=True)
+        copies.append(copy)
+    before = {v.version for v in two_runs["client"].search_model_versions("name='emoalign'")}
+    procs = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "register",
+                               "--pipeline-run", str(c)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+             for c in copies]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    after = {v.version for v in two_runs["client"].search_model_versions("name='emoalign'")}
+    new = after - before
+    assert len(new) == 2
+    model = two_runs["client"].get_registered_model("emoalign")
+    assert registry.LOCK_TAG not in model.tags
+    champion_moves = [e for e in registry.read_history(two_runs["client"], "emoalign")
+                      if e["alias"] == "champion"]
+    for before_move, after_move in zip(champion_moves, champion_moves[1:]):
+        assert after_move["from"] == before_move["to"]
+    assert champion_moves[-1]["to"] == str(model.aliases["champion"])
