@@ -76,9 +76,14 @@ def _artifact_location(uri: str) -> str | None:
 def connect(uri: str | None = None, timeout_s: float = 10.0):
     """A client for a store that answers, or a RegistryError naming it. Call before any
     training so that an unreachable server costs nothing."""
+    import logging
+
     import requests
     from mlflow import MlflowClient
 
+    # A new SQLite store announces its table migrations on stderr; nothing a user acts on.
+    for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
@@ -583,6 +588,27 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REGISTRATION_FILENAME).write_text(json.dumps(result, indent=1))
     return result
+
+
+# ---- retraining ------------------------------------------------------------------------
+
+def retrain_reason(config: Config, data_hash: str, git_sha: str) -> str | None:
+    """Why the pipeline should train now, or None when the champion was trained from this
+    very data, code and config (a scheduled run then ends early)."""
+    client = connect()
+    name = config.registry.model_name
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:
+        return f"registered model {name!r} has no champion yet"
+    tags = version.tags
+    if tags.get("data_hash") != data_hash:
+        return f"data changed: {tags.get('data_hash')} -> {data_hash}"
+    if not git_sha or tags.get("git_sha") != git_sha or tags.get("git_dirty") == "true":
+        return f"code changed: {tags.get('git_sha', '?')[:12]} -> {(git_sha or '?')[:12]}"
+    if tags.get("config_sha256") != config.sha256():
+        return "config changed"
+    return None
 
 
 # ---- model URIs -------------------------------------------------------------------------

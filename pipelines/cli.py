@@ -176,7 +176,8 @@ def cmd_run(args) -> int:
     sha, dirty = lineage.git_sha(PROJECT_ROOT)
     print(f"corpus {corpus.resolve()}\ndata hash {data_hash} ({provenance})")
     print(f"code {sha or 'not a git checkout'}{' (uncommitted changes)' if dirty else ''}")
-    summary = run_local_pipeline(corpus, config, data_hash, sha, dirty, Path(args.workdir))
+    summary = run_local_pipeline(corpus, config, data_hash, sha, dirty, Path(args.workdir),
+                                 force=not getattr(args, "only_if_changed", False))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
     return 0
@@ -192,8 +193,15 @@ def _checked_corpus(corpus: Path) -> Path:
     return corpus
 
 
+def cmd_retrain(args) -> int:
+    """What a schedule runs: the pipeline, which stops after its check step when the
+    champion was trained from this data, code and config (unless --force)."""
+    args.only_if_changed = not args.force
+    return cmd_run(args)
+
+
 def run_local_pipeline(corpus: Path, config, data_hash: str, sha: str | None, dirty: bool,
-                       workdir: Path) -> dict:
+                       workdir: Path, force: bool = True) -> dict:
     """Run the DAG through kfp.local, print what happened, return the run summary."""
     from components import evaluate, ingest, registry, train, validate
     from pipelines.local import run_pipeline
@@ -206,9 +214,16 @@ def run_local_pipeline(corpus: Path, config, data_hash: str, sha: str | None, di
     print(f"tracking {registry.redact(uri)}")
     run = run_pipeline(
         {"corpus": str(corpus.resolve()), "config_yaml": config.to_yaml(),
-         "data_hash": data_hash, "git_sha": sha or ""},
+         "data_hash": data_hash, "git_sha": "" if dirty else (sha or ""), "force": force},
         workdir / "pipeline_root")
     (run.run_dir / "config.resolved.yaml").write_text(config.to_yaml())
+    decision = json.loads((run.task_dir("check") / "executor_output.json").read_text())[
+        "parameterValues"]["Output"]
+    if decision != "retrain":
+        print(f"\n{decision}; finished in {run.seconds:.1f} s")
+        return {"retrained": False, "reason": decision, "data_hash": data_hash,
+                "git_sha": sha, "pipeline_run": run.run_dir.name, "run_dir": str(run.run_dir),
+                "model_name": config.registry.model_name}
 
     report = json.loads((run.task_dir("ingest") / "manifest" / ingest.REPORT_FILENAME)
                         .read_text())
@@ -244,7 +259,7 @@ def run_local_pipeline(corpus: Path, config, data_hash: str, sha: str | None, di
         print(f"not registered: {verdict['parameterValues']['Output']}")
     print(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     return {
-        "wa": metrics["wa"], "ua": metrics["ua"],
+        "retrained": True, "wa": metrics["wa"], "ua": metrics["ua"],
         "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
         "confusion": metrics["confusion"],
         "model_name": config.registry.model_name,
@@ -447,6 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs", help="where runs are kept (default: runs/)")
     p.add_argument("--summary-json", type=Path, help="also write the run summary as JSON")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("retrain", help="run the pipeline unless the champion was trained "
+                                       "from this data, code and config (what a schedule runs)")
+    p.add_argument("--corpus", help="as for run (default: data/)")
+    _add_config_args(p)
+    p.add_argument("--workdir", default="runs")
+    p.add_argument("--summary-json", type=Path)
+    p.add_argument("--force", action="store_true", help="train even when nothing changed")
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("sample-corpus", help="write a synthetic corpus in the IEMOCAP layout")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the release root to write")

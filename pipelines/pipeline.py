@@ -1,38 +1,45 @@
-"""The emoalign DAG: wiring only. Step logic lives in `components/`, adapters in `steps.py`."""
+"""The emoalign DAG: wiring only. Step logic lives in `components/`, adapters in `steps.py`,
+what each task asks of a cluster in `cluster.py`."""
 
 from kfp import dsl
 
 from pipelines import steps
+from pipelines.cluster import configure
 
 PIPELINE_NAME = "emoalign"
 
 
+def _train_and_register(folder, digest, config_yaml: str, git_sha: str):
+    ingest = configure(steps.ingest(corpus=folder, config_yaml=config_yaml, data_hash=digest),
+                       "ingest")
+    validate = configure(steps.validate(manifest=ingest.outputs["manifest"],
+                                        config_yaml=config_yaml), "validate")
+    validated = validate.outputs["validated"]
+    features = configure(steps.features(validated=validated, config_yaml=config_yaml,
+                                        data_hash=digest), "features")
+    store = features.outputs["store"]
+    train = configure(steps.train(store=store, validated=validated, config_yaml=config_yaml),
+                      "train")
+    evaluate = configure(steps.evaluate(model=train.outputs["model"], store=store,
+                                        validated=validated, config_yaml=config_yaml),
+                         "evaluate")
+    done = dict(manifest=ingest.outputs["manifest"], validated=validated,
+                model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                config_yaml=config_yaml)
+    track = configure(steps.track(**done, corpus=folder, data_hash=digest, git_sha=git_sha,
+                                  pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "track")
+    with dsl.If(evaluate.outputs["Output"] == "passed", name="ua-at-or-above-floor"):
+        configure(steps.register(**done, run_id=track.outputs["Output"]), "register")
+
+
 @dsl.pipeline(name=PIPELINE_NAME,
               description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
-def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str, git_sha: str = ""):
-    ingest = steps.ingest(corpus=corpus, config_yaml=config_yaml, data_hash=data_hash)
-    ingest.set_display_name("ingest")
-    validate = steps.validate(manifest=ingest.outputs["manifest"], config_yaml=config_yaml)
-    validate.set_display_name("validate")
-    features = steps.features(validated=validate.outputs["validated"], config_yaml=config_yaml,
-                              data_hash=data_hash)
-    features.set_display_name("features")
-    train = steps.train(store=features.outputs["store"], validated=validate.outputs["validated"],
-                        config_yaml=config_yaml)
-    train.set_display_name("train")
-    evaluate = steps.evaluate(model=train.outputs["model"], store=features.outputs["store"],
-                              validated=validate.outputs["validated"], config_yaml=config_yaml)
-    evaluate.set_display_name("evaluate")
-    track = steps.track(manifest=ingest.outputs["manifest"],
-                        validated=validate.outputs["validated"], model=train.outputs["model"],
-                        evaluation=evaluate.outputs["evaluation"], config_yaml=config_yaml,
-                        corpus=corpus, data_hash=data_hash, git_sha=git_sha,
-                        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-    track.set_display_name("track")
-    with dsl.If(evaluate.outputs["Output"] == "passed", name="ua-at-or-above-floor"):
-        register = steps.register(manifest=ingest.outputs["manifest"],
-                                  validated=validate.outputs["validated"],
-                                  model=train.outputs["model"],
-                                  evaluation=evaluate.outputs["evaluation"],
-                                  config_yaml=config_yaml, run_id=track.outputs["Output"])
-        register.set_display_name("register")
+def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "", git_sha: str = "",
+                      dvc_repo: str = "", dvc_rev: str = "", force: bool = True):
+    fetch = configure(steps.fetch(corpus=corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
+                                  data_hash=data_hash), "fetch")
+    folder, digest = fetch.outputs["corpus"], fetch.outputs["data_hash"]
+    check = configure(steps.check(config_yaml=config_yaml, data_hash=digest, git_sha=git_sha,
+                                  force=force), "check")
+    with dsl.If(check.output == "retrain", name="data-code-or-config-changed"):
+        _train_and_register(folder, digest, config_yaml, git_sha)

@@ -6,6 +6,7 @@ places because the base image is the project's image and KFP is not reinstalled 
 """
 
 import os
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import (HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
@@ -14,6 +15,38 @@ from kfp.dsl import (HTML, ClassificationMetrics, Dataset, Input, Markdown, Metr
 PROJECT_VERSION = "0.1.0"
 # The image the infra/ Dockerfile builds; override for a registry of your own.
 IMAGE = os.environ.get("EMOALIGN_IMAGE", f"emoalign:{PROJECT_VERSION}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str
+          ) -> NamedTuple("Fetched", corpus=str, data_hash=str):
+    """The corpus folder to read (a path, or pulled through DVC at a revision) and its hash."""
+    from collections import namedtuple
+
+    from components import fetch as step
+
+    folder, digest = step.run(corpus, dvc_repo, dvc_rev, data_hash)
+    return namedtuple("Fetched", "corpus data_hash")(folder, digest)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def check(config_yaml: str, data_hash: str, git_sha: str, force: bool) -> str:
+    """"retrain", unless the champion was trained from this data, code and config."""
+    import os
+
+    from components import lineage, registry
+    from components.config import config_from_yaml
+
+    if force:
+        return "retrain"
+    sha = git_sha or os.environ.get("EMOALIGN_GIT_SHA", "")
+    if not sha:
+        sha, dirty = lineage.git_sha(registry.PROJECT_ROOT)
+        sha = "" if dirty else sha
+    reason = registry.retrain_reason(config_from_yaml(config_yaml), data_hash, sha or "")
+    print(reason or "nothing to retrain")
+    return "retrain" if reason else "nothing to retrain: the champion was trained from this " \
+        "data, code and config"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -1,0 +1,71 @@
+"""What each task asks of a Kubeflow cluster: resources, the GPU, secrets, the corpus volume,
+retries and caching. kfp.local ignores all of it; the compiled YAML carries it.
+
+Names of the cluster objects default to those infra/k8s creates; override them with
+environment variables when compiling for a cluster laid out otherwise.
+"""
+
+import os
+
+from kfp import kubernetes
+
+# Secrets infra/k8s/secrets.template.yaml describes (never real values in this repository).
+MLFLOW_SECRET = os.environ.get("EMOALIGN_MLFLOW_SECRET", "emoalign-mlflow")
+S3_SECRET = os.environ.get("EMOALIGN_S3_SECRET", "emoalign-s3")
+# The volume holding corpora (IEMOCAP itself, or what the fetch step pulled through DVC).
+CORPUS_PVC = os.environ.get("EMOALIGN_CORPUS_PVC", "emoalign-corpus")
+CORPUS_MOUNT = "/mnt/corpus"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_LABEL = (os.environ.get("EMOALIGN_GPU_NODE_LABEL", "nvidia.com/gpu.present"), "true")
+
+# (cpu request, memory request, memory limit) per task; sized for the full IEMOCAP.
+RESOURCES = {
+    "fetch": ("1", "2Gi", "4Gi"),
+    "check": ("500m", "1Gi", "2Gi"),
+    "ingest": ("1", "1Gi", "2Gi"),
+    "validate": ("2", "2Gi", "4Gi"),
+    "features": ("4", "4Gi", "8Gi"),
+    "train": ("4", "16Gi", "32Gi"),
+    "evaluate": ("2", "4Gi", "8Gi"),
+    "track": ("1", "2Gi", "4Gi"),
+    "register": ("2", "4Gi", "8Gi"),
+}
+# Steps that touch the network (DVC remote, MLflow) retry transient failures.
+RETRIED = {"fetch", "check", "track", "register"}
+# Never from the cache: steps with effects outside their outputs (MLflow runs, registered
+# versions), and those whose answer depends on the outside world (a DVC revision such as
+# `main` moves; the champion changes).
+UNCACHED = {"fetch", "check", "track", "register"}
+READS_CORPUS = {"fetch", "ingest", "validate", "features", "register"}
+USES_MLFLOW = {"check", "track", "register"}
+USES_S3 = {"fetch", "track", "register"}
+
+
+def configure(task, step: str):
+    """Apply the cluster settings of `step` to `task`; returns the task."""
+    task.set_display_name(step)
+    cpu, memory, memory_limit = RESOURCES[step]
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory_limit)
+    if step == "train":
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
+        kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists",
+                                  effect="NoSchedule")
+    if step in RETRIED:
+        task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0,
+                       backoff_max_duration="600s")
+    if step in UNCACHED:
+        task.set_caching_options(False)
+    if step in READS_CORPUS:
+        kubernetes.mount_pvc(task, pvc_name=CORPUS_PVC, mount_path=CORPUS_MOUNT)
+    if step in USES_MLFLOW:
+        kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env={
+            "tracking_uri": "MLFLOW_TRACKING_URI",
+            "username": "MLFLOW_TRACKING_USERNAME",
+            "password": "MLFLOW_TRACKING_PASSWORD"}, optional=False)
+    if step in USES_S3:
+        kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env={
+            "access_key_id": "AWS_ACCESS_KEY_ID",
+            "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "endpoint_url": "MLFLOW_S3_ENDPOINT_URL"}, optional=False)
+    return task
