@@ -428,6 +428,35 @@ def cmd_audit(args) -> int:
     return 0
 
 
+# ---- cluster ----------------------------------------------------------------------------
+
+def _cluster_params(args, force: bool) -> dict:
+    from pipelines import submit
+
+    return submit.arguments(_load_config(args), args.corpus, args.dvc_repo, args.dvc_rev,
+                            force)
+
+
+def cmd_submit(args) -> int:
+    from pipelines import submit
+
+    params = _cluster_params(args, force=True)
+    run_id = submit.submit(args.host, params, args.experiment, args.run_name)
+    print(f"submitted run {run_id} to {args.host} (experiment {args.experiment!r})")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from pipelines import submit
+
+    submit.check_cron(args.cron)
+    params = _cluster_params(args, force=False)
+    recurring = submit.schedule(args.host, params, args.experiment, args.name, args.cron)
+    print(f"recurring run {recurring} on {args.host}: '{args.cron}', at most one at a time, "
+          "no catch-up; each run retrains only when data, code or config changed")
+    return 0
+
+
 # ---- compile ----------------------------------------------------------------------------
 
 def cmd_compile(args) -> int:
@@ -570,6 +599,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs", help="scratch space (default: runs/)")
     p.add_argument("--keep", action="store_true", help="keep the re-run's files")
     p.set_defaults(func=cmd_audit)
+
+    for command, helptext in (("submit", "run the pipeline once on a Kubeflow cluster"),
+                              ("schedule", "retrain on a Kubeflow cluster on a cron schedule")):
+        p = sub.add_parser(command, help=helptext)
+        p.add_argument("--host", required=True, help="the KFP API endpoint, e.g. "
+                                                     "http://localhost:8080 (port-forwarded)")
+        p.add_argument("--corpus", help="corpus path in the pods (default: the corpus "
+                                        "volume, /mnt/corpus/...)")
+        p.add_argument("--dvc-repo", default="", help="git URL of a repository whose "
+                                                      "data.dvc pins the corpus")
+        p.add_argument("--dvc-rev", default="", help="its revision (branch, tag, commit)")
+        p.add_argument("--experiment", default="emoalign")
+        _add_config_args(p)
+        if command == "submit":
+            p.add_argument("--run-name")
+            p.set_defaults(func=cmd_submit)
+        else:
+            p.add_argument("--cron", required=True,
+                           help='six fields, seconds first: "0 0 3 * * 1" = Mondays 03:00')
+            p.add_argument("--name", default="emoalign-retrain")
+            p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
     p.add_argument("--out", default=str(DEFAULT_COMPILED))

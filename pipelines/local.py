@@ -101,6 +101,8 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True) -> Loc
     with _captured(log_path, echo), warnings.catch_warnings():
         # The project image is the base image on purpose: locally it *is* this environment.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # Resources, GPU, secrets, volumes are for the cluster (pipelines/cluster.py).
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         try:
             emoalign_pipeline(**arguments)
         except RuntimeError as e:

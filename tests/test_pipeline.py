@@ -18,12 +18,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
     corpus = prepared["corpus"]
     summary_path = tmp_path / "summary.json"
+    overrides = TINY + ["registry.ua_floor=0.99"]  # too high for any model: no registration
     result = emoalign("run", "--corpus", corpus.parent, "--workdir", tmp_path / "runs",
-                      "--summary-json", summary_path, *sum((["--set", o] for o in TINY), []))
+                      "--summary-json", summary_path, *sum((["--set", o] for o in overrides),
+                                                           []))
     assert result.returncode == 0, result.stderr + result.stdout
-    for task in ("ingest", "validate", "features", "train", "evaluate"):
+    for task in ("fetch", "check", "ingest", "validate", "features", "train", "evaluate",
+                 "track"):
         assert f"Executing task '{task}'" in result.stdout
         assert f"Task '{task}' finished with status SUCCESS" in result.stdout
+    # The register task sits under dsl.If(UA >= floor): skipped, and said so.
+    assert "Executing task 'register'" not in result.stdout
+    assert "not registered: UA" in result.stdout and "below registry.ua_floor 0.99" in \
+        result.stdout
     assert "validation passed: 200 rows = 200 kept + 0 quarantined" in result.stdout
     assert "Streamed logs" not in result.stdout  # the full task logs go to pipeline.log
 
@@ -44,7 +51,7 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
     assert "```" in (task / "summary").read_text()
     assert "Streamed logs" in (run_dir / "pipeline.log").read_text()
     resolved = config_from_yaml((run_dir / "config.resolved.yaml").read_text())
-    expected = load_config(None, TINY)
+    expected = load_config(None, overrides)
     expected.features.cache_dir = str((tmp_path / "runs" / "feature_cache").resolve())
     assert resolved == expected and summary["config_sha256"] == expected.sha256()
     store = features.FeatureStore(run_dir / "features" / "store", verify=True)
@@ -61,6 +68,45 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
     validated = run_dir / "validate" / "validated"
     assert ingest.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]
     assert "PASSED" in (run_dir / "validate" / "report").read_text()
+    assert summary["retrained"] is True and summary["model_version"] is None
+    assert summary["promoted"] is False and summary["mlflow_run_id"]
+
+
+def test_retrain_stops_early_when_nothing_changed_since_the_champion(prepared, tmp_path):
+    sha, dirty = lineage.git_sha(PROJECT_ROOT)
+    if sha is None or dirty:
+        pytest.skip("the code of an uncommitted checkout always counts as changed")
+    args = ["--corpus", prepared["corpus"], "--workdir", tmp_path / "runs",
+            *sum((["--set", o] for o in TINY + ["registry.ua_floor=0.0"]), [])]
+    first = emoalign("retrain", *args, "--summary-json", tmp_path / "first.json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads((tmp_path / "first.json").read_text())["promoted"] is True
+    again = emoalign("retrain", *args, "--summary-json", tmp_path / "again.json")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to retrain" in again.stdout
+    assert "Executing task 'ingest'" not in again.stdout
+    assert json.loads((tmp_path / "again.json").read_text())["retrained"] is False
+    other = emoalign("retrain", *args[:-1], "seed=3", "--summary-json", tmp_path / "o.json")
+    assert other.returncode == 0 and "Executing task 'train'" in other.stdout
+
+
+def test_submit_and_schedule_fail_clearly_without_a_cluster(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host = f"http://127.0.0.1:{port}"
+    assert_one_line_error(emoalign("submit", "--host", host),
+                          f"cannot reach Kubeflow Pipelines at {host}", "nothing was submitted")
+    assert_one_line_error(emoalign("schedule", "--host", host, "--cron", "0 3 * * 1"),
+                          "six fields, seconds first")
+    assert_one_line_error(emoalign("schedule", "--host", host, "--cron", "0 0 3 * * 1"),
+                          f"cannot reach Kubeflow Pipelines at {host}")
+    assert_one_line_error(emoalign("submit", "--host", host, "--dvc-rev", "v1"),
+                          "--dvc-rev needs --dvc-repo")
+    assert_one_line_error(emoalign("submit", "--host", host, "--set", "train.nope=1"),
+                          "unknown config key 'train.nope'")
 
 
 def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path):
@@ -68,7 +114,7 @@ def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path):
         run_pipeline({"corpus": str(tmp_path / "gone"), "config_yaml": Config().to_yaml(),
                       "data_hash": "x"}, tmp_path / "root", echo=False)
     message = str(failure.value)
-    assert "task 'ingest' failed" in message
+    assert "task 'fetch' failed" in message
     assert "CorpusError: corpus path does not exist" in message
     log = Path(message.rsplit("log: ", 1)[1].rstrip(")"))
     assert log.is_file() and "Traceback" in log.read_text()
@@ -96,15 +142,16 @@ def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
     out = tmp_path / "p.yaml"
     result = emoalign("compile", "--out", out)
     assert result.returncode == 0, result.stderr
-    compiled = yaml.safe_load(out.read_text())
-    committed = yaml.safe_load((PROJECT_ROOT / "pipelines" / "emoalign_pipeline.yaml")
-                               .read_text())
-    assert compiled == committed, "run `make compile` and commit pipelines/emoalign_pipeline.yaml"
+    compiled, platform = yaml.safe_load_all(out.read_text())
+    committed = list(yaml.safe_load_all((PROJECT_ROOT / "pipelines" / "emoalign_pipeline.yaml")
+                                        .read_text()))
+    assert committed == [compiled, platform], \
+        "run `make compile` and commit pipelines/emoalign_pipeline.yaml"
     executors = compiled["deploymentSpec"]["executors"]
     assert executors and all(e["container"]["image"] == "emoalign:0.1.0"
                              for e in executors.values())
     assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {
-        "corpus", "config_yaml", "data_hash", "git_sha"}
+        "corpus", "config_yaml", "data_hash", "git_sha", "dvc_repo", "dvc_rev", "force"}
     assert_one_line_error(emoalign("compile", "--out", tmp_path / "no" / "dir" / "p.yaml"),
                           "does not exist")
 
