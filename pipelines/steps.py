@@ -32,13 +32,13 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def check(config_yaml: str, data_hash: str, git_sha: str, force: bool) -> str:
     """"retrain", unless the champion was trained from this data, code and config."""
+    if force:  # emoalign run: no need to load MLflow at all
+        return "retrain"
     import os
 
     from components import lineage, registry
     from components.config import config_from_yaml
 
-    if force:
-        return "retrain"
     sha = git_sha or os.environ.get("EMOALIGN_GIT_SHA", "")
     if not sha:
         sha, dirty = lineage.git_sha(registry.PROJECT_ROOT)

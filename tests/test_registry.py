@@ -347,3 +347,50 @@ def test_two_registrations_at_once_get_distinct_versions_and_one_champion(two_ru
     for before_move, after_move in zip(champion_moves, champion_moves[1:]):
         assert after_move["from"] == before_move["to"]
     assert champion_moves[-1]["to"] == str(model.aliases["champion"])
+
+
+def test_mlflow_models_serve_answers_scoring_requests(two_runs, tmp_path):
+    """`mlflow models serve -m models:/emoalign@champion`, scored over HTTP with a base64
+    WAV and with a path; a bad request gets a 400 with the reason."""
+    import base64
+
+    import requests
+
+    run_dir = Path(two_runs["summaries"][0]["run_dir"])
+    wav = next(two_runs["corpora"][0].glob("Session5/sentences/wav/*/*.wav"))
+    port = _free_port()
+    env = {**os.environ, **two_runs["env"],
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                             "models:/emoalign@champion", "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)],
+                            stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
+                            env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/ping", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
+        encoded = base64.b64encode(wav.read_bytes()).decode()
+        by_bytes = requests.post(url + "/invocations", json={"dataframe_records": [
+            {"wav": encoded, "transcript": "oh no"}]}, timeout=60)
+        by_path = requests.post(url + "/invocations", json={"dataframe_split": {
+            "columns": ["wav", "transcript"], "data": [[str(wav), "oh no"]]}}, timeout=60)
+        assert by_bytes.status_code == by_path.status_code == 200, by_bytes.text
+        (answer,) = by_bytes.json()["predictions"]
+        assert answer == by_path.json()["predictions"][0]
+        assert answer["label"] in ("neutral", "happy", "angry", "sad")
+        assert sum(answer[f"p_{c}"] for c in ("neutral", "happy", "angry", "sad")) == \
+            pytest.approx(1, abs=1e-5)
+        bad = requests.post(url + "/invocations", json={"dataframe_records": [
+            {"wav": str(run_dir / "nope.wav"), "transcript": "x"}]}, timeout=60)
+        assert bad.status_code == 400 and "cannot read" in bad.json()["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
