@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test run data lock compile clean
+.PHONY: install test run data lock compile bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ run: install
 # The default sample corpus, byte-identical to what data.dvc records.
 data: install
 	@test -d data/IEMOCAP_full_release || $(VENV)/bin/emoalign sample-corpus data/IEMOCAP_full_release --workers 2
+
+# Every benchmark (about 40 minutes on 2 cores); rewrites benchmarks/RESULTS.md.
+bench: install
+	$(PY) benchmarks/run_all.py
 
 compile: install
 	$(VENV)/bin/emoalign compile --out pipelines/emoalign_pipeline.yaml

@@ -1,0 +1,105 @@
+"""`make bench`: run every benchmark and rewrite benchmarks/RESULTS.md with the command, the
+machine and what each printed. The notes after the NOTES marker (readings written by people)
+are kept.
+
+    .venv/bin/python benchmarks/run_all.py [--only NAME ...] [--corpus DIR]
+
+The IEMOCAP-size corpus (10,039 utterances) the features, training and end-to-end
+benchmarks share is generated once into a scratch folder unless --corpus names one.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+NOTES_MARKER = "<!-- NOTES: everything below is kept by `make bench` -->"
+
+# name -> (script, arguments; {corpus} is the shared IEMOCAP-size release root)
+BENCHMARKS = {
+    "sample_corpus": ("sample_corpus.py", []),
+    "features": ("features.py", ["--corpus", "{corpus}"]),
+    "train": ("train.py", ["--corpus", "{corpus}"]),
+    "orchestration": ("orchestration.py", []),
+    "iemocap_size": ("iemocap_size.py", ["--corpus", "{corpus}"]),
+    "faults": ("faults.py", []),
+}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        memory = next(int(line.split()[1]) // 1024 // 1024 for line in
+                      Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+    except OSError:
+        memory = 0
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {memory} GiB, {gpu}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, {platform.system()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS))
+    parser.add_argument("--corpus", type=Path, help="an IEMOCAP-size release root to reuse")
+    args = parser.parse_args()
+    chosen = args.only or list(BENCHMARKS)
+    notes, kept = "", {}
+    if RESULTS.is_file() and NOTES_MARKER in RESULTS.read_text():
+        generated, notes = RESULTS.read_text().split(NOTES_MARKER, 1)
+        # Sections of benchmarks not run this time stay as they were.
+        for part in generated.split("\n## ")[1:]:
+            kept[part.split(" ", 1)[0]] = "## " + part.rstrip() + "\n"
+    sections = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        corpus = args.corpus
+        if corpus is None and any("{corpus}" in a for n in chosen for a in BENCHMARKS[n][1]):
+            sys.path.insert(0, str(ROOT))
+            from components import sample_corpus
+
+            corpus = Path(scratch) / "IEMOCAP_full_release"
+            print(f"generating the IEMOCAP-size corpus in {corpus}", flush=True)
+            sample_corpus.generate(corpus, 10_039, seed=0, workers=os.cpu_count() or 1)
+        for name in chosen:
+            script, extra = BENCHMARKS[name]
+            argv = [a.replace("{corpus}", str(corpus)) for a in extra]
+            shown = " ".join([".venv/bin/python", f"benchmarks/{script}",
+                              *[a if a != str(corpus) else "<IEMOCAP-size corpus>"
+                                for a in argv]])
+            print(f"== {shown}", flush=True)
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv],
+                                  cwd=ROOT, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            output = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
+                               if "Warning" not in line and "warnings.warn" not in line)
+            print(output, flush=True)
+            doc = (ROOT / "benchmarks" / script).read_text().split('"""')[1].strip()
+            sections[name] = (f"## {name} (`benchmarks/{script}`)\n\n{doc}\n\n"
+                              f"Command: `{shown}` ({seconds:.0f} s, exit {done.returncode})"
+                              f"\n\n```\n{output.strip()}\n```\n")
+    header = (f"# Benchmark results\n\nWritten by `make bench` "
+              f"({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}).\n\n"
+              f"Machine: {machine()}.\n\n")
+    ordered = [sections.get(n) or kept.get(n) for n in BENCHMARKS]
+    RESULTS.write_text(header + "\n".join(s for s in ordered if s) + "\n" + NOTES_MARKER
+                       + notes)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
