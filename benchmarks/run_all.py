@@ -30,6 +30,7 @@ BENCHMARKS = {
     "orchestration": ("orchestration.py", []),
     "iemocap_size": ("iemocap_size.py", ["--corpus", "{corpus}"]),
     "faults": ("faults.py", []),
+    "bad_inputs": ("bad_inputs.py", []),
 }
 
 

@@ -272,6 +272,9 @@ class FeatureStore:
 
     def __init__(self, path: Path, verify: bool = False):
         self.path = Path(path)
+        if not (self.path / "store.json").is_file():
+            raise UserError(f"{self.path} is not a feature store (no store.json); "
+                            "run `emoalign features` first")
         if verify and (problem := check_store(self.path)):
             raise UserError(f"feature store {self.path} is {problem}")
         self.meta = json.loads((self.path / "store.json").read_text())

@@ -73,9 +73,10 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
-def connect(uri: str | None = None, timeout_s: float = 10.0):
-    """A client for a store that answers, or a RegistryError naming it. Call before any
-    training so that an unreachable server costs nothing."""
+def connect(uri: str | None = None, timeout_s: float = 10.0,
+            consequence: str = "nothing was tracked or registered"):
+    """A client for a store that answers, or a RegistryError naming it (and saying what
+    that means). `emoalign run` calls it before any work, so a dead server costs nothing."""
     import logging
 
     import requests
@@ -92,7 +93,7 @@ def connect(uri: str | None = None, timeout_s: float = 10.0):
         except requests.RequestException as e:
             reason = type(e).__name__ if not isinstance(e, requests.HTTPError) else str(e)
             raise RegistryError(f"MLflow tracking server {redact(uri)} is unreachable "
-                                f"({reason}); nothing was trained or registered") from None
+                                f"({reason}); {consequence}") from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         try:
@@ -100,13 +101,33 @@ def connect(uri: str | None = None, timeout_s: float = 10.0):
         except OSError as e:
             raise RegistryError(f"cannot create the MLflow store folder {path.parent}: "
                                 f"{e.strerror}") from None
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        client.search_experiments(max_results=1)
+        with _store_creation_lock(uri):
+            # Both stores create and migrate their tables when first opened.
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
     except Exception as e:
         raise RegistryError(f"MLflow tracking store {redact(uri)} does not answer: "
                             f"{str(e).splitlines()[0][:200]}") from None
     return client
+
+
+@contextmanager
+def _store_creation_lock(uri: str):
+    """Two processes opening a new SQLite store at once would both create its tables (and
+    one fail on "duplicate column"); they take turns on a lock file beside it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(Path(uri[len("sqlite:///"):]).with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client, name: str) -> str:
@@ -206,7 +227,8 @@ def lineage_tags(lineage: Lineage, config: Config, manifest_sha256: str,
     return {"git_sha": lineage.git_sha or "unknown", "git_dirty": str(lineage.git_dirty).lower(),
             "data_hash": lineage.data_hash, "manifest_sha256": manifest_sha256,
             "config_sha256": config.sha256(), "seed": str(config.seed),
-            "pipeline_run": lineage.pipeline_run, "validation": validation}
+            "pipeline_run": lineage.pipeline_run, "validation": validation,
+            "corpus": lineage.corpus}
 
 
 def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path) -> dict:

@@ -86,7 +86,12 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> A
         result.note("data.dvc", f"at {sha[:12]} records {pinned}, the model's data hash is "
                                 f"{data_hash}: it was trained on another corpus")
     if corpus is None:
-        corpus = PROJECT_ROOT / "data" if pinned == data_hash else Path(tags.get("corpus", ""))
+        if pinned == data_hash:
+            corpus = PROJECT_ROOT / "data"
+        elif tags.get("corpus"):
+            corpus = Path(tags["corpus"])
+        else:
+            raise UserError("the model's corpus is not data/ at its commit; pass --corpus")
     from components import iemocap
 
     try:

@@ -208,7 +208,7 @@ def run_local_pipeline(corpus: Path, config, data_hash: str, sha: str | None, di
 
     # Before any work: a tracking store that does not answer stops the run here.
     uri = registry.tracking_uri()
-    registry.connect(uri)
+    registry.connect(uri, consequence="nothing was trained or registered")
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the task subprocesses inherit it
     os.environ["EMOALIGN_GIT_DIRTY"] = str(dirty).lower()
     print(f"tracking {registry.redact(uri)}")

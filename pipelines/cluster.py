@@ -52,8 +52,10 @@ def configure(task, step: str):
         kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists",
                                   effect="NoSchedule")
     if step in RETRIED:
-        task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0,
-                       backoff_max_duration="600s")
+        # 10 s, 20 s, 40 s: rides out a restarting server or a flaky network, and a dead
+        # one fails the run in about a minute (kfp.local honours this too).
+        task.set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2.0,
+                       backoff_max_duration="60s")
     if step in UNCACHED:
         task.set_caching_options(False)
     if step in READS_CORPUS:

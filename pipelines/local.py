@@ -19,7 +19,7 @@ from pathlib import Path
 from components.errors import UserError
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
-STATUS_RE = re.compile(r"(Running pipeline|Executing task|finished with status)")
+STATUS_RE = re.compile(r"(Running pipeline|Executing task|finished with status|Retrying in)")
 EXCEPTION_RE = re.compile(r"^\s*(?:[\w]+\.)*(\w*(?:Error|Exception)): (.+)$")
 
 

@@ -176,11 +176,13 @@ def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
                           "cannot read")
 
 
-def test_no_credential_from_the_environment_reaches_the_store(two_runs):
+def test_no_credential_from_the_environment_reaches_the_store_or_the_logs(two_runs):
+    scanned = 0
     for path in two_runs["work"].rglob("*"):
-        if path.is_file() and ("mlartifacts" in path.parts or path.name == "mlflow.db"):
-            data = path.read_bytes()
-            assert SENTINEL.encode() not in data, path
+        if path.is_file() and "v2" not in path.parts:  # everything but the corpus copy
+            assert SENTINEL.encode() not in path.read_bytes(), path
+            scanned += path.name in ("mlflow.db", "pipeline.log", "config.resolved.yaml")
+    assert scanned >= 5  # the store and both runs' logs and configs were among them
 
 
 def test_scrub_masks_credentials_in_params_and_uris(monkeypatch):
@@ -394,3 +396,16 @@ def test_mlflow_models_serve_answers_scoring_requests(two_runs, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_processes_opening_a_new_store_at_once_take_turns(tmp_path):
+    """Two runs started together on a fresh SQLite store must not both create its tables."""
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    code = "from components import registry; registry.connect(); print('ok')"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert all(out.strip() == "ok" for out, _ in outs)
