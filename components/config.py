@@ -332,6 +332,11 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple = (
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys")
         tree = loaded or {}
+    return apply_overrides(tree, overrides)
+
+
+def apply_overrides(tree: dict, overrides: list[str] | tuple = ()) -> Config:
+    """`key=value` items applied to a config tree, then built and validated."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():

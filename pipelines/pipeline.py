@@ -35,10 +35,13 @@ def _train_and_register(folder, digest, config_yaml: str, git_sha: str):
 @dsl.pipeline(name=PIPELINE_NAME,
               description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
 def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "", git_sha: str = "",
-                      dvc_repo: str = "", dvc_rev: str = "", force: bool = True):
+                      dvc_repo: str = "", dvc_rev: str = "", protocol: str = "",
+                      seed: int = -1, force: bool = True):
     fetch = configure(steps.fetch(corpus=corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
-                                  data_hash=data_hash), "fetch")
+                                  data_hash=data_hash, config_yaml=config_yaml,
+                                  protocol=protocol, seed=seed), "fetch")
     folder, digest = fetch.outputs["corpus"], fetch.outputs["data_hash"]
+    config_yaml = fetch.outputs["config_yaml"]  # with the run's protocol and seed
     check = configure(steps.check(config_yaml=config_yaml, data_hash=digest, git_sha=git_sha,
                                   force=force), "check")
     with dsl.If(check.output == "retrain", name="data-code-or-config-changed"):

@@ -18,15 +18,22 @@ IMAGE = os.environ.get("EMOALIGN_IMAGE", f"emoalign:{PROJECT_VERSION}")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str
-          ) -> NamedTuple("Fetched", corpus=str, data_hash=str):
-    """The corpus folder to read (a path, or pulled through DVC at a revision) and its hash."""
+def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, config_yaml: str,
+          protocol: str, seed: int
+          ) -> NamedTuple("Fetched", corpus=str, data_hash=str, config_yaml=str):
+    """The run's inputs: the corpus folder (a path, or pulled through DVC at a revision), its
+    hash, and the config with the run's protocol and seed applied (empty / -1: as it says)."""
     from collections import namedtuple
 
     from components import fetch as step
+    from components.config import apply_overrides, config_from_yaml
 
+    overrides = ([f"protocol={protocol}"] if protocol else []) + \
+        ([f"seed={seed}"] if seed >= 0 else [])
+    config = apply_overrides(config_from_yaml(config_yaml).to_dict(), overrides)
     folder, digest = step.run(corpus, dvc_repo, dvc_rev, data_hash)
-    return namedtuple("Fetched", "corpus data_hash")(folder, digest)
+    return namedtuple("Fetched", "corpus data_hash config_yaml")(folder, digest,
+                                                                 config.to_yaml())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -151,7 +151,8 @@ def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
     assert executors and all(e["container"]["image"] == "emoalign:0.1.0"
                              for e in executors.values())
     assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {
-        "corpus", "config_yaml", "data_hash", "git_sha", "dvc_repo", "dvc_rev", "force"}
+        "corpus", "config_yaml", "data_hash", "git_sha", "dvc_repo", "dvc_rev", "protocol",
+        "seed", "force"}
     assert_one_line_error(emoalign("compile", "--out", tmp_path / "no" / "dir" / "p.yaml"),
                           "does not exist")
 
