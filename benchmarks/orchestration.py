@@ -11,7 +11,9 @@ ratio (goal: 1.25x or less) and checks that both produced the same metrics.
 """
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -29,12 +31,16 @@ from pipelines.local import run_pipeline  # noqa: E402
 
 def in_process(corpus: Path, config, work: Path, data_hash: str, sha: str) -> tuple[float, dict]:
     started = time.perf_counter()
-    summary = run_steps(corpus, config, work)
-    outputs = registry.StepOutputs(work / "ingest", work / "validate", work / "train",
-                                   work / "evaluate")
-    tracked = registry.track(outputs, config, registry.Lineage(
-        str(corpus), data_hash, sha, False, "in-process"), work / "track")
-    registry.register(outputs, config, tracked["run_id"], work / "register")
+    # The steps' own output (epochs, MLflow's notices) goes where kfp.local puts it: a log.
+    work.mkdir(parents=True)
+    with open(work / "steps.log", "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        summary = run_steps(corpus, config, work)
+        outputs = registry.StepOutputs(work / "ingest", work / "validate", work / "train",
+                                       work / "evaluate")
+        tracked = registry.track(outputs, config, registry.Lineage(
+            str(corpus), data_hash, sha, False, "in-process"), work / "track")
+        registry.register(outputs, config, tracked["run_id"], work / "register")
     return time.perf_counter() - started, summary["metrics"]
 
 
@@ -54,6 +60,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="default: data/ (the sample corpus)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     config = load_config(None, args.overrides)
     config.features.cache_dir = ""  # both paths extract features themselves
     corpus = args.corpus or cli.ensure_default_corpus(config)

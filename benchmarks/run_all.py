@@ -11,6 +11,7 @@ benchmarks share is generated once into a scratch folder unless --corpus names o
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+# Library chatter, not figures: warnings, MLflow's log lines and progress bars.
+NOISE_RE = re.compile(r"Warning|warnings\.warn|^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |"
+                      r"Downloading artifacts|^Registered model '|^Created version '|^\s*$")
 NOTES_MARKER = "<!-- NOTES: everything below is kept by `make bench` -->"
 
 # name -> (script, arguments; {corpus} is the shared IEMOCAP-size release root)
@@ -87,13 +91,13 @@ def main() -> None:
                                   cwd=ROOT, capture_output=True, text=True)
             seconds = time.perf_counter() - started
             output = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
-                               if "Warning" not in line and "warnings.warn" not in line)
+                               if not NOISE_RE.search(line))
             print(output, flush=True)
             doc = (ROOT / "benchmarks" / script).read_text().split('"""')[1].strip()
             sections[name] = (f"## {name} (`benchmarks/{script}`)\n\n{doc}\n\n"
                               f"Command: `{shown}` ({seconds:.0f} s, exit {done.returncode})"
                               f"\n\n```\n{output.strip()}\n```\n")
-    header = (f"# Benchmark results\n\nWritten by `make bench` "
+    header = (f"# Benchmark results\n\nWritten by `make bench` (benchmarks/run_all.py) "
               f"({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}).\n\n"
               f"Machine: {machine()}.\n\n")
     ordered = [sections.get(n) or kept.get(n) for n in BENCHMARKS]

@@ -26,6 +26,7 @@ import soundfile
 from components import ingest
 from components.config import FeaturesConfig
 from components.errors import UserError
+from components.lineage import file_sha256
 from model.features import FEATURE_CODE_VERSION, Extractor, FeatureSpec, Normalizer
 
 STORE_FILES = ("frames.bin", "index.parquet", "normalization.json", "store.json")
@@ -164,8 +165,8 @@ def build(manifest: pd.DataFrame, store_dir: Path, config: FeaturesConfig, key: 
     meta = {"key": key, "code_version": FEATURE_CODE_VERSION, "spec": spec.to_dict(),
             "dtype": dtype.name, "dim": spec.dim, "n_utterances": len(index),
             "n_frames": int(lengths.sum()), "frames_sha256": digest.hexdigest(),
-            "index_sha256": _sha256(partial / "index.parquet"),
-            "normalization_sha256": _sha256(partial / "normalization.json")}
+            "index_sha256": file_sha256(partial / "index.parquet"),
+            "normalization_sha256": file_sha256(partial / "normalization.json")}
     (partial / "store.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(store_dir, ignore_errors=True)
     partial.rename(store_dir)
@@ -191,14 +192,6 @@ def _normalization(index: pd.DataFrame, sums: np.ndarray, squares: np.ndarray) -
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_store(store_dir: Path, key: str | None = None) -> str | None:
     """None when the store is complete and intact (and has `key`); else why not."""
     meta_path = store_dir / "store.json"
@@ -219,7 +212,7 @@ def check_store(store_dir: Path, key: str | None = None) -> str | None:
         return "frames.bin is missing or has the wrong size"
     for name, field in (("frames.bin", "frames_sha256"), ("index.parquet", "index_sha256"),
                         ("normalization.json", "normalization_sha256")):
-        if not (store_dir / name).is_file() or _sha256(store_dir / name) != meta[field]:
+        if not (store_dir / name).is_file() or file_sha256(store_dir / name) != meta[field]:
             return f"checksum mismatch in {name}"
     return None
 

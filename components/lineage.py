@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -41,3 +42,11 @@ def git_sha(repo: Path) -> tuple[str | None, bool]:
     except (OSError, subprocess.CalledProcessError):
         return None, False
     return sha, bool(status.strip())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -8,7 +8,6 @@ registry lives, readable by anyone who can read the registry.
 """
 
 import getpass
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,6 +28,7 @@ import pandas as pd
 
 from components.config import Config
 from components.errors import UserError
+from components.lineage import file_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = PROJECT_ROOT / "runs" / "mlflow.db"
@@ -193,14 +193,6 @@ def pip_freeze() -> str:
     pins = {(d.metadata["Name"] or "").lower(): d.version
             for d in importlib.metadata.distributions() if d.metadata["Name"]}
     return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -150,7 +150,7 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> A
         result.fail("re-run", f"the steps at {sha[:12]} failed: {last}")
         return result
     rerun = json.loads((scratch / "rerun" / "evaluate" / "metrics.json").read_text())
-    manifest_sha = registry.file_sha256(scratch / "rerun" / "ingest" / "manifest.parquet")
+    manifest_sha = lineage.file_sha256(scratch / "rerun" / "ingest" / "manifest.parquet")
     if manifest_sha == tags.get("manifest_sha256"):
         result.ok("manifest", f"re-ingested manifest has the recorded sha256 {manifest_sha[:12]}")
     else:

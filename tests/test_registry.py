@@ -70,7 +70,7 @@ def test_each_run_is_tracked_with_config_metrics_artifacts_and_lineage(two_runs)
     assert tags["config_sha256"] == first["config_sha256"]
     assert tags["seed"] == "0" and tags["pipeline_run"] == first["pipeline_run"]
     manifest = Path(first["run_dir"]) / "ingest" / "manifest" / "manifest.parquet"
-    assert tags["manifest_sha256"] == registry.file_sha256(manifest)
+    assert tags["manifest_sha256"] == lineage.file_sha256(manifest)
     assert tags["validation"].startswith("passed")
     artifacts = {a.path for folder in ("run", "validate", "evaluate", "ingest")
                  for a in client.list_artifacts(run.info.run_id, folder)}
