@@ -110,6 +110,11 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
     except Exception as e:
         raise RegistryError(f"MLflow tracking store {redact(uri)} does not answer: "
                             f"{str(e).splitlines()[0][:200]}") from None
+    # MLflow's module-level functions (models:/ URIs, downloads) must see the same store.
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return client
 
 
