@@ -109,7 +109,9 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> A
     result.ok("data", f"{corpus} hashes to {data_hash}")
 
     # -- config -------------------------------------------------------------------------
-    scratch = Path(tempfile.mkdtemp(prefix="emoalign-audit-", dir=workdir))
+    # The re-run happens in another working directory (the worktree): absolute paths only.
+    corpus = corpus.resolve()
+    scratch = Path(tempfile.mkdtemp(prefix="emoalign-audit-", dir=Path(workdir).resolve()))
     recorded = Path(mlflow.artifacts.download_artifacts(
         run_id=version.run_id, artifact_path="run/config.resolved.yaml",
         dst_path=str(scratch / "recorded"), tracking_uri=client.tracking_uri))
