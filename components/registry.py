@@ -111,10 +111,11 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
         raise RegistryError(f"MLflow tracking store {redact(uri)} does not answer: "
                             f"{str(e).splitlines()[0][:200]}") from None
     # MLflow's module-level functions (models:/ URIs, downloads) must see the same store.
+    # (The registry follows the tracking URI; setting it too would export
+    # MLFLOW_REGISTRY_URI to every subprocess started later.)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     return client
 
 
