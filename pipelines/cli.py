@@ -483,23 +483,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speech + text emotion recognition on IEMOCAP as a Kubeflow pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
-    p.add_argument("--corpus", help="IEMOCAP release root, or a folder holding "
-                                    "IEMOCAP_full_release/ (default: data/, the DVC-tracked "
-                                    "sample corpus, regenerated if absent)")
-    _add_config_args(p)
-    p.add_argument("--workdir", default="runs", help="where runs are kept (default: runs/)")
-    p.add_argument("--summary-json", type=Path, help="also write the run summary as JSON")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("retrain", help="run the pipeline unless the champion was trained "
-                                       "from this data, code and config (what a schedule runs)")
-    p.add_argument("--corpus", help="as for run (default: data/)")
-    _add_config_args(p)
-    p.add_argument("--workdir", default="runs")
-    p.add_argument("--summary-json", type=Path)
-    p.add_argument("--force", action="store_true", help="train even when nothing changed")
-    p.set_defaults(func=cmd_retrain)
+    for command, helptext in (
+            ("run", "run the whole pipeline locally through kfp.local"),
+            ("retrain", "run the pipeline unless the champion was trained from this data, "
+                        "code and config (what a schedule runs)")):
+        p = sub.add_parser(command, help=helptext)
+        p.add_argument("--corpus", help="IEMOCAP release root, or a folder holding "
+                                        "IEMOCAP_full_release/ (default: data/, the "
+                                        "DVC-tracked sample corpus, regenerated if absent)")
+        _add_config_args(p)
+        p.add_argument("--workdir", default="runs", help="where runs are kept (default: runs/)")
+        p.add_argument("--summary-json", type=Path, help="also write the run summary as JSON")
+        if command == "run":
+            p.set_defaults(func=cmd_run)
+        else:
+            p.add_argument("--force", action="store_true",
+                           help="train even when nothing changed")
+            p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("sample-corpus", help="write a synthetic corpus in the IEMOCAP layout")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the release root to write")
