@@ -136,6 +136,13 @@ class TrainConfig:
     # Align model only: share of training utterances shown without speech or without words,
     # so that fusion learns to use both modalities.
     modality_dropout: float = 0.3
+    # Align model only: weight of the speech-only and text-only losses on its encoders,
+    # beside the fusion loss (0 = the fusion loss alone, as in the paper).
+    unimodal_loss: float = 1.0
+    # Align model only: weight of the loss on attention far from the word's place in the
+    # utterance (0 = free attention, as in the paper), and how far is far, as a share.
+    guided_attention: float = 0.0
+    guided_attention_width: float = 0.2
     bucketing: bool = True
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast on CUDA
@@ -228,6 +235,12 @@ class Config:
             raise ConfigError("model.dropout must be in [0, 1)")
         if not 0 <= self.train.modality_dropout < 1:
             raise ConfigError("train.modality_dropout must be in [0, 1)")
+        if not 0 <= self.train.unimodal_loss <= 10:
+            raise ConfigError("train.unimodal_loss must be in [0, 10]")
+        if not 0 <= self.train.guided_attention <= 100:
+            raise ConfigError("train.guided_attention must be in [0, 100]")
+        if not 0 < self.train.guided_attention_width <= 1:
+            raise ConfigError("train.guided_attention_width must be in (0, 1]")
         for key in ("epochs", "batch_size"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1")

@@ -6,6 +6,7 @@ test utterance; per-class precision/recall/F1, confusion matrices (counts and
 row-normalised) and per-session results come with them.
 """
 
+import difflib
 import json
 from pathlib import Path
 
@@ -13,12 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components import train
+from components import iemocap, train
 from components.config import Config
 from components.errors import UserError
 from components.features import FeatureStore
 from model.data import Example, collate
-from model.metrics import scores
+from model.metrics import attention_in_own_word, scores
 
 METRICS_FILENAME = "metrics.json"
 PREDICTIONS_FILENAME = "predictions.csv"
@@ -43,6 +44,7 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
     rows = train.labelled_rows(manifest_path, config.ingest.classes)
     device = torch.device("cpu")
     predictions, folds, histories, attention_cases = [], [], {}, None
+    alignment = []
     classes = None
     for fold_dir in fold_dirs(model_dir):
         model, prepared, bundle = train.load_bundle(fold_dir / train.MODEL_FILENAME, device)
@@ -64,8 +66,11 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
         if bundle["spec"]["kind"] in ("align", "late_fusion"):
             folds[-1]["ablation"] = _ablation(model, examples, labels, classes, device)
         histories[fold["name"]] = json.loads((fold_dir / train.HISTORY_FILENAME).read_text())
-        if attention_cases is None and bundle["spec"]["kind"] == "align":
-            attention_cases = _attention_cases(model, examples[:3], rows, bundle)
+        if bundle["spec"]["kind"] == "align":
+            cases = _attention_cases(model, examples, rows, bundle)
+            alignment.extend(cases)
+            if attention_cases is None:
+                attention_cases = cases[:3]
 
     table = pd.DataFrame(predictions)
     label_ids = table["label"].map(classes.index).to_numpy()
@@ -91,6 +96,8 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
     if all("ablation" in f for f in folds):
         metrics["ablation"] = {k: float(np.mean([f["ablation"][k] for f in folds]))
                                for k in folds[0]["ablation"]}
+    if alignment:
+        metrics["attention_alignment"] = _alignment_summary(alignment)
     table.to_csv(out_dir / PREDICTIONS_FILENAME, index=False)
     (out_dir / METRICS_FILENAME).write_text(json.dumps(metrics, indent=1))
     _plot_confusion(pooled, classes, out_dir / CONFUSION_PNG)
@@ -112,22 +119,69 @@ def _ablation(model, examples, labels, classes, device) -> dict:
             for name, part in (("ua_without_speech", no_speech), ("ua_without_text", no_text))}
 
 
-def _attention_cases(model, examples, rows, bundle) -> list[dict]:
-    """Word-by-frame attention weights of a few test utterances."""
+def _attention_cases(model, examples, rows, bundle, batch_size: int = 64) -> list[dict]:
+    """Word-by-step attention weights of test utterances, with each word's time span from
+    the corpus' forced alignment (.wdseg) where there is one."""
     from model.text import tokenize
 
+    feature_spec = bundle["feature_spec"]
+    step_seconds = (bundle["spec"]["frame_pool"] * feature_spec.get("subsample", 1)
+                    * feature_spec.get("hop_ms", 10.0) / 1000)
     cases = []
-    frame_seconds = bundle["spec"]["frame_pool"] / 100.0 * bundle["feature_spec"]["subsample"]
     with torch.no_grad():
-        for e in examples:
-            batch = collate([e])
+        for start in range(0, len(examples), batch_size):
+            part = examples[start:start + batch_size]
+            batch = collate(part)
             _, weights = model(batch.frames, batch.frame_lengths, batch.words,
                                batch.word_lengths, return_attention=True)
-            words = tokenize(rows.at[e.utt_id, "transcript"]) or ["<unk>"]
-            cases.append({"utt_id": e.utt_id, "words": words,
-                          "weights": weights[0, :len(words)].numpy(),
-                          "frame_seconds": frame_seconds})
+            steps = -(-batch.frame_lengths // bundle["spec"]["frame_pool"])
+            for k, e in enumerate(part):
+                words = tokenize(rows.at[e.utt_id, "transcript"]) or ["<unk>"]
+                cases.append({"utt_id": e.utt_id, "words": words,
+                              "weights": weights[k, :len(words), :int(steps[k])].numpy(),
+                              "step_seconds": step_seconds,
+                              "spans": _word_spans(words, rows.at[e.utt_id, "wdseg_path"])})
     return cases
+
+
+def _word_spans(words: list[str], wdseg_path) -> dict[int, tuple[float, float]] | None:
+    """Word index -> (start, end) seconds, matching the transcript's tokens to the aligned
+    words in order; words the aligner spelt differently are left out. None: no alignment."""
+    from model.text import tokenize
+
+    if not isinstance(wdseg_path, str) or not Path(wdseg_path).is_file():
+        return None
+    try:
+        aligned = iemocap.parse_wdseg(Path(wdseg_path).read_text(errors="replace"))
+    except OSError:
+        return None
+    tokens = [" ".join(tokenize(w)) for _, _, w in aligned]
+    matcher = difflib.SequenceMatcher(None, words, tokens, autojunk=False)
+    spans = {}
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            first, last, _ = aligned[block.b + k]
+            spans[block.a + k] = (first / 100, (last + 1) / 100)
+    return spans
+
+
+def _alignment_summary(cases: list[dict]) -> dict:
+    """Does each word attend to its own speech? Mean attention mass on a word's own span,
+    against the mass attention spread evenly would put there."""
+    mass, share = [], []
+    for case in cases:
+        if case["spans"]:
+            m, s = attention_in_own_word(case["weights"], case["spans"], case["step_seconds"])
+            mass.extend(m)
+            share.extend(s)
+    summary = {"utterances": len(cases),
+               "utterances_aligned": sum(1 for c in cases if c["spans"]),
+               "words": len(mass)}
+    if mass:
+        summary.update(mass_in_own_word=float(np.mean(mass)),
+                       uniform_mass=float(np.mean(share)),
+                       lift=float(np.mean(mass) / np.mean(share)))
+    return summary
 
 
 def _plt():
@@ -178,14 +232,22 @@ def _plot_curves(histories: dict, path: Path) -> None:
 
 
 def _plot_attention(cases: list[dict], path: Path) -> None:
+    """Heatmaps of which speech each word attends to; boxes mark where each word was
+    actually spoken (forced alignment), when the corpus has .wdseg files."""
     plt = _plt()
+    from matplotlib.patches import Rectangle
+
     fig, axes = plt.subplots(len(cases), 1, figsize=(9, 2.2 * len(cases)), squeeze=False)
     for ax, case in zip(axes[:, 0], cases):
         weights = case["weights"]
-        seconds = weights.shape[1] * case["frame_seconds"]
+        seconds = weights.shape[1] * case["step_seconds"]
         ax.imshow(weights, aspect="auto", cmap="viridis", extent=(0, seconds, len(weights), 0))
+        for i, (start, end) in (case["spans"] or {}).items():
+            ax.add_patch(Rectangle((start, i), end - start, 1, fill=False, edgecolor="white",
+                                   linewidth=0.8))
         ax.set_yticks(np.arange(len(case["words"])) + 0.5, case["words"], fontsize=7)
-        ax.set_title(case["utt_id"], fontsize=9)
+        ax.set_title(case["utt_id"] + ("  (boxes: where each word was spoken)"
+                                       if case["spans"] else ""), fontsize=9)
         ax.set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -207,6 +269,11 @@ def report_lines(metrics: dict) -> list[str]:
         a = metrics["ablation"]
         lines.append(f"modality ablation: UA {a['ua_without_speech']:.3f} without speech, "
                      f"{a['ua_without_text']:.3f} without text")
+    if metrics.get("attention_alignment", {}).get("words"):
+        a = metrics["attention_alignment"]
+        lines.append(f"attention on each word's own speech: {a['mass_in_own_word']:.3f} of its "
+                     f"mass, {a['uniform_mass']:.3f} if spread evenly (lift {a['lift']:.2f}; "
+                     f"{a['words']} words in {a['utterances_aligned']} aligned utterances)")
     lines.append("session  WA     UA     n")
     for session, s in metrics["per_session"].items():
         lines.append(f"{session:<8} {s['wa']:.3f}  {s['ua']:.3f}  {s['n']}")

@@ -185,6 +185,25 @@ def format_transcript_line(utt_id: str, start: float, end: float, text: str) -> 
     return f"{utt_id} [{start:08.4f}-{end:08.4f}]: {text}\n"
 
 
+# Tokens a forced alignment gives to things that are no transcript word.
+_WDSEG_NON_WORDS = re.compile(r"^(<s>|</s>|<sil>|\+\+.*\+\+|\[.*\])$", re.IGNORECASE)
+
+
+def parse_wdseg(text: str) -> list[tuple[int, int, str]]:
+    """(first frame, last frame, word) of each transcript word in a .wdseg file, frames at
+    100 per second; silences, <s>, </s> and ++NOISE++ left out, and the pronunciation
+    variant mark the aligner appends ("THE(2)") taken off."""
+    words = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
+            continue
+        word = re.sub(r"\(\d+\)$", "", parts[3])
+        if not _WDSEG_NON_WORDS.match(word):
+            words.append((int(parts[0]), int(parts[1]), word.lower()))
+    return words
+
+
 def format_wdseg(words: list[tuple[int, int, str]], score_seed: int) -> str:
     """Forced-alignment word segmentation: frame numbers at 100 frames per second."""
     lines = [" SFrm  EFrm    SegAScr Word"]

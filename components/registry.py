@@ -264,7 +264,10 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
                   "evaluate/n_test": metrics["n_test"],
                   **{f"evaluate/recall_{c}": v["recall"] for c, v in
                      metrics["per_class"].items()},
-                  **{f"evaluate/{k}": v for k, v in metrics.get("ablation", {}).items()}}
+                  **{f"evaluate/{k}": v for k, v in metrics.get("ablation", {}).items()},
+                  **{f"evaluate/attention_{k}": v
+                     for k, v in metrics.get("attention_alignment", {}).items()
+                     if k in ("mass_in_own_word", "uniform_mass", "lift")}}
         series = [Metric(key, float(value), now, 0) for key, value in values.items()]
         for fold_dir in sorted(outputs.model_dir.glob(f"*/{train.HISTORY_FILENAME}")):
             for epoch in json.loads(fold_dir.read_text()):

@@ -26,7 +26,7 @@ from components.features import FeatureStore
 from model.data import Example, batch_indices, collate
 from model.metrics import scores
 from model.features import Normalizer
-from model.network import ModelSpec, build_model, loss_fn
+from model.network import ModelSpec, build_model, loss_fn, off_diagonal_attention
 from model.serving import load_fold, predict_log_probs
 from model.vocab import Vocabulary, load_word_vectors
 
@@ -164,7 +164,9 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
                      embed_dim=config.model.embed_dim, hidden=config.model.hidden,
                      attention=config.model.attention,
                      attention_dim=config.model.attention_dim,
-                     frame_pool=config.model.frame_pool, dropout=config.model.dropout)
+                     frame_pool=config.model.frame_pool, dropout=config.model.dropout,
+                     unimodal_heads=config.model.kind == "align"
+                     and config.train.unimodal_loss > 0)
     torch.manual_seed(config.seed * 1009 + fold_index)
     model = build_model(spec).to(device)
     if config.model.word_vectors and config.model.kind != "speech":
@@ -209,9 +211,12 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
                 batch = drop_modalities(batch, config.train.modality_dropout)
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                output = model(batch.frames, batch.frame_lengths, batch.words,
-                               batch.word_lengths)
-                loss = loss_fn(output.float(), batch.labels, weight)
+                if spec.kind == "align":
+                    loss = align_loss(model, batch, weight, config)
+                else:
+                    output = model(batch.frames, batch.frame_lengths, batch.words,
+                                   batch.word_lengths)
+                    loss = loss_fn(output.float(), batch.labels, weight)
             if not torch.isfinite(loss):
                 raise TrainError(f"fold {fold.name}: the loss became {loss.item()} in epoch "
                                  f"{epoch}; lower train.lr or check the features")
@@ -259,6 +264,21 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
             "best_val_ua": state["best_ua"], "epochs_run": state["epoch"],
             "n_train": len(fold.train_ids), "n_val": len(fold.val_ids),
             "n_test": len(fold.test_ids), "vocab_size": len(vocab)}
+
+
+def align_loss(model, batch, weight, config: Config) -> torch.Tensor:
+    """The fusion loss, plus the unimodal heads' losses and the guided-attention term
+    where the config turns them on (model/network.py says why each helps)."""
+    out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+    loss = loss_fn(out.logits.float(), batch.labels, weight)
+    if out.unimodal is not None:
+        loss = loss + config.train.unimodal_loss * loss_fn(
+            torch.stack(out.unimodal).float(), batch.labels, weight)
+    if config.train.guided_attention:
+        loss = loss + config.train.guided_attention * off_diagonal_attention(
+            out.attention, batch.word_lengths, out.speech_lengths,
+            config.train.guided_attention_width)
+    return loss
 
 
 def learning_rate(config: Config, epoch: int) -> float:

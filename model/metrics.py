@@ -33,3 +33,23 @@ def scores(labels, predictions, classes: list[str]) -> dict:
                                           out=np.zeros(matrix.shape),
                                           where=support[:, None] > 0).round(4).tolist(),
     }
+
+
+def attention_in_own_word(weights: np.ndarray, spans: dict[int, tuple[float, float]],
+                          step_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """How much each word attends to the speech of that word.
+
+    weights: (words, steps) attention of one utterance; spans: word index -> (start, end)
+    in seconds, from a forced alignment. Returns, per word in `spans`, the attention mass on
+    the steps its span overlaps, and the share of the steps those are: what attention spread
+    evenly would put there. Mass well above the share means words align with their frames.
+    """
+    n_steps = weights.shape[1]
+    mass, share = [], []
+    for i, (start, end) in sorted(spans.items()):
+        # The epsilon keeps 0.3 / 0.1 = 2.9999... on step 3, where it belongs.
+        first = min(int(start / step_seconds + 1e-9), n_steps - 1)
+        last = max(first, min(int(np.ceil(end / step_seconds - 1e-9)) - 1, n_steps - 1))
+        mass.append(float(weights[i, first:last + 1].sum()))
+        share.append((last - first + 1) / n_steps)
+    return np.array(mass), np.array(share)

@@ -13,6 +13,7 @@ attention and in the pooling.
 """
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ class ModelSpec:
     attention_dim: int = 64
     frame_pool: int = 5   # average this many frames before the speech LSTM (50 ms steps)
     dropout: float = 0.3
+    # Align only: a speech-only and a text-only classifier on the encoders, trained beside
+    # the fusion head and unused at prediction (see AlignModel.forward).
+    unimodal_heads: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +134,13 @@ class Attention(nn.Module):
         return weights @ speech, weights  # (B, W, 2H), (B, W, T')
 
 
+class AlignOutputs(NamedTuple):
+    logits: torch.Tensor          # (B, C)
+    attention: torch.Tensor       # (B, W, T')
+    speech_lengths: torch.Tensor  # (B,) steps after frame pooling
+    unimodal: tuple | None        # (speech-only, text-only) logits, with unimodal heads
+
+
 class AlignModel(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -139,16 +150,50 @@ class AlignModel(nn.Module):
         self.fusion = BiLSTM(4 * spec.hidden, spec.hidden)
         self.dropout = nn.Dropout(spec.dropout)
         self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
+        if spec.unimodal_heads:
+            self.speech_head = nn.Linear(2 * spec.hidden, spec.n_classes)
+            self.text_head = nn.Linear(2 * spec.hidden, spec.n_classes)
 
     def forward(self, frames, frame_lengths, words, word_lengths, return_attention=False):
+        out = self.outputs(frames, frame_lengths, words, word_lengths)
+        return (out.logits, out.attention) if return_attention else out.logits
+
+    def outputs(self, frames, frame_lengths, words, word_lengths) -> AlignOutputs:
+        """Everything training needs. The unimodal heads classify each encoder's states on
+        their own: trained on the fusion loss alone, each encoder learns only what the
+        other lacks, and the modality learnt first starves the other. A loss on each
+        encoder's own prediction (gradient blending, Wang et al. 2020) keeps both as good
+        as the single-modality models; prediction uses the fusion head only."""
         speech, speech_lengths = self.speech(frames, frame_lengths)
         speech_mask = _lengths_mask(speech_lengths, speech.shape[1])
         text = self.text(words, word_lengths)
+        word_mask = _lengths_mask(word_lengths, words.shape[1])
         aligned, weights = self.attention(text, speech, speech_mask)
         fused = self.fusion(torch.cat([aligned, text], dim=-1), word_lengths)
-        pooled = masked_max(fused, _lengths_mask(word_lengths, words.shape[1]))
-        logits = self.out(self.dropout(pooled))
-        return (logits, weights) if return_attention else logits
+        logits = self.out(self.dropout(masked_max(fused, word_mask)))
+        unimodal = None
+        if hasattr(self, "speech_head"):
+            unimodal = (self.speech_head(self.dropout(masked_max(speech, speech_mask))),
+                        self.text_head(self.dropout(masked_max(text, word_mask))))
+        return AlignOutputs(logits, weights, speech_lengths, unimodal)
+
+
+def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
+                           step_lengths: torch.Tensor, width: float = 0.2) -> torch.Tensor:
+    """Guided attention (Tachibana et al. 2018): the attention mass far from the diagonal,
+    where word i of W sits near step j of T when i/W is close to j/T. Speech runs left to
+    right with the words, so this is where a word's own frames usually are; used as a
+    loss, it stops every word from attending to the same few salient frames. Positions
+    are relative, so leading silence or a pause only shifts the band a little, and
+    `width` (a share of the utterance) leaves room for that."""
+    b, w, t = weights.shape
+    word_pos = (torch.arange(w, device=weights.device)[None, :] + 0.5) / word_lengths[:, None]
+    step_pos = (torch.arange(t, device=weights.device)[None, :] + 0.5) / step_lengths[:, None]
+    distance = word_pos[:, :, None] - step_pos[:, None, :]  # (B, W, T)
+    penalty = 1 - torch.exp(-distance ** 2 / (2 * width ** 2))
+    per_word = (weights.float() * penalty).sum(-1)  # padded steps hold no attention
+    word_mask = _lengths_mask(word_lengths, w)
+    return per_word[word_mask].mean()
 
 
 class SpeechModel(nn.Module):

@@ -81,6 +81,24 @@ def test_formatters_round_trip_through_the_parsers():
     assert iemocap.parse_transcript_line(line).text == "Hi: you"
 
 
+def test_wdseg_words_and_frames():
+    # As the release writes them: silences, sentence marks, noise tokens and pronunciation
+    # variants ("THE(2)") beside the words.
+    text = (" SFrm  EFrm    SegAScr Word\n"
+            "    0    33     -52714 <s>\n"
+            "   34    51     -98765 I'M(2)\n"
+            "   52    60     -11111 <sil>\n"
+            "   61    80     -22222 ++LAUGHTER++\n"
+            "   81    99     -33333 THE(2)\n"
+            "  100   140     -44444 OFFICE\n"
+            "  141   170     -55555 </s>\n"
+            " Total score:      -318144\n"
+            " End of Utterance Reached\n")
+    assert iemocap.parse_wdseg(text) == [(34, 51, "i'm"), (81, 99, "the"), (100, 140, "office")]
+    written = iemocap.format_wdseg([(0, 9, "<s>"), (10, 30, "HELLO"), (31, 40, "</s>")], 1)
+    assert iemocap.parse_wdseg(written) == [(10, 30, "hello")]
+
+
 def test_latin1_files_are_read(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes("Ses01F_impro01_F000 [001.0000-002.0000]: Caf\xe9 ol\xe9.".encode("latin-1"))

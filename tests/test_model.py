@@ -7,8 +7,9 @@ import torchaudio
 
 from model.data import Example, batch_indices, collate
 from model.features import deltas
-from model.metrics import scores
-from model.network import KINDS, ModelSpec, build_model, log_probs, loss_fn
+from model.metrics import attention_in_own_word, scores
+from model.network import (KINDS, ModelSpec, build_model, log_probs, loss_fn,
+                           off_diagonal_attention)
 from model.vocab import Vocabulary, load_word_vectors
 
 
@@ -70,6 +71,79 @@ def test_attention_weights_cover_only_real_frames(attention):
     for i in range(4):
         torch.testing.assert_close(weights[i].sum(-1), torch.ones(weights.shape[1]))
         assert torch.all(weights[i, :, pooled[i]:] == 0)
+
+
+def test_unimodal_heads_classify_each_encoder_and_prediction_ignores_them():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind="align", vocab_size=30, hidden=16, embed_dim=8,
+                                  attention_dim=8, unimodal_heads=True)).eval()
+    batch = collate(examples(5, seed=3))
+    with torch.no_grad():
+        out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+        speech_logits, text_logits = out.unimodal
+        assert speech_logits.shape == text_logits.shape == (5, 4)
+        torch.testing.assert_close(model(batch.frames, batch.frame_lengths, batch.words,
+                                         batch.word_lengths), out.logits)
+        # The speech head sees speech only, the text head words only.
+        shuffled = batch.words.clone()
+        shuffled[shuffled > 0] = 7
+        other = model.outputs(batch.frames, batch.frame_lengths, shuffled, batch.word_lengths)
+        torch.testing.assert_close(other.unimodal[0], speech_logits)
+        assert not torch.allclose(other.unimodal[1], text_logits)
+    # A bundle saved before the heads existed has no such key in its spec and still loads.
+    plain = ModelSpec(kind="align", vocab_size=30).to_dict()
+    del plain["unimodal_heads"]
+    assert not hasattr(build_model(ModelSpec(**plain)), "speech_head")
+
+
+def test_guided_attention_penalises_attention_away_from_the_diagonal():
+    words, steps = 4, 8
+    diagonal = torch.zeros(1, words, steps)
+    for i in range(words):
+        diagonal[0, i, 2 * i:2 * i + 2] = 0.5
+    uniform = torch.full((1, words, steps), 1 / steps)
+    same_frame = torch.zeros(1, words, steps)
+    same_frame[0, :, 7] = 1.0  # every word on one salient frame
+    lengths = torch.tensor([words]), torch.tensor([steps])
+    penalties = [off_diagonal_attention(a, *lengths).item()
+                 for a in (diagonal, uniform, same_frame)]
+    assert penalties[0] < 0.1 < penalties[1] < penalties[2]
+    # Padding is ignored: the same utterance beside a longer one scores the same.
+    padded = torch.zeros(2, 6, 12)
+    padded[0, :words, :steps] = diagonal[0]
+    padded[1] = 1 / 12
+    both = off_diagonal_attention(padded[:1], torch.tensor([words]), torch.tensor([steps]))
+    torch.testing.assert_close(both, torch.tensor(penalties[0]))
+
+
+def test_guided_attention_loss_moves_attention_onto_the_diagonal():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind="align", vocab_size=30, hidden=16, embed_dim=8,
+                                  attention_dim=8, dropout=0.0))
+    batch = collate(examples(8, seed=4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def penalty():
+        out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+        return off_diagonal_attention(out.attention, batch.word_lengths, out.speech_lengths)
+
+    first = penalty().item()
+    for _ in range(40):
+        loss = penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert penalty().item() < 0.75 * first  # measured: 0.57 -> 0.35
+
+
+def test_attention_in_own_word_against_spread_evenly():
+    weights = np.array([[0.8, 0.2, 0.0, 0.0],   # word 0 on its own steps
+                        [0.25, 0.25, 0.25, 0.25]])  # word 1 everywhere
+    # Steps of 0.05 s: word 0 covers steps 0-1; word 1 runs past the end, so steps 2-3.
+    spans = {0: (0.0, 0.1), 1: (0.1, 0.25)}
+    mass, share = attention_in_own_word(weights, spans, step_seconds=0.05)
+    np.testing.assert_allclose(mass, [1.0, 0.5])
+    np.testing.assert_allclose(share, [0.5, 0.5])
 
 
 def test_ua_is_mean_recall_not_precision():

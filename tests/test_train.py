@@ -98,6 +98,26 @@ def test_evaluation_outputs(prepared, tmp_path):
         assert (tmp_path / "e" / picture).read_bytes()[:4] == b"\x89PNG"
     assert set(metrics["ablation"]) == {"ua_without_speech", "ua_without_text"}
     assert metrics["per_session"]["5"]["n"] == metrics["n_test"]
+    # Every test utterance of the sample corpus has a forced alignment to check against.
+    alignment = metrics["attention_alignment"]
+    assert alignment["utterances"] == alignment["utterances_aligned"] == metrics["n_test"]
+    assert alignment["words"] >= metrics["n_test"]
+    assert 0 < alignment["uniform_mass"] < 1 and 0 <= alignment["mass_in_own_word"] <= 1
+    assert "attention on each word's own speech" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_word_spans_follow_the_forced_alignment(tmp_path):
+    wdseg = tmp_path / "u.wdseg"
+    wdseg.write_text(" SFrm  EFrm    SegAScr Word\n    0    19     -1 <s>\n"
+                     "   20    49     -1 I'M\n   50    59     -1 <sil>\n"
+                     "   60    89     -1 GOING(2)\n   90    99     -1 TO\n"
+                     "  100   139     -1 LEAVE\n  140   150     -1 </s>\n")
+    # The transcript says "gonna" where the aligner heard "going to": the other words keep
+    # their spans, that one has none.
+    spans = evaluate._word_spans(["i'm", "gonna", "leave"], str(wdseg))
+    assert spans == {0: (0.2, 0.5), 2: (1.0, 1.4)}
+    assert evaluate._word_spans(["hi"], str(tmp_path / "missing.wdseg")) is None
+    assert evaluate._word_spans(["hi"], None) is None
 
 
 def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
