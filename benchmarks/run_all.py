@@ -31,6 +31,7 @@ BENCHMARKS = {
     "sample_corpus": ("sample_corpus.py", []),
     "features": ("features.py", ["--corpus", "{corpus}"]),
     "train": ("train.py", ["--corpus", "{corpus}"]),
+    "fusion": ("fusion.py", []),
     "orchestration": ("orchestration.py", []),
     "iemocap_size": ("iemocap_size.py", ["--corpus", "{corpus}"]),
     "faults": ("faults.py", []),

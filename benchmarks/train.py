@@ -28,7 +28,7 @@ from components import features, ingest, sample_corpus, train, validate  # noqa:
 from components.config import load_config  # noqa: E402
 from model import network  # noqa: E402
 from model.data import batch_indices, collate  # noqa: E402
-from model.network import ModelSpec, build_model, loss_fn  # noqa: E402
+from model.network import ModelSpec, build_model  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
 
 
@@ -38,11 +38,11 @@ def unpacked_forward(self, x, lengths):
     return out
 
 
-def epoch(examples, spec, batch_size, bucketing, device, seed=0):
+def epoch(examples, spec, config, bucketing, device, seed=0):
     torch.manual_seed(seed)
     model = build_model(spec).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = batch_indices([len(e.frames) for e in examples], batch_size,
+    batches = batch_indices([len(e.frames) for e in examples], config.train.batch_size,
                             np.random.default_rng(seed), bucketing)
     real = padded = 0
     model.train()
@@ -51,8 +51,7 @@ def epoch(examples, spec, batch_size, bucketing, device, seed=0):
         batch = collate([examples[i] for i in idx]).to(device)
         real += int(batch.frame_lengths.sum())
         padded += batch.frames.shape[0] * batch.frames.shape[1]
-        loss = loss_fn(model(batch.frames, batch.frame_lengths, batch.words,
-                             batch.word_lengths), batch.labels)
+        loss = train.align_loss(model, batch, None, config)  # the loss training uses
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -92,14 +91,13 @@ def main() -> None:
         spec = ModelSpec(kind="align", n_classes=4, feature_dim=store.spec.dim,
                          vocab_size=len(vocab), embed_dim=m.embed_dim, hidden=m.hidden,
                          attention_dim=m.attention_dim, frame_pool=m.frame_pool,
-                         dropout=m.dropout)
-        bs = config.train.batch_size
-        t_bucket, pad_bucket = epoch(examples, spec, bs, True, device)
-        t_shuffled, pad_shuffled = epoch(examples, spec, bs, False, device)
+                         dropout=m.dropout, unimodal_heads=config.train.unimodal_loss > 0)
+        t_bucket, pad_bucket = epoch(examples, spec, config, True, device)
+        t_shuffled, pad_shuffled = epoch(examples, spec, config, False, device)
         packed_forward = network.BiLSTM.forward
         network.BiLSTM.forward = unpacked_forward
         try:
-            t_plain, pad_plain = epoch(examples, spec, bs, False, device)
+            t_plain, pad_plain = epoch(examples, spec, config, False, device)
         finally:
             network.BiLSTM.forward = packed_forward
         n = len(examples)

@@ -194,11 +194,12 @@ FUSION_SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32",
 
 def test_alignment_fusion_beats_each_modality_alone(tmp_path):
     """On a generated corpus where a share of utterances carries emotion only in the voice
-    and a share only in the words, the alignment model beats speech-only and text-only and
-    uses both modalities (ablations). One seed here; with these settings the margin held
-    at seeds 0, 1 and 2 (+0.048, +0.033, +0.075 over speech-only; README)."""
+    and a share only in the words, the alignment model beats speech-only and text-only by
+    a wide margin and uses both modalities (ablations). One seed here; with these settings
+    UA align / speech / text was 0.864 / 0.738 / 0.639, 0.866 / 0.740 / 0.584 and
+    0.877 / 0.726 / 0.659 at seeds 0, 1 and 2 (README)."""
     corpus = tmp_path / "IEMOCAP_full_release"
-    sample_corpus.generate(corpus, 1200, seed=3, workers=2)
+    sample_corpus.generate(corpus, 2000, seed=3, workers=2)
     cfg = load_config(None, FUSION_SETTINGS)
     ingest.run(corpus, tmp_path / "ingest")
     validate.run(tmp_path / "ingest", tmp_path / "validated", cfg.ingest.classes, cfg.validate)
@@ -213,10 +214,10 @@ def test_alignment_fusion_beats_each_modality_alone(tmp_path):
         if kind == "align":
             ablation = metrics["ablation"]
     print("UA by kind:", ua, "ablation:", ablation)
-    # Measured on this machine: align 0.705, speech 0.657, text 0.583; without speech
-    # 0.591, without text 0.651. The bounds leave room for other CPUs' arithmetic.
-    assert ua["align"] >= ua["speech"] + 0.02
-    assert ua["align"] >= ua["text"] + 0.06
-    assert min(ua.values()) >= 0.45  # chance is 0.25
-    assert ablation["ua_without_speech"] <= ua["align"] - 0.04
-    assert ablation["ua_without_text"] <= ua["align"] - 0.03
+    # Measured on this machine: align 0.864, speech 0.738, text 0.639; without speech
+    # 0.575, without text 0.745. The bounds leave room for other CPUs' arithmetic.
+    assert ua["align"] >= ua["speech"] + 0.06
+    assert ua["align"] >= ua["text"] + 0.12
+    assert min(ua.values()) >= 0.5  # chance is 0.25
+    assert ablation["ua_without_speech"] <= ua["align"] - 0.15
+    assert ablation["ua_without_text"] <= ua["align"] - 0.06
