@@ -51,7 +51,7 @@ def epoch(examples, spec, config, bucketing, device, seed=0):
         batch = collate([examples[i] for i in idx]).to(device)
         real += int(batch.frame_lengths.sum())
         padded += batch.frames.shape[0] * batch.frames.shape[1]
-        loss = train.align_loss(model, batch, None, config)  # the loss training uses
+        loss, _ = train.align_loss(model, batch, None, config)  # the loss training uses
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -26,7 +26,8 @@ from components.features import FeatureStore
 from model.data import Example, batch_indices, collate
 from model.metrics import scores
 from model.features import Normalizer
-from model.network import ModelSpec, build_model, loss_fn, off_diagonal_attention
+from model.network import (ModelSpec, build_model, log_probs, loss_fn,
+                           off_diagonal_attention)
 from model.serving import load_fold, predict_log_probs
 from model.vocab import Vocabulary, load_word_vectors
 
@@ -203,6 +204,7 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
         batches = batch_indices(lengths, config.train.batch_size, rng, config.train.bucketing)
         model.train()
         total, seen = 0.0, 0
+        hits, support = np.zeros(len(classes)), np.zeros(len(classes))
         bar = tqdm(batches, desc=f"{fold.name} epoch {epoch}", unit="batch", disable=None,
                    leave=False)
         for idx in bar:
@@ -212,7 +214,7 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if spec.kind == "align":
-                    loss = align_loss(model, batch, weight, config)
+                    loss, output = align_loss(model, batch, weight, config)
                 else:
                     output = model(batch.frames, batch.frame_lengths, batch.words,
                                    batch.word_lengths)
@@ -227,7 +229,13 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
             optimizer.step()
             total += loss.item() * len(idx)
             seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.3f}")
+            labels = batch.labels.cpu().numpy()
+            correct = log_probs(output.detach()).argmax(-1).cpu().numpy() == labels
+            support += np.bincount(labels, minlength=len(classes))
+            hits += np.bincount(labels[correct], minlength=len(classes))
+            # UA on the training batches so far (dropout and all); validation UA follows.
+            bar.set_postfix(loss=f"{total / seen:.3f}",
+                            ua=f"{np.mean(hits[support > 0] / support[support > 0]):.3f}")
         bar.close()
         val_scores = scores([e.label for e in val], predict(model, val, device).argmax(1),
                             classes)
@@ -266,9 +274,9 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
             "n_test": len(fold.test_ids), "vocab_size": len(vocab)}
 
 
-def align_loss(model, batch, weight, config: Config) -> torch.Tensor:
+def align_loss(model, batch, weight, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """The fusion loss, plus the unimodal heads' losses and the guided-attention term
-    where the config turns them on (model/network.py says why each helps)."""
+    where the config turns them on (model/network.py says why each helps); and the logits."""
     out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
     loss = loss_fn(out.logits.float(), batch.labels, weight)
     if out.unimodal is not None:
@@ -278,7 +286,7 @@ def align_loss(model, batch, weight, config: Config) -> torch.Tensor:
         loss = loss + config.train.guided_attention * off_diagonal_attention(
             out.attention, batch.word_lengths, out.speech_lengths,
             config.train.guided_attention_width)
-    return loss
+    return loss, out.logits
 
 
 def learning_rate(config: Config, epoch: int) -> float:
