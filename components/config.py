@@ -143,6 +143,8 @@ class TrainConfig:
     # utterance (0 = free attention, as in the paper), and how far is far, as a share.
     guided_attention: float = 0.0
     guided_attention_width: float = 0.2
+    # Share of the epochs over which that weight fades to nothing (0 = full weight throughout).
+    guided_attention_fade: float = 0.5
     bucketing: bool = True
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast on CUDA
@@ -241,6 +243,8 @@ class Config:
             raise ConfigError("train.guided_attention must be in [0, 100]")
         if not 0 < self.train.guided_attention_width <= 1:
             raise ConfigError("train.guided_attention_width must be in (0, 1]")
+        if not 0 <= self.train.guided_attention_fade <= 1:
+            raise ConfigError("train.guided_attention_fade must be in [0, 1]")
         for key in ("epochs", "batch_size"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1")

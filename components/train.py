@@ -214,7 +214,8 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if spec.kind == "align":
-                    loss, output = align_loss(model, batch, weight, config)
+                    loss, output = align_loss(model, batch, weight, config,
+                                              guide_scale(config, epoch))
                 else:
                     output = model(batch.frames, batch.frame_lengths, batch.words,
                                    batch.word_lengths)
@@ -274,16 +275,29 @@ def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFr
             "n_test": len(fold.test_ids), "vocab_size": len(vocab)}
 
 
-def align_loss(model, batch, weight, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fusion loss, plus the unimodal heads' losses and the guided-attention term
-    where the config turns them on (model/network.py says why each helps); and the logits."""
+def guide_scale(config: Config, epoch: int) -> float:
+    """The guided-attention weight's share in an epoch: full at the first, falling linearly
+    to nothing after `guided_attention_fade` of the epochs. Held to the end, the guide keeps
+    each word on its place in the utterance and costs accuracy; faded, alignment learnt
+    early stays while the fusion learns what it needs (benchmarks/RESULTS.md)."""
+    fade_epochs = config.train.guided_attention_fade * config.train.epochs
+    if fade_epochs <= 0:
+        return 1.0
+    return float(max(0.0, 1 - (epoch - 1) / fade_epochs))
+
+
+def align_loss(model, batch, weight, config: Config,
+               guide: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fusion loss, plus the unimodal heads' losses and the guided-attention term (its
+    weight times `guide`) where the config turns them on (model/network.py says why each
+    helps); and the logits."""
     out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
     loss = loss_fn(out.logits.float(), batch.labels, weight)
     if out.unimodal is not None:
         loss = loss + config.train.unimodal_loss * loss_fn(
             torch.stack(out.unimodal).float(), batch.labels, weight)
-    if config.train.guided_attention:
-        loss = loss + config.train.guided_attention * off_diagonal_attention(
+    if config.train.guided_attention and guide > 0:
+        loss = loss + guide * config.train.guided_attention * off_diagonal_attention(
             out.attention, batch.word_lengths, out.speech_lengths,
             config.train.guided_attention_width)
     return loss, out.logits
