@@ -26,7 +26,7 @@ run: install
 data: install
 	@test -d data/IEMOCAP_full_release || $(VENV)/bin/emoalign sample-corpus data/IEMOCAP_full_release --workers 2
 
-# Every benchmark (about 12 minutes on 2 cores); rewrites benchmarks/RESULTS.md.
+# Every benchmark (about 16 minutes on 2 cores); rewrites benchmarks/RESULTS.md.
 bench: install
 	$(PY) benchmarks/run_all.py
 
