@@ -132,13 +132,13 @@ def _attention_cases(model, examples, rows, bundle, batch_size: int = 64) -> lis
         for start in range(0, len(examples), batch_size):
             part = examples[start:start + batch_size]
             batch = collate(part)
-            _, weights = model(batch.frames, batch.frame_lengths, batch.words,
-                               batch.word_lengths, return_attention=True)
-            steps = -(-batch.frame_lengths // bundle["spec"]["frame_pool"])
+            out = model.outputs(batch.frames, batch.frame_lengths, batch.words,
+                                batch.word_lengths)
             for k, e in enumerate(part):
                 words = tokenize(rows.at[e.utt_id, "transcript"]) or ["<unk>"]
+                steps = int(out.speech_lengths[k])
                 cases.append({"utt_id": e.utt_id, "words": words,
-                              "weights": weights[k, :len(words), :int(steps[k])].numpy(),
+                              "weights": out.attention[k, :len(words), :steps].numpy(),
                               "step_seconds": step_seconds,
                               "spans": _word_spans(words, rows.at[e.utt_id, "wdseg_path"])})
     return cases
