@@ -253,6 +253,20 @@ def test_decide_applies_floor_infra_and_tolerance():
 
 # ---- backends and faults ----------------------------------------------------------------
 
+def _wait_until_up(url: str, proc: subprocess.Popen, seconds: float) -> bool:
+    """Poll `url` until it answers OK; False if the process exits or time runs out."""
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return True
+        except requests.RequestException:
+            time.sleep(0.5)
+    return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -281,16 +295,7 @@ def mlflow_server(tmp_path_factory):
         stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     uri = f"http://127.0.0.1:{port}"
-    import requests
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(uri + "/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
+    if not _wait_until_up(uri + "/health", proc, 90):
         proc.kill()
         pytest.fail("mlflow server did not start: " + (work / "server.log").read_text()[-2000:])
     yield uri
@@ -370,14 +375,7 @@ def test_mlflow_models_serve_answers_scoring_requests(two_runs, tmp_path):
                             env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if requests.get(url + "/ping", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
+        if not _wait_until_up(url + "/ping", proc, 120):
             pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
         encoded = base64.b64encode(wav.read_bytes()).decode()
         by_bytes = requests.post(url + "/invocations", json={"dataframe_records": [
