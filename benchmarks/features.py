@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 import torch  # noqa: E402
 
-from components import features, ingest, sample_corpus  # noqa: E402
+from components import features, ingest, outputs, sample_corpus  # noqa: E402
 from components.config import FeaturesConfig, IngestConfig  # noqa: E402
 from model.features import Extractor, FeatureSpec  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
                                    workers=len(os.sched_getaffinity(0)))
         manifest, _ = ingest.scan(corpus, IngestConfig())
         manifest_path = scratch / "manifest.parquet"
-        ingest.write_manifest(manifest, manifest_path)
+        outputs.write_manifest(manifest, manifest_path)
         audio_s = float(manifest["duration_s"].sum())
         cores = len(os.sched_getaffinity(0))
         print(f"machine: {cores} cores; corpus {len(manifest)} utterances, "
@@ -80,7 +80,7 @@ def main() -> None:
 
         subset = manifest.iloc[:: max(1, len(manifest) // args.subset)].head(args.subset)
         subset_path = scratch / "subset.parquet"
-        ingest.write_manifest(subset.reset_index(drop=True), subset_path)
+        outputs.write_manifest(subset.reset_index(drop=True), subset_path)
         sub_audio = float(subset["duration_s"].sum())
         times = {}
         for workers in (1, cores):

@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 
 from components import evaluate, features, ingest, sample_corpus, train, validate  # noqa: E402
 from components.config import load_config  # noqa: E402
+from components.outputs import Evaluation  # noqa: E402
 
 # The settings of tests/test_train.py's fusion test.
 SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32", "model.embed_dim=32",
@@ -59,7 +60,7 @@ def train_and_score(job: tuple) -> dict:
         metrics = evaluate.run(model_dir, scratch / "store", scratch / "validated", eval_dir,
                                config)
     return {"kind": kind, "seed": seed, "metrics": metrics,
-            "predictions": pd.read_csv(eval_dir / evaluate.PREDICTIONS_FILENAME)}
+            "predictions": pd.read_csv(eval_dir / Evaluation.PREDICTIONS)}
 
 
 def main() -> None:

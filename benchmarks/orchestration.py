@@ -12,7 +12,6 @@ ratio (goal: 1.25x or less) and checks that both produced the same metrics.
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import lineage, registry  # noqa: E402
 from components.config import load_config  # noqa: E402
-from pipelines import cli  # noqa: E402
+from components.lineage import Lineage  # noqa: E402
+from components.outputs import StepOutputs  # noqa: E402
+from pipelines import local  # noqa: E402
 from pipelines.inprocess import run_steps  # noqa: E402
 from pipelines.local import run_pipeline  # noqa: E402
 
@@ -36,9 +37,8 @@ def in_process(corpus: Path, config, work: Path, data_hash: str, sha: str) -> tu
     with open(work / "steps.log", "w") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         summary = run_steps(corpus, config, work)
-        outputs = registry.StepOutputs(work / "ingest", work / "validate", work / "train",
-                                       work / "evaluate")
-        tracked = registry.track(outputs, config, registry.Lineage(
+        outputs = StepOutputs.of_steps_dir(work)
+        tracked = registry.track(outputs, config, Lineage(
             str(corpus), data_hash, sha, False, "in-process"), work / "track")
         registry.register(outputs, config, tracked["run_id"], work / "register")
     return time.perf_counter() - started, summary["metrics"]
@@ -51,7 +51,7 @@ def through_kfp(corpus: Path, config, work: Path, data_hash: str, sha: str
                         "data_hash": data_hash, "git_sha": sha, "force": True}, work,
                        echo=False)
     seconds = time.perf_counter() - started
-    metrics = json.loads((run.task_dir("evaluate") / "evaluation" / "metrics.json").read_text())
+    metrics = run.outputs.evaluation.metrics()
     return seconds, metrics
 
 
@@ -64,9 +64,9 @@ def main() -> None:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     config = load_config(None, args.overrides)
     config.features.cache_dir = ""  # both paths extract features themselves
-    corpus = args.corpus or cli.ensure_default_corpus(config)
+    corpus = args.corpus or local.ensure_default_corpus(config)
     data_hash = lineage.corpus_hash(corpus)
-    sha = lineage.git_sha(cli.PROJECT_ROOT)[0] or ""
+    sha = lineage.code_version()[0]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         times = {}

@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from components import features, ingest, sample_corpus, train, validate  # noqa: E402
+from components import features, ingest, outputs, sample_corpus, train, validate  # noqa: E402
 from components.config import load_config  # noqa: E402
 from model import network  # noqa: E402
 from model.data import batch_indices, collate  # noqa: E402
 from model.network import ModelSpec, build_model  # noqa: E402
+from model.serving import Inputs  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
 
 
@@ -79,11 +80,11 @@ def main() -> None:
         validate.run(scratch / "ingest", scratch / "validated", config.ingest.classes,
                      config.validate)
         features.run(scratch / "validated", scratch / "store", config.features)
-        store = features.FeatureStore(scratch / "store")
-        rows = train.labelled_rows(scratch / "validated", config.ingest.classes)
+        store = outputs.FeatureStore(scratch / "store")
+        rows = outputs.labelled_rows(scratch / "validated", config.ingest.classes)
         vocab = Vocabulary.build(rows["transcript"])
-        prepared = train.Prepared(vocab, store.normalizer(None), config.ingest.classes)
-        examples = prepared.examples(rows.index.tolist(), store, rows)
+        inputs = Inputs(vocab, store.normalizer(None), config.ingest.classes)
+        examples = store.examples(inputs, rows.index.tolist(), rows)
         seconds = np.array([len(e.frames) for e in examples]) / 100
         print(f"device {device} ({args.threads} CPU threads); {len(examples)} utterances, "
               f"mean {seconds.mean():.2f} s, longest {seconds.max():.1f} s")

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from components import PROJECT_ROOT
 from components.errors import ConfigError
+from model.spec import ATTENTIONS, KINDS, FeatureSpec
 
+
+DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
 # IEMOCAP codes behind each class name a configuration may ask for.
 CLASS_CODES = {
@@ -30,6 +34,10 @@ class SampleCorpusConfig:
     utterances: int = 600
     seed: int = 0
 
+    def check(self) -> None:
+        if self.utterances < 11:
+            raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
+
 
 @dataclass
 class IngestConfig:
@@ -44,6 +52,20 @@ class IngestConfig:
         if self.merge_excited:
             mapping["exc"] = "happy"
         return mapping
+
+    def check(self) -> None:
+        unknown = [c for c in self.classes if c not in CLASS_CODES]
+        if unknown:
+            raise ConfigError(
+                f"ingest.classes: unknown class {unknown[0]!r} (known: {', '.join(CLASS_CODES)})")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError("ingest.classes: a class is listed twice")
+        if len(self.classes) < 2:
+            raise ConfigError("ingest.classes: at least two classes are needed")
+        if self.merge_excited and "happy" not in self.classes:
+            raise ConfigError("ingest.merge_excited needs 'happy' in ingest.classes")
+        if self.merge_excited and "excited" in self.classes:
+            raise ConfigError("ingest.merge_excited contradicts 'excited' in ingest.classes")
 
 
 @dataclass
@@ -62,6 +84,11 @@ class DriftConfig:
     # Share of transcript tokens outside the reference vocabulary.
     oov_warn: float = 0.05
     oov_fail: float = 0.20
+
+    def check(self) -> None:
+        for key, warn in vars(self).items():
+            if key.endswith("_warn") and warn > getattr(self, key[:-5] + "_fail"):
+                raise ConfigError(f"validate.drift.{key} is above its _fail threshold")
 
 
 @dataclass
@@ -83,19 +110,23 @@ class ValidateConfig:
     workers: int = 0  # audio check processes; 0 = one per core
     drift: DriftConfig = field(default_factory=DriftConfig)
 
+    def check(self, n_classes: int) -> None:
+        for key in ("duration_tolerance_s", "min_duration_s", "max_clipped_share",
+                    "min_class_share", "max_quarantined_share", "workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"validate.{key} must not be negative")
+        if self.min_duration_s >= self.max_duration_s:
+            raise ConfigError("validate.min_duration_s must be below validate.max_duration_s")
+        if self.min_class_share * n_classes > 1:
+            raise ConfigError("validate.min_class_share is more than the classes can all have")
+        self.drift.check()
+
 
 @dataclass
-class FeaturesConfig:
-    """MFCC settings (model/features.py) and the feature store's storage and cache."""
+class FeaturesConfig(FeatureSpec):
+    """The MFCC settings (model/spec.py's FeatureSpec, whose fields come first here) and how
+    the feature store keeps the frames."""
 
-    n_mfcc: int = 13
-    n_mels: int = 40
-    win_ms: float = 25.0
-    hop_ms: float = 10.0
-    deltas: bool = True
-    delta_deltas: bool = True
-    stack: int = 1
-    subsample: int = 1
     dtype: str = "float16"
     # global: one mean/std from the training sessions; speaker: each speaker's own
     # statistics (from their audio only); none.
@@ -104,6 +135,22 @@ class FeaturesConfig:
     content_hash: bool = False
     workers: int = 0  # extraction processes; 0 = one per core
     cache_dir: str = ""  # a shared folder of stores, reused across runs; "" = none
+
+    def check(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"features.dtype must be float16 or float32, got {self.dtype!r}")
+        if self.normalization not in ("global", "speaker", "none"):
+            raise ConfigError("features.normalization must be global, speaker or none, "
+                              f"got {self.normalization!r}")
+        for key in ("n_mfcc", "n_mels", "stack", "subsample"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"features.{key} must be at least 1")
+        if self.n_mfcc > self.n_mels:
+            raise ConfigError("features.n_mfcc cannot exceed features.n_mels")
+        if not 0 < self.hop_ms <= self.win_ms:
+            raise ConfigError("features.hop_ms must be positive and at most features.win_ms")
+        if self.workers < 0:
+            raise ConfigError("features.workers must not be negative")
 
 
 @dataclass
@@ -119,6 +166,18 @@ class ModelConfig:
     dropout: float = 0.3
     word_vectors: str = ""  # a local GloVe-format file; "" = embeddings learnt from scratch
     min_word_count: int = 1
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"model.attention must be additive or dot, got "
+                              f"{self.attention!r}")
+        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.dropout must be in [0, 1)")
 
 
 @dataclass
@@ -150,6 +209,29 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CUDA
     threads: int = 0  # CPU threads; 0 = one per core
 
+    def check(self) -> None:
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError("train.modality_dropout must be in [0, 1)")
+        if not 0 <= self.unimodal_loss <= 10:
+            raise ConfigError("train.unimodal_loss must be in [0, 10]")
+        if not 0 <= self.guided_attention <= 100:
+            raise ConfigError("train.guided_attention must be in [0, 100]")
+        if not 0 < self.guided_attention_width <= 1:
+            raise ConfigError("train.guided_attention_width must be in (0, 1]")
+        if not 0 <= self.guided_attention_fade <= 1:
+            raise ConfigError("train.guided_attention_fade must be in [0, 1]")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be at least 1")
+        if self.lr <= 0 or self.grad_clip < 0 or self.patience < 1 or self.threads < 0:
+            raise ConfigError("train.lr must be positive, train.patience at least 1, "
+                              "train.grad_clip and train.threads not negative")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"train.lr_schedule must be cosine or constant, got "
+                              f"{self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
 
 @dataclass
 class RegistryConfig:
@@ -166,6 +248,15 @@ class RegistryConfig:
     bootstrap_samples: int = 1000  # for the confidence interval of the UA difference
     # Test utterances the registered model must score through MLflow before promotion.
     infra_check_utterances: int = 8
+
+    def check(self) -> None:
+        if not self.model_name.strip() or not self.experiment.strip():
+            raise ConfigError("registry.model_name and registry.experiment must not be empty")
+        if not 0 <= self.ua_floor <= 1 or not 0 <= self.tolerance <= 1:
+            raise ConfigError("registry.ua_floor and registry.tolerance must be in [0, 1]")
+        if self.bootstrap_samples < 100 or self.infra_check_utterances < 1:
+            raise ConfigError("registry.bootstrap_samples must be at least 100 and "
+                              "registry.infra_check_utterances at least 1")
 
 
 @dataclass
@@ -184,91 +275,18 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def check(self) -> None:
-        unknown = [c for c in self.ingest.classes if c not in CLASS_CODES]
-        if unknown:
-            raise ConfigError(
-                f"ingest.classes: unknown class {unknown[0]!r} (known: {', '.join(CLASS_CODES)})")
-        if len(set(self.ingest.classes)) != len(self.ingest.classes):
-            raise ConfigError("ingest.classes: a class is listed twice")
-        if len(self.ingest.classes) < 2:
-            raise ConfigError("ingest.classes: at least two classes are needed")
-        if self.ingest.merge_excited and "happy" not in self.ingest.classes:
-            raise ConfigError("ingest.merge_excited needs 'happy' in ingest.classes")
-        if self.ingest.merge_excited and "excited" in self.ingest.classes:
-            raise ConfigError("ingest.merge_excited contradicts 'excited' in ingest.classes")
-        v = self.validate
-        for key in ("duration_tolerance_s", "min_duration_s", "max_clipped_share",
-                    "min_class_share", "max_quarantined_share", "workers"):
-            if getattr(v, key) < 0:
-                raise ConfigError(f"validate.{key} must not be negative")
-        if v.min_duration_s >= v.max_duration_s:
-            raise ConfigError("validate.min_duration_s must be below validate.max_duration_s")
-        if v.min_class_share * len(self.ingest.classes) > 1:
-            raise ConfigError("validate.min_class_share is more than the classes can all have")
-        f = self.features
-        if f.dtype not in ("float16", "float32"):
-            raise ConfigError(f"features.dtype must be float16 or float32, got {f.dtype!r}")
-        if f.normalization not in ("global", "speaker", "none"):
-            raise ConfigError("features.normalization must be global, speaker or none, "
-                              f"got {f.normalization!r}")
-        for key in ("n_mfcc", "n_mels", "stack", "subsample"):
-            if getattr(f, key) < 1:
-                raise ConfigError(f"features.{key} must be at least 1")
-        if f.n_mfcc > f.n_mels:
-            raise ConfigError("features.n_mfcc cannot exceed features.n_mels")
-        if not 0 < f.hop_ms <= f.win_ms:
-            raise ConfigError("features.hop_ms must be positive and at most features.win_ms")
-        if f.workers < 0:
-            raise ConfigError("features.workers must not be negative")
+        """A ConfigError naming the first key that cannot be used."""
+        self.ingest.check()
+        self.validate.check(len(self.ingest.classes))
+        self.features.check()
         if self.protocol not in ("holdout", "loso"):
             raise ConfigError(f"protocol must be holdout or loso, got {self.protocol!r}")
         if self.holdout_session not in (1, 2, 3, 4, 5):
             raise ConfigError(f"holdout_session must be 1..5, got {self.holdout_session}")
-        m, t = self.model, self.train
-        kinds, attentions = ("align", "speech", "text", "late_fusion"), ("additive", "dot")
-        if m.kind not in kinds:
-            raise ConfigError(f"model.kind must be one of {', '.join(kinds)}, got {m.kind!r}")
-        if m.attention not in attentions:
-            raise ConfigError(f"model.attention must be additive or dot, got {m.attention!r}")
-        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count"):
-            if getattr(m, key) < 1:
-                raise ConfigError(f"model.{key} must be at least 1")
-        if not 0 <= m.dropout < 1:
-            raise ConfigError("model.dropout must be in [0, 1)")
-        if not 0 <= self.train.modality_dropout < 1:
-            raise ConfigError("train.modality_dropout must be in [0, 1)")
-        if not 0 <= self.train.unimodal_loss <= 10:
-            raise ConfigError("train.unimodal_loss must be in [0, 10]")
-        if not 0 <= self.train.guided_attention <= 100:
-            raise ConfigError("train.guided_attention must be in [0, 100]")
-        if not 0 < self.train.guided_attention_width <= 1:
-            raise ConfigError("train.guided_attention_width must be in (0, 1]")
-        if not 0 <= self.train.guided_attention_fade <= 1:
-            raise ConfigError("train.guided_attention_fade must be in [0, 1]")
-        for key in ("epochs", "batch_size"):
-            if getattr(t, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1")
-        if t.lr <= 0 or t.grad_clip < 0 or t.patience < 1 or t.threads < 0:
-            raise ConfigError("train.lr must be positive, train.patience at least 1, "
-                              "train.grad_clip and train.threads not negative")
-        if t.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(f"train.lr_schedule must be cosine or constant, got "
-                              f"{t.lr_schedule!r}")
-        if t.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        for key, warn in vars(v.drift).items():
-            if key.endswith("_warn") and warn > getattr(v.drift, key[:-5] + "_fail"):
-                raise ConfigError(f"validate.drift.{key} is above its _fail threshold")
-        r = self.registry
-        if not r.model_name.strip() or not r.experiment.strip():
-            raise ConfigError("registry.model_name and registry.experiment must not be empty")
-        if not 0 <= r.ua_floor <= 1 or not 0 <= r.tolerance <= 1:
-            raise ConfigError("registry.ua_floor and registry.tolerance must be in [0, 1]")
-        if r.bootstrap_samples < 100 or r.infra_check_utterances < 1:
-            raise ConfigError("registry.bootstrap_samples must be at least 100 and "
-                              "registry.infra_check_utterances at least 1")
-        if self.sample_corpus.utterances < 11:
-            raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
+        self.model.check()
+        self.train.check()
+        self.registry.check()
+        self.sample_corpus.check()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -336,8 +354,8 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Defaults, then the YAML file, then each `key=value` override; validated."""
-    tree: dict = {}
+    """configs/default.yaml, then the YAML file, then each `key=value` override; validated."""
+    tree = yaml.safe_load(DEFAULTS_FILE.read_text())
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -348,8 +366,17 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple = (
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys")
-        tree = loaded or {}
+        _merge(tree, loaded or {})
     return apply_overrides(tree, overrides)
+
+
+def _merge(tree: dict, layer: dict) -> None:
+    """Layer `layer` over `tree` key by key; a value that is not a section replaces."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def apply_overrides(tree: dict, overrides: list[str] | tuple = ()) -> Config:

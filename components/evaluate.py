@@ -14,75 +14,79 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components import iemocap, train
+from components import iemocap, outputs
 from components.config import Config
-from components.errors import UserError
-from components.features import FeatureStore
+from components.outputs import Evaluation, FeatureStore, TrainedModel
 from model.data import Example, collate
 from model.metrics import attention_in_own_word, scores
-
-METRICS_FILENAME = "metrics.json"
-PREDICTIONS_FILENAME = "predictions.csv"
-CONFUSION_PNG = "confusion.png"
-CURVES_PNG = "learning_curves.png"
-ATTENTION_PNG = "attention.png"
-REPORT_MD = "report.md"
-
-
-def fold_dirs(model_dir: Path) -> list[Path]:
-    folds = sorted(p.parent for p in Path(model_dir).glob(f"*/{train.MODEL_FILENAME}"))
-    if not folds:
-        raise UserError(f"no trained model under {model_dir} (expected <fold>/model.pt)")
-    return folds
+from model.serving import load_fold, predict_log_probs
+from model.spec import UNK_ID, FeatureSpec
 
 
 def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
         config: Config) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = Evaluation(Path(out_dir))
+    out.folder.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(Path(store_dir))
-    rows = train.labelled_rows(manifest_path, config.ingest.classes)
-    device = torch.device("cpu")
-    predictions, folds, histories, attention_cases = [], [], {}, None
-    alignment = []
-    classes = None
-    for fold_dir in fold_dirs(model_dir):
-        model, prepared, bundle = train.load_bundle(fold_dir / train.MODEL_FILENAME, device)
-        classes = bundle["classes"]
-        fold = json.loads((fold_dir / train.FOLD_FILENAME).read_text())
-        examples = prepared.examples(fold["test_ids"], store, rows)
-        log_p = train.predict(model, examples, device)
-        predicted = log_p.argmax(1)
-        labels = np.array([e.label for e in examples])
-        fold_scores = scores(labels, predicted, classes)
-        folds.append({"fold": fold["name"], "test_session": fold["test_session"],
-                      "wa": fold_scores["wa"], "ua": fold_scores["ua"],
-                      "n": fold_scores["n"], "best_epoch": bundle["best_epoch"]})
-        for e, p, lp in zip(examples, predicted, log_p):
-            predictions.append({"utt_id": e.utt_id, "session": fold["test_session"],
-                                "speaker": rows.at[e.utt_id, "speaker"],
-                                "label": classes[e.label], "predicted": classes[p],
-                                **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)}})
-        if bundle["spec"]["kind"] in ("align", "late_fusion"):
-            folds[-1]["ablation"] = _ablation(model, examples, labels, classes, device)
-        histories[fold["name"]] = json.loads((fold_dir / train.HISTORY_FILENAME).read_text())
-        if bundle["spec"]["kind"] == "align":
-            cases = _attention_cases(model, examples, rows, bundle)
-            alignment.extend(cases)
-            if attention_cases is None:
-                attention_cases = cases[:3]
+    rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
+    trained = TrainedModel(Path(model_dir))
+    folds = [evaluate_fold(trained, fold_dir, store, rows) for fold_dir in trained.fold_dirs()]
+    classes = folds[-1]["classes"]
+    table = pd.DataFrame([p for f in folds for p in f["predictions"]])
+    metrics = summarize(folds, table, classes, config)
+    table.to_csv(out.folder / out.PREDICTIONS, index=False)
+    (out.folder / out.METRICS).write_text(json.dumps(metrics, indent=1))
+    _plot_confusion(metrics, out.folder / out.CONFUSION_PNG)
+    _plot_curves({f["scores"]["fold"]: f["history"] for f in folds},
+                 out.folder / out.CURVES_PNG)
+    attention_cases = next((f["attention"][:3] for f in folds if f["attention"]), None)
+    if attention_cases:
+        _plot_attention(attention_cases, out.folder / out.ATTENTION_PNG)
+    (out.folder / out.REPORT_MD).write_text("\n".join(report_lines(metrics)) + "\n")
+    return metrics
 
-    table = pd.DataFrame(predictions)
+
+def evaluate_fold(trained: TrainedModel, fold_dir: Path, store: FeatureStore,
+                  rows: pd.DataFrame) -> dict:
+    """One fold's model on its held-out session: scores, predictions, attention."""
+    device = torch.device("cpu")
+    loaded = load_fold(fold_dir / trained.MODEL, device)
+    model, bundle, classes = loaded.model, loaded.bundle, loaded.inputs.classes
+    fold = trained.fold(fold_dir)
+    examples = store.examples(loaded.inputs, fold["test_ids"], rows)
+    log_p = predict_log_probs(model, examples, device)
+    predicted = log_p.argmax(1)
+    labels = np.array([e.label for e in examples])
+    fold_scores = scores(labels, predicted, classes)
+    result = {"fold": fold["name"], "test_session": fold["test_session"],
+              "wa": fold_scores["wa"], "ua": fold_scores["ua"], "n": fold_scores["n"],
+              "best_epoch": bundle["best_epoch"]}
+    predictions = [{"utt_id": e.utt_id, "session": fold["test_session"],
+                    "speaker": rows.at[e.utt_id, "speaker"], "label": classes[e.label],
+                    "predicted": classes[p],
+                    **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)}}
+                   for e, p, lp in zip(examples, predicted, log_p)]
+    if bundle["spec"]["kind"] in ("align", "late_fusion"):
+        result["ablation"] = _ablation(model, examples, labels, classes, device)
+    attention = (_attention_cases(model, examples, rows, bundle)
+                 if bundle["spec"]["kind"] == "align" else [])
+    return {"scores": result, "predictions": predictions, "classes": classes,
+            "history": trained.history(fold_dir), "attention": attention}
+
+
+def summarize(folds: list[dict], table: pd.DataFrame, classes: list[str],
+              config: Config) -> dict:
+    """metrics.json: mean ± std over the folds, pooled scores, per class and per session."""
+    fold_scores = [f["scores"] for f in folds]
     label_ids = table["label"].map(classes.index).to_numpy()
-    pred_ids = table["predicted"].map(classes.index).to_numpy()
-    pooled = scores(label_ids, pred_ids, classes)
+    pooled = scores(label_ids, table["predicted"].map(classes.index).to_numpy(), classes)
     per_session = {}
     for session, part in table.groupby("session"):
         s = scores(part["label"].map(classes.index), part["predicted"].map(classes.index),
                    classes)
         per_session[str(session)] = {"wa": s["wa"], "ua": s["ua"], "n": s["n"]}
-    fold_wa = np.array([f["wa"] for f in folds])
-    fold_ua = np.array([f["ua"] for f in folds])
+    fold_wa = np.array([f["wa"] for f in fold_scores])
+    fold_ua = np.array([f["ua"] for f in fold_scores])
     metrics = {
         "protocol": config.protocol, "model_kind": config.model.kind, "classes": classes,
         "wa": float(fold_wa.mean()), "ua": float(fold_ua.mean()),
@@ -90,21 +94,15 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
         "pooled": {"wa": pooled["wa"], "ua": pooled["ua"]},
         "per_class": pooled["per_class"], "confusion": pooled["confusion"],
         "confusion_normalized": pooled["confusion_normalized"],
-        "per_session": per_session, "folds": folds, "n_test": int(len(table)),
+        "per_session": per_session, "folds": fold_scores, "n_test": int(len(table)),
         "chance_ua": 1 / len(classes),
     }
-    if all("ablation" in f for f in folds):
-        metrics["ablation"] = {k: float(np.mean([f["ablation"][k] for f in folds]))
-                               for k in folds[0]["ablation"]}
+    if all("ablation" in f for f in fold_scores):
+        metrics["ablation"] = {k: float(np.mean([f["ablation"][k] for f in fold_scores]))
+                               for k in fold_scores[0]["ablation"]}
+    alignment = [case for f in folds for case in f["attention"]]
     if alignment:
         metrics["attention_alignment"] = _alignment_summary(alignment)
-    table.to_csv(out_dir / PREDICTIONS_FILENAME, index=False)
-    (out_dir / METRICS_FILENAME).write_text(json.dumps(metrics, indent=1))
-    _plot_confusion(pooled, classes, out_dir / CONFUSION_PNG)
-    _plot_curves(histories, out_dir / CURVES_PNG)
-    if attention_cases:
-        _plot_attention(attention_cases, out_dir / ATTENTION_PNG)
-    (out_dir / REPORT_MD).write_text("\n".join(report_lines(metrics)) + "\n")
     return metrics
 
 
@@ -114,8 +112,10 @@ def _ablation(model, examples, labels, classes, device) -> dict:
     way; one that quietly ignores a modality loses nothing when it goes."""
     no_speech = [Example(e.utt_id, np.zeros_like(e.frames), e.words, e.label)
                  for e in examples]
-    no_text = [Example(e.utt_id, e.frames, [1] * len(e.words), e.label) for e in examples]
-    return {name: scores(labels, train.predict(model, part, device).argmax(1), classes)["ua"]
+    no_text = [Example(e.utt_id, e.frames, [UNK_ID] * len(e.words), e.label)
+               for e in examples]
+    return {name: scores(labels, predict_log_probs(model, part, device).argmax(1),
+                         classes)["ua"]
             for name, part in (("ua_without_speech", no_speech), ("ua_without_text", no_text))}
 
 
@@ -124,9 +124,8 @@ def _attention_cases(model, examples, rows, bundle, batch_size: int = 64) -> lis
     the corpus' forced alignment (.wdseg) where there is one."""
     from model.text import tokenize
 
-    feature_spec = bundle["feature_spec"]
-    step_seconds = (bundle["spec"]["frame_pool"] * feature_spec.get("subsample", 1)
-                    * feature_spec.get("hop_ms", 10.0) / 1000)
+    step_seconds = FeatureSpec.from_dict(bundle["feature_spec"]).step_seconds(
+        bundle["spec"]["frame_pool"])
     cases = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -193,10 +192,11 @@ def _plt():
     return plt
 
 
-def _plot_confusion(pooled: dict, classes: list[str], path: Path) -> None:
+def _plot_confusion(metrics: dict, path: Path) -> None:
     plt = _plt()
-    normalized = np.array(pooled["confusion_normalized"])
-    counts = np.array(pooled["confusion"])
+    classes, pooled = metrics["classes"], metrics["pooled"]
+    normalized = np.array(metrics["confusion_normalized"])
+    counts = np.array(metrics["confusion"])
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):

@@ -10,7 +10,6 @@ store.json is written last, into a folder renamed into place only when complete,
 killed mid-write is never taken for a finished one; a checksum mismatch means a rebuild.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,13 +22,13 @@ import numpy as np
 import pandas as pd
 import soundfile
 
-from components import ingest
+from components import outputs
 from components.config import FeaturesConfig
 from components.errors import UserError
 from components.lineage import file_sha256
-from model.features import FEATURE_CODE_VERSION, Extractor, FeatureSpec, Normalizer
-
-STORE_FILES = ("frames.bin", "index.parquet", "normalization.json", "store.json")
+from components.outputs import StoreFiles
+from model.features import Extractor, Normalizer
+from model.spec import FEATURE_CODE_VERSION
 
 
 class FeatureInputError(UserError):
@@ -46,22 +45,11 @@ class FeatureResult:
     n_frames: int
 
 
-def spec_of(config: FeaturesConfig) -> FeatureSpec:
-    """The extraction settings of the config (which keeps them as its own typed keys so that
-    loading a config never imports torch)."""
-    return FeatureSpec(**{f.name: getattr(config, f.name) for f in dataclasses.fields(FeatureSpec)
-                          if hasattr(config, f.name)})
-
-
 # ---- the cache key ----------------------------------------------------------------------
 
 def _file_digest(path: str, content: bool) -> str:
     if content:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(path)
     st = os.stat(path)
     return f"{st.st_size}:{st.st_mtime_ns}"
 
@@ -69,7 +57,7 @@ def _file_digest(path: str, content: bool) -> str:
 def cache_key(manifest: pd.DataFrame, config: FeaturesConfig) -> str:
     """Manifest rows used, their audio (size + mtime, or contents), settings, code version."""
     h = hashlib.sha256()
-    h.update(json.dumps({"spec": spec_of(config).to_dict(), "dtype": config.dtype,
+    h.update(json.dumps({"spec": config.spec().to_dict(), "dtype": config.dtype,
                          "code": FEATURE_CODE_VERSION}, sort_keys=True).encode())
     for utt_id, session, speaker, wav in zip(manifest["utt_id"], manifest["session"],
                                              manifest["speaker"], manifest["wav_path"]):
@@ -126,7 +114,7 @@ def build(manifest: pd.DataFrame, store_dir: Path, config: FeaturesConfig, key: 
     """Write a complete store at store_dir (atomically); return its frame count."""
     from tqdm import tqdm
 
-    spec = spec_of(config)
+    spec = config.spec()
     dtype = np.dtype(config.dtype)
     partial = store_dir.with_name(f"{store_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -139,7 +127,7 @@ def build(manifest: pd.DataFrame, store_dir: Path, config: FeaturesConfig, key: 
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(items) > 32 else None
     try:
         results = pool.map(_extract_batch, jobs) if pool else map(_extract_batch, jobs)
-        with open(partial / "frames.bin", "wb") as out:
+        with open(partial / StoreFiles.FRAMES, "wb") as out:
             for batch in results:
                 for frames, total, total_sq in batch:
                     data = frames.tobytes()
@@ -159,15 +147,15 @@ def build(manifest: pd.DataFrame, store_dir: Path, config: FeaturesConfig, key: 
         "speaker": manifest["speaker"].to_numpy(),
         "offset": np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         "length": lengths})
-    index.to_parquet(partial / "index.parquet", index=False)
+    index.to_parquet(partial / StoreFiles.INDEX, index=False)
     normalization = _normalization(index, np.asarray(sums), np.asarray(squares))
-    (partial / "normalization.json").write_text(json.dumps(normalization))
+    (partial / StoreFiles.NORMALIZATION).write_text(json.dumps(normalization))
     meta = {"key": key, "code_version": FEATURE_CODE_VERSION, "spec": spec.to_dict(),
             "dtype": dtype.name, "dim": spec.dim, "n_utterances": len(index),
             "n_frames": int(lengths.sum()), "frames_sha256": digest.hexdigest(),
-            "index_sha256": file_sha256(partial / "index.parquet"),
-            "normalization_sha256": file_sha256(partial / "normalization.json")}
-    (partial / "store.json").write_text(json.dumps(meta, indent=1))
+            "index_sha256": file_sha256(partial / StoreFiles.INDEX),
+            "normalization_sha256": file_sha256(partial / StoreFiles.NORMALIZATION)}
+    (partial / StoreFiles.META).write_text(json.dumps(meta, indent=1))
     shutil.rmtree(store_dir, ignore_errors=True)
     partial.rename(store_dir)
     return meta["n_frames"]
@@ -192,35 +180,10 @@ def _normalization(index: pd.DataFrame, sums: np.ndarray, squares: np.ndarray) -
     }
 
 
-def check_store(store_dir: Path, key: str | None = None) -> str | None:
-    """None when the store is complete and intact (and has `key`); else why not."""
-    meta_path = store_dir / "store.json"
-    if not meta_path.is_file():
-        return "no finished store there" if not store_dir.exists() else (
-            "incomplete (no store.json: killed mid-write?)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return "store.json is damaged"
-    if key is not None and meta.get("key") != key:
-        return "stale (manifest, audio or settings changed)"
-    if meta.get("code_version") != FEATURE_CODE_VERSION:
-        return "made by another version of the feature code"
-    frames = store_dir / "frames.bin"
-    expected_bytes = meta["n_frames"] * meta["dim"] * np.dtype(meta["dtype"]).itemsize
-    if not frames.is_file() or frames.stat().st_size != expected_bytes:
-        return "frames.bin is missing or has the wrong size"
-    for name, field in (("frames.bin", "frames_sha256"), ("index.parquet", "index_sha256"),
-                        ("normalization.json", "normalization_sha256")):
-        if not (store_dir / name).is_file() or file_sha256(store_dir / name) != meta[field]:
-            return f"checksum mismatch in {name}"
-    return None
-
-
 def _link_store(store_dir: Path, out_dir: Path) -> None:
     """Make out_dir show the cached store: hard links, copies across file systems."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in STORE_FILES:
+    for name in StoreFiles.ALL:
         target = out_dir / name
         target.unlink(missing_ok=True)
         try:
@@ -232,9 +195,7 @@ def _link_store(store_dir: Path, out_dir: Path) -> None:
 def run(manifest_path: Path, out_dir: Path, config: FeaturesConfig,
         cache_dir: Path | None = None) -> FeatureResult:
     """Build (or reuse) the store for every utterance of the validated manifest."""
-    from components.validate import resolve_manifest_path
-
-    manifest = ingest.read_manifest(resolve_manifest_path(manifest_path))
+    manifest = outputs.read_manifest(outputs.manifest_file(manifest_path))
     missing = manifest[manifest["wav_path"].isna()]
     if len(missing):
         raise FeatureInputError(f"{missing['utt_id'].iloc[0]} has no wav file "
@@ -243,7 +204,7 @@ def run(manifest_path: Path, out_dir: Path, config: FeaturesConfig,
     cache = Path(cache_dir or config.cache_dir) if (cache_dir or config.cache_dir) else None
     key = cache_key(manifest, config)
     store_dir = cache / key[:24] if cache else out_dir
-    problem = check_store(store_dir, key)
+    problem = StoreFiles(store_dir).problem(key)
     if problem is None:
         reused, message = True, f"reused the feature store at {store_dir} (inputs unchanged)"
     else:
@@ -255,55 +216,6 @@ def run(manifest_path: Path, out_dir: Path, config: FeaturesConfig,
                       f" (the one there was {problem})"))
     if cache:
         _link_store(store_dir, out_dir)
-    meta = json.loads((store_dir / "store.json").read_text())
+    meta = outputs.read_json(store_dir / StoreFiles.META)
     return FeatureResult(store_dir, out_dir, reused, message, meta["n_utterances"],
                          meta["n_frames"])
-
-
-class FeatureStore:
-    """Read access to a store: frames by utterance (memory-mapped) and normalisers."""
-
-    def __init__(self, path: Path, verify: bool = False):
-        self.path = Path(path)
-        if not (self.path / "store.json").is_file():
-            raise UserError(f"{self.path} is not a feature store (no store.json); "
-                            "run `emoalign features` first")
-        if verify and (problem := check_store(self.path)):
-            raise UserError(f"feature store {self.path} is {problem}")
-        self.meta = json.loads((self.path / "store.json").read_text())
-        self.spec = FeatureSpec(**self.meta["spec"])
-        self.index = pd.read_parquet(self.path / "index.parquet")
-        self.frames = np.memmap(self.path / "frames.bin", dtype=self.meta["dtype"], mode="r",
-                                shape=(self.meta["n_frames"], self.meta["dim"]))
-        self._row = {u: i for i, u in enumerate(self.index["utt_id"])}
-        self._normalization = json.loads((self.path / "normalization.json").read_text())
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __contains__(self, utt_id: str) -> bool:
-        return utt_id in self._row
-
-    def get(self, utt_id: str) -> np.ndarray:
-        """Raw frames (T, dim) of one utterance: a view into the memory map, not a copy."""
-        row = self._row[utt_id]
-        offset, length = self.index.at[row, "offset"], self.index.at[row, "length"]
-        return self.frames[offset:offset + length]
-
-    def length(self, utt_id: str) -> int:
-        return int(self.index.at[self._row[utt_id], "length"])
-
-    def normalizer(self, held_out_session: int | None, mode: str = "global") -> Normalizer:
-        """Statistics fitted without the held-out session (None: on every session)."""
-        if mode == "none":
-            return Normalizer(np.zeros(self.spec.dim, np.float32),
-                              np.ones(self.spec.dim, np.float32))
-        n = self._normalization
-        fitted = n["all"] if held_out_session is None else n["folds"][str(held_out_session)]
-        speakers = None
-        if mode == "speaker":
-            # Each speaker's own statistics, from their own audio (labels are never used).
-            speakers = {k: (np.asarray(v["mean"], np.float32), np.asarray(v["std"], np.float32))
-                        for k, v in n["speakers"].items()}
-        return Normalizer(np.asarray(fitted["mean"], np.float32),
-                          np.asarray(fitted["std"], np.float32), speakers)

@@ -98,10 +98,15 @@ class LabelBlock:
     dominance: float
 
 
-def parse_label_header(line: str) -> LabelBlock:
-    m = LABEL_HEADER_RE.match(line.rstrip("\r\n"))
+def _match(pattern: re.Pattern, line: str, what: str) -> re.Match:
+    m = pattern.match(line.rstrip("\r\n"))
     if not m:
-        raise FormatError(f"not a label block header: {line.strip()!r}")
+        raise FormatError(f"not {what}: {line.strip()!r}")
+    return m
+
+
+def parse_label_header(line: str) -> LabelBlock:
+    m = _match(LABEL_HEADER_RE, line, "a label block header")
     return LabelBlock(
         utt_id=m["utt_id"], start=float(m["start"]), end=float(m["end"]), code=m["code"],
         valence=float(m["v"]), arousal=float(m["a"]), dominance=float(m["d"]),
@@ -117,9 +122,7 @@ class TranscriptLine:
 
 
 def parse_transcript_line(line: str) -> TranscriptLine:
-    m = TRANSCRIPT_RE.match(line.rstrip("\r\n"))
-    if not m:
-        raise FormatError(f"not a transcription line: {line.strip()!r}")
+    m = _match(TRANSCRIPT_RE, line, "a transcription line")
     return TranscriptLine(m["utt_id"], float(m["start"]), float(m["end"]), m["text"].strip())
 
 

@@ -10,64 +10,36 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile
 
-from components import iemocap
+from components import iemocap, outputs
 from components.config import IngestConfig
 from components.errors import CorpusError
 
-MANIFEST_FILENAME = "manifest.parquet"
-REPORT_FILENAME = "ingest_report.json"
-
-MANIFEST_SCHEMA = pa.schema([
-    ("utt_id", pa.string()),
-    ("session", pa.int64()),
-    ("dialog", pa.string()),
-    ("speaker", pa.string()),
-    ("gender", pa.string()),
-    ("scripted", pa.bool_()),
-    ("start", pa.float64()),
-    ("end", pa.float64()),
-    ("label_raw", pa.string()),
-    ("label", pa.string()),
-    ("valence", pa.float64()),
-    ("arousal", pa.float64()),
-    ("dominance", pa.float64()),
-    ("transcript", pa.string()),
-    ("wav_path", pa.string()),
-    ("duration_s", pa.float64()),
-    ("sample_rate", pa.int64()),
-    ("wdseg_path", pa.string()),
-])
+# The report's findings, in its order. Each problem is an entry naming the utterance or the
+# line, for validation to judge; the files are only noted.
+PROBLEM_KINDS = ("labels_without_transcript", "transcripts_without_label", "labels_without_wav",
+                 "wavs_without_label", "unreadable_wavs", "unparseable_lines",
+                 "bad_utterance_ids", "duplicate_ids", "unknown_label_codes",
+                 "misplaced_utterances")
+NOTED_FILES = ("latin1_files", "ignored_files")
 
 
-@dataclass
 class Findings:
-    """What ingest noticed, each entry naming the utterance or the line."""
+    """What ingest noticed, each entry naming the utterance or the line: one list attribute
+    per name in PROBLEM_KINDS and NOTED_FILES, and a count of non_utterance_lines."""
 
-    labels_without_transcript: list[dict] = field(default_factory=list)
-    transcripts_without_label: list[dict] = field(default_factory=list)
-    labels_without_wav: list[dict] = field(default_factory=list)
-    wavs_without_label: list[dict] = field(default_factory=list)
-    unreadable_wavs: list[dict] = field(default_factory=list)
-    unparseable_lines: list[dict] = field(default_factory=list)
-    bad_utterance_ids: list[dict] = field(default_factory=list)
-    duplicate_ids: list[dict] = field(default_factory=list)
-    unknown_label_codes: list[dict] = field(default_factory=list)
-    misplaced_utterances: list[dict] = field(default_factory=list)
-    latin1_files: list[str] = field(default_factory=list)
-    ignored_files: list[str] = field(default_factory=list)
-    non_utterance_lines: int = 0
+    def __init__(self):
+        for kind in PROBLEM_KINDS + NOTED_FILES:
+            setattr(self, kind, [])
+        self.non_utterance_lines = 0
 
     def problem_count(self) -> int:
-        return sum(len(v) for k, v in vars(self).items()
-                   if isinstance(v, list) and k not in ("latin1_files", "ignored_files"))
+        return sum(len(getattr(self, kind)) for kind in PROBLEM_KINDS)
 
 
 @dataclass
@@ -99,7 +71,7 @@ def _read(path: Path, findings: Findings, root: Path) -> list[str]:
     return text.splitlines()
 
 
-def _parse_labels(session: int, session_dir: Path, root: Path, findings: Findings,
+def _parse_labels(session_dir: Path, root: Path, findings: Findings,
                   ) -> list[tuple[iemocap.LabelBlock, str]]:
     blocks = []
     for path in _text_files(iemocap.label_dir(session_dir), findings, root):
@@ -186,82 +158,104 @@ def scan(corpus: Path, config: IngestConfig) -> tuple[pd.DataFrame, dict]:
     rows: list[dict] = []
     seen: dict[str, str] = {}
     sessions_found = []
-
     for session in iemocap.SESSIONS:
         session_dir = root / f"Session{session}"
-        if not session_dir.is_dir():
-            continue
-        sessions_found.append(session)
-        blocks = _parse_labels(session, session_dir, root, findings)
-        transcripts = _parse_transcripts(session_dir, root, findings)
-        wavs, wdsegs = _scan_wavs(session_dir, root, findings)
-        labelled = set()
-        for block, rel in blocks:
-            try:
-                uid = iemocap.parse_utt_id(block.utt_id)
-            except iemocap.FormatError as e:
-                findings.bad_utterance_ids.append(
-                    {"utt_id": block.utt_id, "file": rel, "reason": str(e)})
-                continue
-            if uid.session != session:
-                findings.misplaced_utterances.append(
-                    {"utt_id": block.utt_id, "file": rel,
-                     "reason": f"id names session {uid.session} but lies in Session{session}"})
-            if block.utt_id in seen:
-                findings.duplicate_ids.append(
-                    {"utt_id": block.utt_id, "file": rel,
-                     "reason": f"label block repeated (first in {seen[block.utt_id]})"})
-            seen.setdefault(block.utt_id, rel)
-            labelled.add(block.utt_id)
-            if block.code not in iemocap.LABEL_CODES:
-                findings.unknown_label_codes.append(
-                    {"utt_id": block.utt_id, "file": rel, "code": block.code,
-                     "reason": f"unknown IEMOCAP code {block.code!r}"})
-            transcript = transcripts.get(block.utt_id)
-            if transcript is None:
-                findings.labels_without_transcript.append(
-                    {"utt_id": block.utt_id, "file": rel, "reason": "no transcription line"})
-            wav = wavs.get(block.utt_id)
-            duration = rate = None
-            if wav is None:
-                findings.labels_without_wav.append(
-                    {"utt_id": block.utt_id, "file": rel, "reason": "no wav file"})
-            else:
-                duration, rate, problem = _wav_info(wav)
-                if problem:
-                    findings.unreadable_wavs.append(
-                        {"utt_id": block.utt_id, "file": str(wav.relative_to(root)),
-                         "reason": problem})
-            wdseg = wdsegs.get(block.utt_id)
-            rows.append({
-                # The folder decides the session (and so the cross-validation fold); the id
-                # decides the speaker. Validation catches a speaker found in two sessions.
-                "utt_id": block.utt_id, "session": session, "dialog": uid.dialog,
-                "speaker": uid.speaker, "gender": uid.gender, "scripted": uid.scripted,
-                "start": block.start, "end": block.end, "label_raw": block.code,
-                "label": label_map.get(block.code),
-                "valence": block.valence, "arousal": block.arousal,
-                "dominance": block.dominance,
-                "transcript": transcript[0].text if transcript else None,
-                "wav_path": str(wav) if wav else None,
-                "duration_s": duration, "sample_rate": rate,
-                "wdseg_path": str(wdseg) if wdseg else None,
-            })
-        for utt_id, (line, rel) in sorted(transcripts.items()):
-            if utt_id not in labelled:
-                findings.transcripts_without_label.append(
-                    {"utt_id": utt_id, "file": rel, "reason": "no label block"})
-        for utt_id, path in sorted(wavs.items()):
-            if utt_id not in labelled:
-                findings.wavs_without_label.append(
-                    {"utt_id": utt_id, "file": str(path.relative_to(root)),
-                     "reason": "no label block"})
+        if session_dir.is_dir():
+            sessions_found.append(session)
+            rows += _session_rows(session, session_dir, root, findings, label_map, seen)
 
-    manifest = pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
+    manifest = pd.DataFrame(rows, columns=outputs.MANIFEST_SCHEMA.names)
     manifest = manifest.sort_values(["session", "dialog", "start", "utt_id"], kind="stable")
     manifest = manifest.reset_index(drop=True)
     report = _report(root, sessions_found, manifest, findings, config)
     return manifest, report
+
+
+def _session_rows(session: int, session_dir: Path, root: Path, findings: Findings,
+                  label_map: dict[str, str], seen: dict[str, str]) -> list[dict]:
+    """The session folder's manifest rows: one per label block whose utterance id parses.
+    `seen` maps the ids met so far, in any session, to the label file that first had them."""
+    blocks = _parse_labels(session_dir, root, findings)
+    transcripts = _parse_transcripts(session_dir, root, findings)
+    wavs, wdsegs = _scan_wavs(session_dir, root, findings)
+    rows = []
+    for block, rel in blocks:
+        try:
+            uid = iemocap.parse_utt_id(block.utt_id)
+        except iemocap.FormatError as e:
+            findings.bad_utterance_ids.append(
+                {"utt_id": block.utt_id, "file": rel, "reason": str(e)})
+            continue
+        _check_block(block, uid, rel, session, seen, findings)
+        transcript = transcripts.get(block.utt_id)
+        if transcript is None:
+            findings.labels_without_transcript.append(
+                {"utt_id": block.utt_id, "file": rel, "reason": "no transcription line"})
+        wav = wavs.get(block.utt_id)
+        duration, rate = _block_audio(block, rel, wav, root, findings)
+        wdseg = wdsegs.get(block.utt_id)
+        rows.append({
+            # The folder decides the session (and so the cross-validation fold); the id
+            # decides the speaker. Validation catches a speaker found in two sessions.
+            "utt_id": block.utt_id, "session": session, "dialog": uid.dialog,
+            "speaker": uid.speaker, "gender": uid.gender, "scripted": uid.scripted,
+            "start": block.start, "end": block.end, "label_raw": block.code,
+            "label": label_map.get(block.code),
+            "valence": block.valence, "arousal": block.arousal,
+            "dominance": block.dominance,
+            "transcript": transcript[0].text if transcript else None,
+            "wav_path": str(wav) if wav else None,
+            "duration_s": duration, "sample_rate": rate,
+            "wdseg_path": str(wdseg) if wdseg else None,
+        })
+    _note_unlabelled({row["utt_id"] for row in rows}, transcripts, wavs, root, findings)
+    return rows
+
+
+def _check_block(block: iemocap.LabelBlock, uid: iemocap.UttId, rel: str, session: int,
+                 seen: dict[str, str], findings: Findings) -> None:
+    """What is odd about a label block whose id parses; the block is kept all the same."""
+    if uid.session != session:
+        findings.misplaced_utterances.append(
+            {"utt_id": block.utt_id, "file": rel,
+             "reason": f"id names session {uid.session} but lies in Session{session}"})
+    if block.utt_id in seen:
+        findings.duplicate_ids.append(
+            {"utt_id": block.utt_id, "file": rel,
+             "reason": f"label block repeated (first in {seen[block.utt_id]})"})
+    seen.setdefault(block.utt_id, rel)
+    if block.code not in iemocap.LABEL_CODES:
+        findings.unknown_label_codes.append(
+            {"utt_id": block.utt_id, "file": rel, "code": block.code,
+             "reason": f"unknown IEMOCAP code {block.code!r}"})
+
+
+def _block_audio(block: iemocap.LabelBlock, rel: str, wav: Path | None, root: Path,
+                 findings: Findings) -> tuple[float | None, int | None]:
+    """(duration_s, sample_rate) of the block's wav; None for what could not be read."""
+    if wav is None:
+        findings.labels_without_wav.append(
+            {"utt_id": block.utt_id, "file": rel, "reason": "no wav file"})
+        return None, None
+    duration, rate, problem = _wav_info(wav)
+    if problem:
+        findings.unreadable_wavs.append(
+            {"utt_id": block.utt_id, "file": str(wav.relative_to(root)), "reason": problem})
+    return duration, rate
+
+
+def _note_unlabelled(labelled: set[str], transcripts: dict[str, tuple], wavs: dict[str, Path],
+                     root: Path, findings: Findings) -> None:
+    """Transcription lines and wavs of the session that no label block names."""
+    for utt_id, (_, rel) in sorted(transcripts.items()):
+        if utt_id not in labelled:
+            findings.transcripts_without_label.append(
+                {"utt_id": utt_id, "file": rel, "reason": "no label block"})
+    for utt_id, path in sorted(wavs.items()):
+        if utt_id not in labelled:
+            findings.wavs_without_label.append(
+                {"utt_id": utt_id, "file": str(path.relative_to(root)),
+                 "reason": "no label block"})
 
 
 def _counts(series: pd.Series) -> dict[str, int]:
@@ -311,26 +305,15 @@ def _full_release_check(report: dict, generated: bool, config: IngestConfig) -> 
             "ok": actual == expected}
 
 
-def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(manifest, schema=MANIFEST_SCHEMA, preserve_index=False)
-    pq.write_table(table, path)
-
-
-def read_manifest(path: Path) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
-
-
 def run(corpus: Path, out_dir: Path, config: IngestConfig | None = None) -> IngestResult:
     """Ingest `corpus` (release root or its parent) into `out_dir`."""
     config = config or IngestConfig()
     manifest, report = scan(Path(corpus), config)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST_FILENAME
-    report_path = out_dir / REPORT_FILENAME
-    write_manifest(manifest, manifest_path)
-    report_path.write_text(json.dumps(report, indent=1) + "\n")
-    return IngestResult(manifest, report, manifest_path, report_path)
+    out = outputs.Ingested(Path(out_dir))
+    out.folder.mkdir(parents=True, exist_ok=True)
+    outputs.write_manifest(manifest, out.manifest_path)
+    out.report_path.write_text(json.dumps(report, indent=1) + "\n")
+    return IngestResult(manifest, report, out.manifest_path, out.report_path)
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -1,13 +1,33 @@
-"""Where a run's inputs came from: the corpus hash (DVC's own algorithm) and the git commit."""
+"""Where a run's inputs came from: the corpus hash (DVC's own algorithm) and the code's commit.
+
+An entry point (`emoalign run`, `submit`, `audit`) computes them once, as a `Lineage`; the
+pipeline carries them as explicit parameters from there.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from components import PROJECT_ROOT
+
+DEFAULT_DATA = PROJECT_ROOT / "data"  # the DVC-tracked corpus, as data.dvc records it
+DVC_POINTER = PROJECT_ROOT / "data.dvc"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    corpus: str
+    data_hash: str
+    git_sha: str  # "" when unknown
+    git_dirty: bool
+    pipeline_run: str = ""
 
 
 def corpus_hash(path: Path) -> str:
@@ -27,8 +47,29 @@ def dvc_pointer_hash(dvc_file: Path) -> str | None:
     """The md5 a `.dvc` pointer file records for its single output."""
     if not dvc_file.is_file():
         return None
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    return pointer_md5(dvc_file.read_text())
+
+
+def pointer_md5(text: str) -> str | None:
+    """The md5 in the text of a `.dvc` pointer file."""
+    outs = (yaml.safe_load(text) or {}).get("outs") or []
     return outs[0].get("md5") if outs else None
+
+
+def data_hash(corpus: Path) -> tuple[str, str]:
+    """(hash, where it came from) of the corpus a run reads. `data/` is hashed whole, as
+    data.dvc records it, and checked against data.dvc; another corpus by its release root."""
+    from components import iemocap
+
+    corpus = Path(corpus).resolve()
+    if corpus == DEFAULT_DATA.resolve():
+        actual = corpus_hash(DEFAULT_DATA)
+        recorded = dvc_pointer_hash(DVC_POINTER)
+        if recorded and actual != recorded:
+            return actual, (f"data/ differs from data.dvc ({recorded}); "
+                            "run `dvc add data` to record this version")
+        return actual, "data/ matches data.dvc"
+    return corpus_hash(iemocap.find_release_root(corpus)), "hash of the corpus read"
 
 
 def git_sha(repo: Path) -> tuple[str | None, bool]:
@@ -44,9 +85,16 @@ def git_sha(repo: Path) -> tuple[str | None, bool]:
     return sha, bool(status.strip())
 
 
+def code_version() -> tuple[str, bool]:
+    """(commit, dirty) of the code running: an image carries it in EMOALIGN_GIT_SHA (baked in
+    at build time, as it holds no .git); a checkout asks git. ("", False) when neither knows."""
+    baked = os.environ.get("EMOALIGN_GIT_SHA", "")
+    if baked:
+        return baked, os.environ.get("EMOALIGN_GIT_DIRTY", "false") == "true"
+    sha, dirty = git_sha(PROJECT_ROOT)
+    return sha or "", dirty
+
+
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

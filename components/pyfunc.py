@@ -20,7 +20,9 @@ from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from components import PROJECT_ROOT
+from components.errors import UserError
+
 INPUT_COLUMNS = ("wav", "transcript")  # + optional "speaker" (for per-speaker normalisation)
 # What the pyfunc imports when it loads; pinned to the versions that trained the model.
 REQUIREMENTS = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "mlflow")
@@ -125,3 +127,47 @@ def load(model_uri: str):
     """mlflow.pyfunc.load_model, without the advice (see _Quiet)."""
     with _Quiet():
         return mlflow.pyfunc.load_model(model_uri)
+
+
+# ---- emoalign predict --------------------------------------------------------------------
+
+def read_requests(batch: str | None, wav: str | None, text: str | None) -> pd.DataFrame:
+    """The requests to score: a CSV of wav, transcript (and speaker) whose relative wav
+    paths are read from the CSV's folder, or one wav with its transcript."""
+    if batch:
+        path = Path(batch)
+        if not path.is_file():
+            raise UserError(f"batch file not found: {path}")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
+        missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
+                            "(expected wav, transcript and optionally speaker)")
+        base = path.resolve().parent
+        frame["wav"] = [w if Path(w).is_absolute() or w.startswith("UklGR") else
+                        str(base / w) for w in frame["wav"]]
+        return frame
+    if not wav or text is None:
+        raise UserError("give --wav and --text, or --batch CSV")
+    if not Path(wav).is_file():
+        raise UserError(f"wav file not found: {wav}")
+    return pd.DataFrame({"wav": [str(Path(wav).resolve())], "transcript": [text]})
+
+
+def predict_registered(uri: str, requests: pd.DataFrame):
+    """(the model version `uri` names, its predictions beside each request's wav)."""
+    from components import registry
+
+    client = registry.connect()
+    version = registry.resolve(client, uri)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = load(f"models:/{version.name}/{version.version}")
+    try:
+        out = model.predict(requests)
+    except MlflowException as e:
+        raise UserError(f"cannot score the input: {e.message}") from None
+    shown = ["(base64 WAV)" if w.startswith("UklGR") else Path(w).name for w in requests["wav"]]
+    return version, requests[["wav"]].assign(wav=shown).join(out)

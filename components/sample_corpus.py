@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import wave
 import zlib
 from collections import Counter
@@ -32,9 +33,11 @@ import numpy as np
 from scipy.signal import lfilter
 
 from components import iemocap
+from components.errors import UserError
 
 GENERATOR_VERSION = "1"
 TRUTH_FILENAME = "SAMPLE_CORPUS.json"
+MIN_UTTERANCES = len(iemocap.LABEL_CODES)  # every code at least once
 SR = iemocap.SAMPLE_RATE
 
 # ---- what the corpus holds --------------------------------------------------------------
@@ -350,13 +353,26 @@ def render(plan: UtterancePlan, speaker: Speaker, seed: int) -> tuple[np.ndarray
     energy = speaker.gain * voice.energy * (1 + 0.12 * rng.standard_normal())
     rate = max(0.5, speaker.rate * voice.rate * (1 + 0.06 * rng.standard_normal()))
     breath = float(np.clip(voice.breath + speaker.breath + 0.03 * rng.standard_normal(), 0, 0.8))
-    tension = voice.tension
+    # The steps below draw from one stream: their order is part of what the seed fixes.
+    syllables, spans, n = _lay_out(rng, plan.words, rate)
+    source = _glottal_source(rng, plan, voice, spans, n, f0, f0_range, breath)
+    out = _articulate(rng, source, syllables, spans, speaker.formant_scale)
+    voiced = np.abs(out) > 0
+    rms = math.sqrt(float(np.mean(out[voiced] ** 2))) if voiced.any() else 1.0
+    out *= 0.05 * energy / rms
+    out += 0.0015 * rng.standard_normal(n)  # room noise
+    samples = np.clip(np.round(out * 32767), -32768, 32767).astype("<i2")
+    return samples, spans
 
-    # Lay out syllables in time.
+
+def _lay_out(rng: np.random.Generator, words: list[str], rate: float,
+             ) -> tuple[list[tuple], list[tuple[float, float, str]], int]:
+    """Syllables in time, as (onset_start, vowel_start, vowel_end, vowel, has_onset, onset_hz,
+    word_i); the (start_s, end_s, word) spans; and the utterance's length in samples."""
     t = float(rng.uniform(0.15, 0.35))
-    syllables = []  # (onset_start, vowel_start, vowel_end, vowel, has_onset, onset_hz, word_i)
+    syllables = []
     spans = []
-    for wi, word in enumerate(plan.words):
+    for wi, word in enumerate(words):
         word_start = t
         for vowel, has_onset, onset_hz, length in _word_shape(word):
             onset = 0.05 / rate if has_onset else 0.0
@@ -365,12 +381,16 @@ def render(plan: UtterancePlan, speaker: Speaker, seed: int) -> tuple[np.ndarray
             t += onset + vowel_len
         spans.append((word_start, t, word))
         t += float(rng.uniform(0.03, 0.09)) / rate
-        if wi < len(plan.words) - 1 and rng.random() < 0.06:
+        if wi < len(words) - 1 and rng.random() < 0.06:
             t += float(rng.uniform(0.15, 0.4))  # a pause
     t += float(rng.uniform(0.15, 0.4))
-    n = int(round(t * SR))
-    time = np.arange(n) / SR
+    return syllables, spans, int(round(t * SR))
 
+
+def _glottal_source(rng: np.random.Generator, plan: UtterancePlan, voice: Voice, spans: list,
+                    n: int, f0: float, f0_range: float, breath: float) -> np.ndarray:
+    """n samples of the voice before the vocal tract shapes it: pulses and breath noise."""
+    time = np.arange(n) / SR
     # Pitch: accents on words, declination across the utterance, tremor for fear.
     centers = np.array([(s + e) / 2 for s, e, _ in spans])
     accents = rng.uniform(-0.5, 1.0, size=len(spans))
@@ -384,13 +404,19 @@ def render(plan: UtterancePlan, speaker: Speaker, seed: int) -> tuple[np.ndarray
     pitch = np.clip(pitch, 60.0, 500.0)
     phase = np.cumsum(pitch / SR)
     saw = 1.0 - 2.0 * (phase % 1.0)
+    tension = voice.tension
     source = tension * saw + (1 - tension) * np.sin(2 * np.pi * phase)
     source += breath * rng.standard_normal(n)
+    return source
 
+
+def _articulate(rng: np.random.Generator, source: np.ndarray, syllables: list[tuple],
+                spans: list, scale: float) -> np.ndarray:
+    """The source through each syllable's vowel formants, with noise bursts for onsets."""
+    n = len(source)
     out = np.zeros(n)
     noise = rng.standard_normal(n)
     word_gain = rng.uniform(0.75, 1.0, size=len(spans))
-    scale = speaker.formant_scale
     for onset_start, vowel_start, vowel_end, vowel, has_onset, onset_hz, wi in syllables:
         a, b = int(vowel_start * SR), int(vowel_end * SR)
         if b - a < 8:
@@ -413,12 +439,7 @@ def render(plan: UtterancePlan, speaker: Speaker, seed: int) -> tuple[np.ndarray
                 burst = lfilter(num, den, noise[c:a])
                 burst *= np.hanning(a - c) / (math.sqrt(float(np.mean(burst * burst))) + 1e-9)
                 out[c:a] += 0.3 * burst * word_gain[wi]
-    voiced = np.abs(out) > 0
-    rms = math.sqrt(float(np.mean(out[voiced] ** 2))) if voiced.any() else 1.0
-    out *= 0.05 * energy / rms
-    out += 0.0015 * rng.standard_normal(n)  # room noise
-    samples = np.clip(np.round(out * 32767), -32768, 32767).astype("<i2")
-    return samples, spans
+    return out
 
 
 def write_wav(path: Path, samples: np.ndarray) -> None:
@@ -508,8 +529,26 @@ def generate(out_dir: Path, utterances: int = 600, seed: int = 0, workers: int =
     return truth
 
 
+def write(out: Path, utterances: int, seed: int, workers: int = 1, wdseg: bool = True,
+          force: bool = False) -> dict:
+    """generate() into `out`, a folder that must be empty or (with `force`) hold a sample
+    corpus, which is replaced; return the ground truth. Anything else there is never deleted."""
+    out = Path(out)
+    if utterances < MIN_UTTERANCES:
+        raise UserError(f"--utterances must be at least {MIN_UTTERANCES} (one per IEMOCAP code), "
+                        f"got {utterances}")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out} is not empty; pass --force to replace a sample corpus there")
+        if not (out / TRUTH_FILENAME).is_file():
+            raise UserError(f"{out} is not a generated sample corpus; refusing to delete it")
+        shutil.rmtree(out)
+    return generate(out, utterances, seed, workers=workers, wdseg=wdseg)
+
+
 def _write_dialog_files(out_dir: Path, plans: list[UtterancePlan], rendered: list[Rendered],
                         extras: list[dict], seed: int) -> dict:
+    """Write each dialog's label file and transcription; return the corpus' ground truth."""
     rng = np.random.default_rng([seed, 2])
     by_dialog: dict[str, list[UtterancePlan]] = {}
     for plan in plans:
@@ -520,36 +559,53 @@ def _write_dialog_files(out_dir: Path, plans: list[UtterancePlan], rendered: lis
     extra_lines = 0
     total_seconds = 0.0
     for dialog, dialog_plans in by_dialog.items():
+        for plan in dialog_plans:
+            total_seconds += rendered[plan.index].n_samples / SR
+        labels, transcript, n_extra = _dialog_files(rng, dialog, dialog_plans, rendered,
+                                                    extras_after)
+        extra_lines += n_extra
         session_dir = out_dir / f"Session{dialog_plans[0].session}"
-        labels = [iemocap.LABEL_FILE_HEADER]
-        transcript = []
-        t = float(rng.uniform(2.0, 8.0))
-        xx_turns = {"F": 0, "M": 0}
-        for k, plan in enumerate(dialog_plans):
-            seconds = rendered[plan.index].n_samples / SR
-            total_seconds += seconds
-            start, end = round(t, 4), round(t + seconds, 4)
-            annotator_lines, vad = _annotations(rng, plan)
-            block = iemocap.LabelBlock(plan.utt_id, start, end, plan.code, *vad)
-            labels.append(iemocap.format_label_header(block))
-            labels.extend(line + "\n" for line in annotator_lines)
-            labels.append("\n")
-            transcript.append(iemocap.format_transcript_line(plan.utt_id, start, end, plan.text))
-            t = end + float(rng.uniform(0.2, 2.5))
-            for extra in extras_after.get((dialog, k), []):
-                extra_lines += 1
-                if extra["kind"] == "speaker":
-                    transcript.append(f"{extra['gender']}: {extra['text']}\n")
-                else:
-                    g = extra["gender"]
-                    xx_id = f"{dialog}_{g}XX{xx_turns[g]}"
-                    xx_turns[g] += 1
-                    transcript.append(iemocap.format_transcript_line(
-                        xx_id, round(t, 4), round(t + 0.6, 4), extra["text"]))
-                    t += 0.8
-        (iemocap.label_dir(session_dir) / f"{dialog}.txt").write_text("".join(labels))
-        (iemocap.transcript_dir(session_dir) / f"{dialog}.txt").write_text("".join(transcript))
+        (iemocap.label_dir(session_dir) / f"{dialog}.txt").write_text(labels)
+        (iemocap.transcript_dir(session_dir) / f"{dialog}.txt").write_text(transcript)
+    return _truth(plans, total_seconds, extra_lines)
 
+
+def _dialog_files(rng: np.random.Generator, dialog: str, dialog_plans: list[UtterancePlan],
+                  rendered: list[Rendered], extras_after: dict[tuple[str, int], list[dict]],
+                  ) -> tuple[str, str, int]:
+    """One dialog's label file and transcription, and how many lines of the transcription
+    are no labelled utterance."""
+    labels = [iemocap.LABEL_FILE_HEADER]
+    transcript = []
+    n_extra = 0
+    t = float(rng.uniform(2.0, 8.0))
+    xx_turns = {"F": 0, "M": 0}
+    for k, plan in enumerate(dialog_plans):
+        seconds = rendered[plan.index].n_samples / SR
+        start, end = round(t, 4), round(t + seconds, 4)
+        annotator_lines, vad = _annotations(rng, plan)
+        block = iemocap.LabelBlock(plan.utt_id, start, end, plan.code, *vad)
+        labels.append(iemocap.format_label_header(block))
+        labels.extend(line + "\n" for line in annotator_lines)
+        labels.append("\n")
+        transcript.append(iemocap.format_transcript_line(plan.utt_id, start, end, plan.text))
+        t = end + float(rng.uniform(0.2, 2.5))
+        for extra in extras_after.get((dialog, k), []):
+            n_extra += 1
+            if extra["kind"] == "speaker":
+                transcript.append(f"{extra['gender']}: {extra['text']}\n")
+            else:
+                g = extra["gender"]
+                xx_id = f"{dialog}_{g}XX{xx_turns[g]}"
+                xx_turns[g] += 1
+                transcript.append(iemocap.format_transcript_line(
+                    xx_id, round(t, 4), round(t + 0.6, 4), extra["text"]))
+                t += 0.8
+    return "".join(labels), "".join(transcript), n_extra
+
+
+def _truth(plans: list[UtterancePlan], total_seconds: float, extra_lines: int) -> dict:
+    """What the corpus holds, for tests to compare ingest with (generate() adds the settings)."""
     class_of = {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
     return {
         "generator": f"emoalign sample-corpus v{GENERATOR_VERSION}",

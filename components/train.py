@@ -19,23 +19,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components import ingest
+from components import outputs
 from components.config import Config
 from components.errors import UserError
-from components.features import FeatureStore
-from model.data import Example, batch_indices, collate
+from components.outputs import FeatureStore, TrainedModel
+from model.data import batch_indices, collate
 from model.metrics import scores
-from model.features import Normalizer
 from model.network import (ModelSpec, build_model, log_probs, loss_fn,
                            off_diagonal_attention)
-from model.serving import load_fold, predict_log_probs
+from model.serving import Inputs, predict_log_probs
+from model.spec import PAD_ID, UNK_ID
 from model.vocab import Vocabulary, load_word_vectors
-
-MODEL_FILENAME = "model.pt"
-CHECKPOINT_FILENAME = "checkpoint.pt"
-HISTORY_FILENAME = "history.json"
-FOLD_FILENAME = "fold.json"
-SUMMARY_FILENAME = "train_summary.json"
 
 
 class TrainError(UserError):
@@ -44,7 +38,9 @@ class TrainError(UserError):
 
 
 @dataclass
-class Fold:
+class FoldSplit:
+    """Which utterances one cross-validation fold trains, validates and tests on."""
+
     name: str
     test_session: int
     val_speaker: str  # comma-separated when there are several
@@ -53,7 +49,7 @@ class Fold:
     test_ids: list[str]
 
 
-def make_folds(labelled: pd.DataFrame, config: Config) -> list[Fold]:
+def make_folds(labelled: pd.DataFrame, config: Config) -> list[FoldSplit]:
     sessions = sorted(int(s) for s in labelled["session"].unique())
     if config.protocol == "holdout":
         if config.holdout_session not in sessions:
@@ -75,7 +71,7 @@ def make_folds(labelled: pd.DataFrame, config: Config) -> list[Fold]:
                         f"{'FM'[(config.seed + k) % 2]}" for k in range(n_val)]
         in_train = labelled["session"] != test
         is_val = labelled["speaker"].isin(val_speakers)
-        folds.append(Fold(
+        folds.append(FoldSplit(
             name=f"session{test}", test_session=test, val_speaker=",".join(val_speakers),
             train_ids=labelled.loc[in_train & ~is_val, "utt_id"].tolist(),
             val_ids=labelled.loc[in_train & is_val, "utt_id"].tolist(),
@@ -83,7 +79,7 @@ def make_folds(labelled: pd.DataFrame, config: Config) -> list[Fold]:
     return folds
 
 
-def _check_fold(fold: Fold, labels: dict[str, str], classes: list[str]) -> None:
+def _check_fold(fold: FoldSplit, labels: dict[str, str], classes: list[str]) -> None:
     if not fold.train_ids:
         raise TrainError(f"fold {fold.name}: the training set is empty")
     if not fold.val_ids:
@@ -101,32 +97,6 @@ def choose_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
-
-
-@dataclass
-class Prepared:
-    """What a fold's model needs to see its inputs as in training: vocabulary and
-    normaliser (both fitted on the fold's training data only)."""
-
-    vocab: Vocabulary
-    normalizer: Normalizer
-    classes: list[str]
-
-    def examples(self, ids, store: FeatureStore, rows: pd.DataFrame) -> list[Example]:
-        label_of = {c: i for i, c in enumerate(self.classes)}
-        out = []
-        for utt in ids:
-            row = rows.loc[utt]
-            out.append(Example(utt, self.normalizer.apply(np.asarray(store.get(utt)),
-                                                          row["speaker"]),
-                               self.vocab.encode(row["transcript"]),
-                               label_of.get(row["label"], -1)))
-        return out
-
-
-def predict(model, examples: list[Example], device, batch_size: int = 64) -> np.ndarray:
-    """Class log-probabilities (N, C), in the order of `examples` (as serving computes them)."""
-    return predict_log_probs(model, examples, device, batch_size)
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -147,132 +117,194 @@ def _load_checkpoint(path: Path, fingerprint: str):
     return state
 
 
-def train_fold(fold: Fold, fold_index: int, store: FeatureStore, rows: pd.DataFrame,
-               config: Config, out_dir: Path, resume: bool, device: torch.device,
-               fingerprint: str) -> dict:
-    from tqdm import tqdm
+class FoldTrainer:
+    """One fold's training, in the shape of SpeechBrain's Brain: set up, run an epoch, keep
+    the best and checkpoint, write the bundle."""
 
-    classes = list(config.ingest.classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = Vocabulary.build(rows.loc[fold.train_ids, "transcript"],
-                             config.model.min_word_count)
-    prepared = Prepared(vocab, store.normalizer(fold.test_session,
-                                                config.features.normalization), classes)
-    train = prepared.examples(fold.train_ids, store, rows)
-    val = prepared.examples(fold.val_ids, store, rows)
-    spec = ModelSpec(kind=config.model.kind, n_classes=len(classes),
-                     feature_dim=store.spec.dim, vocab_size=len(vocab),
-                     embed_dim=config.model.embed_dim, hidden=config.model.hidden,
-                     attention=config.model.attention,
-                     attention_dim=config.model.attention_dim,
-                     frame_pool=config.model.frame_pool, dropout=config.model.dropout,
-                     unimodal_heads=config.model.kind == "align"
-                     and config.train.unimodal_loss > 0)
-    torch.manual_seed(config.seed * 1009 + fold_index)
-    model = build_model(spec).to(device)
-    if config.model.word_vectors and config.model.kind != "speech":
-        _use_word_vectors(model, Path(config.model.word_vectors), vocab, spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    weight = None
-    if config.train.class_weights:
-        counts = np.bincount([e.label for e in train], minlength=len(classes)).astype(float)
-        weight = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32,
-                              device=device)
+    def __init__(self, fold: FoldSplit, fold_index: int, store: FeatureStore,
+                 rows: pd.DataFrame, config: Config, out_dir: Path, device: torch.device,
+                 fingerprint: str):
+        self.fold, self.fold_index, self.config = fold, fold_index, config
+        self.out_dir, self.device, self.fingerprint = out_dir, device, fingerprint
+        self.classes = list(config.ingest.classes)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab = Vocabulary.build(rows.loc[fold.train_ids, "transcript"],
+                                 config.model.min_word_count)
+        self.inputs = Inputs(vocab, store.normalizer(fold.test_session,
+                                                     config.features.normalization),
+                             self.classes)
+        self.train_set = store.examples(self.inputs, fold.train_ids, rows)
+        self.val_set = store.examples(self.inputs, fold.val_ids, rows)
+        self.feature_store = store
+        self.spec = ModelSpec(kind=config.model.kind, n_classes=len(self.classes),
+                              feature_dim=store.spec.dim, vocab_size=len(vocab),
+                              embed_dim=config.model.embed_dim, hidden=config.model.hidden,
+                              attention=config.model.attention,
+                              attention_dim=config.model.attention_dim,
+                              frame_pool=config.model.frame_pool, dropout=config.model.dropout,
+                              unimodal_heads=config.model.kind == "align"
+                              and config.train.unimodal_loss > 0)
+        torch.manual_seed(config.seed * 1009 + fold_index)
+        self.model = build_model(self.spec).to(device)
+        if config.model.word_vectors and config.model.kind != "speech":
+            _use_word_vectors(self.model, Path(config.model.word_vectors), vocab, self.spec)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr)
+        self.scheduler = lr_scheduler(self.optimizer, config)
+        self.weight = self._class_weights() if config.train.class_weights else None
+        self.state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "best_state": None,
+                      "patience": 0, "history": []}
 
-    state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "best_state": None,
-             "patience": 0, "history": []}
-    checkpoint_path = out_dir / CHECKPOINT_FILENAME
-    if resume and checkpoint_path.is_file():
-        saved = _load_checkpoint(checkpoint_path, fingerprint)
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = {k: saved[k] for k in state}
-            torch.set_rng_state(saved["rng_torch"])
-            print(f"fold {fold.name}: resumed after epoch {state['epoch']}")
-    autocast = device.type == "cuda" and config.train.bf16
-    lengths = [len(e.frames) for e in train]
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / TrainedModel.CHECKPOINT
 
-    for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
-        if state["patience"] >= config.train.patience and epoch > config.train.min_epochs:
-            break
-        started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, epoch)
-        torch.manual_seed(config.seed * 1_000_003 + fold_index * 1009 + epoch)
-        rng = np.random.default_rng([config.seed, fold_index, epoch])
-        batches = batch_indices(lengths, config.train.batch_size, rng, config.train.bucketing)
-        model.train()
-        total, seen = 0.0, 0
-        hits, support = np.zeros(len(classes)), np.zeros(len(classes))
-        bar = tqdm(batches, desc=f"{fold.name} epoch {epoch}", unit="batch", disable=None,
-                   leave=False)
+    def _class_weights(self) -> torch.Tensor:
+        counts = np.bincount([e.label for e in self.train_set],
+                             minlength=len(self.classes)).astype(float)
+        return torch.tensor(counts.sum() / (len(self.classes) * counts), dtype=torch.float32,
+                            device=self.device)
+
+    def resume(self) -> None:
+        """Continue after the last epoch the checkpoint holds, if there is one."""
+        if not self.checkpoint_path.is_file():
+            return
+        saved = _load_checkpoint(self.checkpoint_path, self.fingerprint)
+        if saved is None:
+            return
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = {k: saved[k] for k in self.state}
+        torch.set_rng_state(saved["rng_torch"])
+        print(f"fold {self.fold.name}: resumed after epoch {self.state['epoch']}")
+
+    def fit(self) -> dict:
+        train = self.config.train
+        for epoch in range(self.state["epoch"] + 1, train.epochs + 1):
+            if self.state["patience"] >= train.patience and epoch > train.min_epochs:
+                break
+            started = time.perf_counter()
+            loss = self.run_epoch(epoch)
+            self.keep_best(epoch, loss, time.perf_counter() - started)
+            self.scheduler.step()
+            self.checkpoint()
+        return self.write_bundle()
+
+    def run_epoch(self, epoch: int) -> float:
+        """One pass over the training set; returns the mean loss."""
+        from tqdm import tqdm
+
+        config = self.config
+        torch.manual_seed(config.seed * 1_000_003 + self.fold_index * 1009 + epoch)
+        rng = np.random.default_rng([config.seed, self.fold_index, epoch])
+        batches = batch_indices([len(e.frames) for e in self.train_set],
+                                config.train.batch_size, rng, config.train.bucketing)
+        self.model.train()
+        running = RunningScores(len(self.classes))
+        bar = tqdm(batches, desc=f"{self.fold.name} epoch {epoch}", unit="batch",
+                   disable=None, leave=False)
         for idx in bar:
-            batch = collate([train[i] for i in idx])
-            if config.model.kind == "align" and config.train.modality_dropout:
-                batch = drop_modalities(batch, config.train.modality_dropout)
-            batch = batch.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                if spec.kind == "align":
-                    loss, output = align_loss(model, batch, weight, config,
-                                              guide_scale(config, epoch))
-                else:
-                    output = model(batch.frames, batch.frame_lengths, batch.words,
-                                   batch.word_lengths)
-                    loss = loss_fn(output.float(), batch.labels, weight)
-            if not torch.isfinite(loss):
-                raise TrainError(f"fold {fold.name}: the loss became {loss.item()} in epoch "
-                                 f"{epoch}; lower train.lr or check the features")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-            optimizer.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            labels = batch.labels.cpu().numpy()
-            correct = log_probs(output.detach()).argmax(-1).cpu().numpy() == labels
-            support += np.bincount(labels, minlength=len(classes))
-            hits += np.bincount(labels[correct], minlength=len(classes))
+            loss, labels, output = self.train_step(idx, epoch)
+            running.add(loss, labels, output)
             # UA on the training batches so far (dropout and all); validation UA follows.
-            bar.set_postfix(loss=f"{total / seen:.3f}",
-                            ua=f"{np.mean(hits[support > 0] / support[support > 0]):.3f}")
+            bar.set_postfix(loss=f"{running.loss:.3f}", ua=f"{running.ua:.3f}")
         bar.close()
-        val_scores = scores([e.label for e in val], predict(model, val, device).argmax(1),
-                            classes)
+        return running.loss
+
+    def train_step(self, idx, epoch: int):
+        """Forward, backward and an optimizer step on one batch: (loss, labels, logits)."""
+        config = self.config
+        batch = collate([self.train_set[i] for i in idx])
+        if config.model.kind == "align" and config.train.modality_dropout:
+            batch = drop_modalities(batch, config.train.modality_dropout)
+        batch = batch.to(self.device)
+        autocast = self.device.type == "cuda" and config.train.bf16
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            if self.spec.kind == "align":
+                loss, output = align_loss(self.model, batch, self.weight, config,
+                                          guide_scale(config, epoch))
+            else:
+                output = self.model(batch.frames, batch.frame_lengths, batch.words,
+                                    batch.word_lengths)
+                loss = loss_fn(output.float(), batch.labels, self.weight)
+        if not torch.isfinite(loss):
+            raise TrainError(f"fold {self.fold.name}: the loss became {loss.item()} in epoch "
+                             f"{epoch}; lower train.lr or check the features")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.train.grad_clip)
+        self.optimizer.step()
+        return loss.item(), batch.labels.cpu().numpy(), output.detach()
+
+    def keep_best(self, epoch: int, loss: float, seconds: float) -> None:
+        """Score the validation speakers; keep the weights when their UA is the best yet."""
+        train = self.config.train
+        val = scores([e.label for e in self.val_set],
+                     predict_log_probs(self.model, self.val_set, self.device).argmax(1),
+                     self.classes)
         # Before min_epochs the weights move too fast for a small validation set to judge:
         # an early lucky score would otherwise win over the converged model.
-        better = epoch >= min(config.train.min_epochs, config.train.epochs) and (
-            val_scores["ua"] > state["best_ua"])
+        better = epoch >= min(train.min_epochs, train.epochs) and (
+            val["ua"] > self.state["best_ua"])
         if better:
-            state.update(best_ua=val_scores["ua"], best_epoch=epoch, patience=0,
-                         best_state=copy.deepcopy(model.state_dict()))
+            self.state.update(best_ua=val["ua"], best_epoch=epoch, patience=0,
+                              best_state=copy.deepcopy(self.model.state_dict()))
         else:
-            state["patience"] += 1
-        state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, "loss": total / seen,
-                                 "val_ua": val_scores["ua"], "val_wa": val_scores["wa"],
-                                 "seconds": round(time.perf_counter() - started, 3)})
-        print(f"{fold.name} epoch {epoch:2d}: loss {total / seen:.4f}  val UA "
-              f"{val_scores['ua']:.3f}  WA {val_scores['wa']:.3f}"
-              f"{'  (best)' if better else ''}", flush=True)
-        _save_atomic({"fingerprint": fingerprint, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
-                      **state}, checkpoint_path)
+            self.state["patience"] += 1
+        self.state["epoch"] = epoch
+        self.state["history"].append({"epoch": epoch, "loss": loss, "val_ua": val["ua"],
+                                      "val_wa": val["wa"], "seconds": round(seconds, 3)})
+        print(f"{self.fold.name} epoch {epoch:2d}: loss {loss:.4f}  val UA {val['ua']:.3f}  "
+              f"WA {val['wa']:.3f}{'  (best)' if better else ''}", flush=True)
 
-    bundle = {"state_dict": state["best_state"], "spec": spec.to_dict(),
-              "vocab": vocab.to_list(), "normalizer": prepared.normalizer.to_dict(),
-              "normalization": config.features.normalization, "classes": classes,
-              "feature_spec": store.spec.to_dict(), "feature_dtype": store.meta["dtype"],
-              "fold": fold.name,
-              "best_epoch": state["best_epoch"], "best_val_ua": state["best_ua"]}
-    _save_atomic(bundle, out_dir / MODEL_FILENAME)
-    (out_dir / HISTORY_FILENAME).write_text(json.dumps(state["history"], indent=1))
-    (out_dir / FOLD_FILENAME).write_text(json.dumps(vars(fold), indent=1))
-    return {"fold": fold.name, "best_epoch": state["best_epoch"],
-            "best_val_ua": state["best_ua"], "epochs_run": state["epoch"],
-            "n_train": len(fold.train_ids), "n_val": len(fold.val_ids),
-            "n_test": len(fold.test_ids), "vocab_size": len(vocab)}
+    def checkpoint(self) -> None:
+        _save_atomic({"fingerprint": self.fingerprint, "model": self.model.state_dict(),
+                      "optimizer": self.optimizer.state_dict(),
+                      "scheduler": self.scheduler.state_dict(),
+                      "rng_torch": torch.get_rng_state(), **self.state}, self.checkpoint_path)
+
+    def write_bundle(self) -> dict:
+        """The best weights with all serving needs to see inputs as training did."""
+        state, fold, store = self.state, self.fold, self.feature_store
+        bundle = {"state_dict": state["best_state"], "spec": self.spec.to_dict(),
+                  "vocab": self.inputs.vocab.to_list(),
+                  "normalizer": self.inputs.normalizer.to_dict(),
+                  "normalization": self.config.features.normalization,
+                  "classes": self.classes, "feature_spec": store.spec.to_dict(),
+                  "feature_dtype": store.meta["dtype"], "fold": fold.name,
+                  "best_epoch": state["best_epoch"], "best_val_ua": state["best_ua"]}
+        _save_atomic(bundle, self.out_dir / TrainedModel.MODEL)
+        (self.out_dir / TrainedModel.HISTORY).write_text(json.dumps(state["history"], indent=1))
+        (self.out_dir / TrainedModel.FOLD).write_text(json.dumps(vars(fold), indent=1))
+        return {"fold": fold.name, "best_epoch": state["best_epoch"],
+                "best_val_ua": state["best_ua"], "epochs_run": state["epoch"],
+                "n_train": len(fold.train_ids), "n_val": len(fold.val_ids),
+                "n_test": len(fold.test_ids), "vocab_size": len(self.inputs.vocab)}
+
+
+class RunningScores:
+    """Mean loss and UA over the training batches of an epoch so far."""
+
+    def __init__(self, n_classes: int):
+        self.total, self.seen = 0.0, 0
+        self.hits, self.support = np.zeros(n_classes), np.zeros(n_classes)
+
+    def add(self, loss: float, labels: np.ndarray, logits: torch.Tensor) -> None:
+        self.total += loss * len(labels)
+        self.seen += len(labels)
+        correct = log_probs(logits).argmax(-1).cpu().numpy() == labels
+        self.support += np.bincount(labels, minlength=len(self.support))
+        self.hits += np.bincount(labels[correct], minlength=len(self.support))
+
+    @property
+    def loss(self) -> float:
+        return self.total / self.seen
+
+    @property
+    def ua(self) -> float:
+        present = self.support > 0
+        return float(np.mean(self.hits[present] / self.support[present]))
 
 
 def guide_scale(config: Config, epoch: int) -> float:
@@ -303,15 +335,14 @@ def align_loss(model, batch, weight, config: Config,
     return loss, out.logits
 
 
-def learning_rate(config: Config, epoch: int) -> float:
-    """Cosine decay from train.lr to a tenth of it over the epochs: the late epochs, where
-    early stopping picks a model, move less. A function of the epoch, so a resumed run
-    needs no scheduler state."""
-    if config.train.lr_schedule == "constant" or config.train.epochs == 1:
-        return config.train.lr
-    progress = (epoch - 1) / (config.train.epochs - 1)
-    # A Python float: numpy scalars in the optimizer state would not load weights-only.
-    return float(config.train.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))))
+def lr_scheduler(optimizer, config: Config):
+    """Cosine decay from train.lr to a tenth of it at the last epoch, stepped once an epoch:
+    the late epochs, where early stopping picks a model, move less."""
+    train = config.train
+    if train.lr_schedule == "constant" or train.epochs == 1:
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs - 1,
+                                                      eta_min=train.lr / 10)
 
 
 def drop_modalities(batch, p: float):
@@ -322,7 +353,7 @@ def drop_modalities(batch, p: float):
     no_speech = draw < p / 2
     no_text = (draw >= p / 2) & (draw < p)
     batch.frames[no_speech] = 0.0
-    batch.words[no_text] = torch.where(batch.words[no_text] > 0, 1, 0)
+    batch.words[no_text] = torch.where(batch.words[no_text] != PAD_ID, UNK_ID, PAD_ID)
     return batch
 
 
@@ -339,23 +370,6 @@ def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec) -> 
     print(f"word vectors: {found} of {len(vocab) - 2} words found in {path}")
 
 
-def load_bundle(path: Path, device="cpu"):
-    """A trained fold model and what it needs to see inputs as in training."""
-    fold = load_fold(path, device)
-    return (fold.model, Prepared(fold.vocab, fold.normalizer, fold.bundle["classes"]),
-            fold.bundle)
-
-
-def labelled_rows(manifest_path: Path, classes: list[str]) -> pd.DataFrame:
-    from components.validate import resolve_manifest_path
-
-    manifest = ingest.read_manifest(resolve_manifest_path(manifest_path))
-    labelled = manifest[manifest["label"].isin(classes)]
-    if labelled.empty:
-        raise TrainError("the manifest holds no utterance of the configured classes")
-    return labelled.set_index("utt_id", drop=False)
-
-
 def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
         resume: bool = False) -> dict:
     """Train one model per fold of the configured protocol; returns the summary."""
@@ -363,7 +377,7 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
         torch.set_num_threads(config.train.threads)
     device = choose_device(config.train.device)
     store = FeatureStore(Path(store_dir))
-    rows = labelled_rows(manifest_path, config.ingest.classes)
+    rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
     missing = [u for u in rows.index if u not in store]
     if missing:
         raise TrainError(f"{len(missing)} utterances are not in the feature store "
@@ -379,10 +393,15 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = [train_fold(fold, i, store, rows, config, out_dir / fold.name, resume, device,
-                          fingerprint) for i, fold in enumerate(folds)]
+    results = []
+    for i, fold in enumerate(folds):
+        trainer = FoldTrainer(fold, i, store, rows, config, out_dir / fold.name, device,
+                              fingerprint)
+        if resume:
+            trainer.resume()
+        results.append(trainer.fit())
     summary = {"protocol": config.protocol, "model_kind": config.model.kind,
                "device": str(device), "folds": results,
                "seconds": round(time.perf_counter() - started, 2)}
-    (out_dir / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=1))
+    (out_dir / TrainedModel.SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary

@@ -22,17 +22,12 @@ import numpy as np
 import pandas as pd
 import soundfile
 
-from components import ingest
+from components import outputs
 from components.config import DriftConfig, ValidateConfig
 from components.errors import UserError
+from components.outputs import Ingested, Validated
 from model.text import tokenize
 
-MANIFEST_FILENAME = ingest.MANIFEST_FILENAME
-QUARANTINE_FILENAME = "quarantine.csv"
-GX_RESULT_FILENAME = "gx_result.json"
-HTML_FILENAME = "report.html"
-STATS_FILENAME = "stats.json"
-REPORT_FILENAME = "validation_report.json"
 SPEAKER_RE = r"^Ses0[1-5][FM]$"
 
 
@@ -105,55 +100,54 @@ def check_audio(manifest: pd.DataFrame, cfg: ValidateConfig) -> dict[int, list[t
 
 def _suite(gx, classes: list[str], cfg: ValidateConfig):
     """The suite, each expectation tagged with its severity and the check name it reports."""
+    suite = gx.ExpectationSuite(name="emoalign_manifest")
+    for severity, check, expectation in _expectations(classes, cfg):
+        expectation.meta = {"severity": severity, "check": check}
+        suite.add_expectation(expectation)
+    return suite
+
+
+def _expectations(classes: list[str], cfg: ValidateConfig) -> list[tuple[str, str, object]]:
+    """(severity, check, expectation), in the order GX's result and the report list them."""
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
-    def tag(expectation, severity: str, check: str):
-        expectation.meta = {"severity": severity, "check": check}
-        return expectation
-
     labelled = Column("label").is_not_null()
-    columns = [*ingest.MANIFEST_SCHEMA.names, "speaker_session"]
+    columns = [*outputs.MANIFEST_SCHEMA.names, "speaker_session"]
     expectations = [
-        tag(gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
-            "error", "schema"),
-        tag(gxe.ExpectTableRowCountToBeBetween(min_value=1), "error", "not_empty"),
-        tag(gxe.ExpectColumnPairValuesToBeEqual(column_A="speaker_session", column_B="session"),
-            "error", "speaker_leakage"),
-        tag(gxe.ExpectColumnValuesToBeUnique(column="utt_id"), "warning", "unique_id"),
-        tag(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
-            "warning", "label_in_class_set"),
-        tag(gxe.ExpectColumnValuesToNotBeNull(column="transcript", row_condition=labelled),
-            "warning", "has_transcript"),
-        tag(gxe.ExpectColumnValueLengthsToBeBetween(column="transcript", min_value=1,
-                                                    row_condition=labelled),
-            "warning", "has_transcript"),
-        tag(gxe.ExpectColumnValuesToNotBeNull(column="wav_path"), "warning", "has_wav"),
-        tag(gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=cfg.min_duration_s,
-                                              max_value=cfg.max_duration_s),
-            "warning", "duration_bounds"),
-        tag(gxe.ExpectColumnValuesToBeInSet(column="sample_rate", value_set=[cfg.sample_rate]),
-            "warning", "sample_rate"),
-        tag(gxe.ExpectColumnValuesToBeBetween(column="session", min_value=1, max_value=5),
-            "warning", "session_range"),
-        tag(gxe.ExpectColumnValuesToMatchRegex(column="speaker", regex=SPEAKER_RE),
-            "warning", "speaker_format"),
-        tag(gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end", column_B="start"),
-            "warning", "start_before_end"),
+        ("error", "schema", gxe.ExpectTableColumnsToMatchSet(column_set=columns,
+                                                              exact_match=True)),
+        ("error", "not_empty", gxe.ExpectTableRowCountToBeBetween(min_value=1)),
+        ("error", "speaker_leakage", gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="speaker_session", column_B="session")),
+        ("warning", "unique_id", gxe.ExpectColumnValuesToBeUnique(column="utt_id")),
+        ("warning", "label_in_class_set", gxe.ExpectColumnValuesToBeInSet(
+            column="label", value_set=classes)),
+        ("warning", "has_transcript", gxe.ExpectColumnValuesToNotBeNull(
+            column="transcript", row_condition=labelled)),
+        ("warning", "has_transcript", gxe.ExpectColumnValueLengthsToBeBetween(
+            column="transcript", min_value=1, row_condition=labelled)),
+        ("warning", "has_wav", gxe.ExpectColumnValuesToNotBeNull(column="wav_path")),
+        ("warning", "duration_bounds", gxe.ExpectColumnValuesToBeBetween(
+            column="duration_s", min_value=cfg.min_duration_s, max_value=cfg.max_duration_s)),
+        ("warning", "sample_rate", gxe.ExpectColumnValuesToBeInSet(
+            column="sample_rate", value_set=[cfg.sample_rate])),
+        ("warning", "session_range", gxe.ExpectColumnValuesToBeBetween(
+            column="session", min_value=1, max_value=5)),
+        ("warning", "speaker_format", gxe.ExpectColumnValuesToMatchRegex(
+            column="speaker", regex=SPEAKER_RE)),
+        ("warning", "start_before_end", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="end", column_B="start")),
     ]
-    for dimension in ("valence", "arousal", "dominance"):
-        expectations.append(tag(gxe.ExpectColumnValuesToBeBetween(
-            column=dimension, min_value=1, max_value=5), "warning", "vad_range"))
+    expectations += [("warning", "vad_range", gxe.ExpectColumnValuesToBeBetween(
+        column=dimension, min_value=1, max_value=5))
+        for dimension in ("valence", "arousal", "dominance")]
     if cfg.min_class_share > 0:
-        for name in classes:
-            # Of the labelled rows (GX leaves nulls out), at least min_class_share are `name`.
-            expectations.append(tag(gxe.ExpectColumnValuesToBeInSet(
-                column="label", value_set=[name], mostly=cfg.min_class_share),
-                "error", f"class_share:{name}"))
-    suite = gx.ExpectationSuite(name="emoalign_manifest")
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    return suite
+        # Of the labelled rows (GX leaves nulls out), at least min_class_share are `name`.
+        expectations += [("error", f"class_share:{name}", gxe.ExpectColumnValuesToBeInSet(
+            column="label", value_set=[name], mostly=cfg.min_class_share))
+            for name in classes]
+    return expectations
 
 
 def run_suite(frame: pd.DataFrame, classes: list[str], cfg: ValidateConfig) -> dict:
@@ -302,75 +296,108 @@ def drift(current: dict, reference: dict, cfg: DriftConfig) -> list[dict]:
 
 # ---- the step ---------------------------------------------------------------------------
 
-def resolve_manifest_path(path: Path) -> Path:
-    """Accept the manifest file or the folder ingest wrote it to."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_FILENAME
-    if not path.is_file():
-        raise UserError(f"manifest not found: {path}")
-    return path
-
-
 def run(manifest_path: Path, out_dir: Path, classes: list[str], config: ValidateConfig,
         reference_stats: Path | None = None) -> ValidationResult:
     """Check the manifest and its audio; write the kept rows, quarantine and reports."""
-    manifest_path = resolve_manifest_path(manifest_path)
-    try:
-        manifest = ingest.read_manifest(manifest_path)
-    except Exception as e:
-        raise UserError(f"cannot read manifest {manifest_path}: {e}") from None
-    reference_path = Path(reference_stats or config.reference_stats) if (
-        reference_stats or config.reference_stats) else None
-    if reference_path is not None and not reference_path.is_file():
-        raise UserError(f"reference statistics not found: {reference_path}")
+    manifest_path, manifest, reference_path = _load(manifest_path, config, reference_stats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = manifest.reset_index(drop=True)
+    checked = _check(manifest, classes, config, out_dir / Validated.GX_RESULT)
+    verdict = _decide(manifest_path, manifest, checked, classes, config, reference_path)
+    _write(out_dir, verdict, checked.schema_ok)
+    errors = verdict.report["errors"]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValidationError(f"validation failed: {errors[0]}{more}; report: "
+                              f"{out_dir / Validated.HTML}")
+    return ValidationResult(True, verdict.kept, verdict.quarantine, verdict.report, out_dir)
 
+
+@dataclass
+class _Checked:
+    """What the suite and the audio checks found, before anything is judged."""
+
+    errors: list[str]                   # error-level expectations that failed
+    problems: dict[int, list[tuple]]    # (check, reason) per manifest row, GX's and audio's
+    expectations: list[dict]            # a row per expectation, for the report
+    schema_ok: bool
+    audio: dict                         # wav files read, and how many had problems
+
+
+@dataclass
+class _Verdict:
+    """The kept rows, the quarantine, and the report that judges them."""
+
+    kept: pd.DataFrame
+    quarantine: pd.DataFrame
+    stats: dict
+    report: dict
+
+
+def _load(manifest_path: Path, config: ValidateConfig,
+          reference_stats: Path | None) -> tuple[Path, pd.DataFrame, Path | None]:
+    """The manifest file, its rows, and the reference statistics file (None: no drift check).
+    Input that cannot be used stops the step before it writes anything."""
+    manifest_path = outputs.manifest_file(manifest_path)
+    try:
+        manifest = outputs.read_manifest(manifest_path)
+    except Exception as e:
+        raise UserError(f"cannot read manifest {manifest_path}: {e}") from None
+    reference = reference_stats or config.reference_stats
+    reference_path = Path(reference) if reference else None
+    if reference_path is not None and not reference_path.is_file():
+        raise UserError(f"reference statistics not found: {reference_path}")
+    return manifest_path, manifest.reset_index(drop=True), reference_path
+
+
+def _check(manifest: pd.DataFrame, classes: list[str], config: ValidateConfig,
+           gx_result_path: Path) -> _Checked:
+    """Run the suite (its result is written to gx_result_path) and, where the schema holds,
+    read every wav."""
     frame = manifest.copy()
     # The session a speaker belongs to, read from the id (Ses03F -> 3); the folder gives
     # `session`. They differ when a speaker would leak across cross-validation folds.
     frame["speaker_session"] = pd.to_numeric(frame.get("speaker", pd.Series(dtype=str))
                                              .astype(str).str[4], errors="coerce")
     gx_result = run_suite(frame, classes, config)
-    (out_dir / GX_RESULT_FILENAME).write_text(json.dumps(gx_result, indent=1, default=str))
+    gx_result_path.write_text(json.dumps(gx_result, indent=1, default=str))
     errors, problems, expectation_rows = _gx_findings(gx_result)
     schema_ok = not any(e.startswith("manifest schema broken") for e in errors)
 
     audio_problems = check_audio(manifest, config) if schema_ok else {}
     for row, found in audio_problems.items():
         problems.setdefault(row, []).extend(found)
+    audio = {"checked": int(manifest["wav_path"].notna().sum()) if schema_ok else 0,
+             "with_problems": len(audio_problems)}
+    return _Checked(errors, problems, expectation_rows, schema_ok, audio)
 
-    quarantine = _quarantine_table(manifest, problems)
-    kept = manifest.drop(index=list(problems)).reset_index(drop=True)
+
+def _decide(manifest_path: Path, manifest: pd.DataFrame, checked: _Checked,
+            classes: list[str], config: ValidateConfig, reference_path: Path | None) -> _Verdict:
+    """Set the rows with problems aside, then judge the corpus that is left."""
+    quarantine = _quarantine_table(manifest, checked.problems)
+    kept = manifest.drop(index=list(checked.problems)).reset_index(drop=True)
     counts = _counts(manifest, kept, quarantine)
-    warnings = []
+    errors, warnings = list(checked.errors), []
     if counts["quarantined"]:
         warnings.append(f"{counts['quarantined']} utterances quarantined")
-    if schema_ok:
+    if checked.schema_ok:
         errors += _post_quarantine_errors(manifest, kept, classes, counts, config)
     if config.strict and counts["quarantined"]:
         errors.append(f"strict: {counts['quarantined']} utterances failed warning-level checks")
 
-    ingest_findings = _ingest_findings(manifest_path.parent / ingest.REPORT_FILENAME)
+    ingest_findings = _ingest_findings(Ingested.at(manifest_path))
     if ingest_findings:
         # Utterances ingest could not make rows of (a broken label line, a wav or transcript
         # without label) are named in its report; carry the count here so nobody misses them.
         summary = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in ingest_findings.items())
         (errors if config.strict else warnings).append(f"ingest found: {summary}")
 
-    stats = corpus_stats(kept) if schema_ok else {}
+    stats = corpus_stats(kept) if checked.schema_ok else {}
     drift_rows = None
-    if reference_path is not None and schema_ok:
+    if reference_path is not None and checked.schema_ok:
         drift_rows = drift(stats, json.loads(reference_path.read_text()), config.drift)
-        for d in drift_rows:
-            message = (f"drift in {d['metric']}: {d['value']:.3f} against the reference "
-                       f"(warn above {d['warn']}, fail above {d['fail']})")
-            if d["status"] == "fail" or (d["status"] == "warn" and config.strict):
-                errors.append(message)
-            elif d["status"] == "warn":
-                warnings.append(message)
+        _judge_drift(drift_rows, config.strict, errors, warnings)
 
     report = {
         "passed": not errors,
@@ -380,32 +407,43 @@ def run(manifest_path: Path, out_dir: Path, classes: list[str], config: Validate
         "quarantine_by_check": quarantine["checks"].str.split(";").explode()
         .value_counts().sort_index().to_dict() if len(quarantine) else {},
         "ingest_findings": ingest_findings,
-        "audio": {"checked": int(manifest["wav_path"].notna().sum()) if schema_ok else 0,
-                  "with_problems": len(audio_problems)},
-        "expectations": expectation_rows,
+        "audio": checked.audio,
+        "expectations": checked.expectations,
         "drift": drift_rows,
         "reference_stats": str(reference_path) if reference_path else None,
         "strict": config.strict,
         "manifest": str(manifest_path),
     }
+    return _Verdict(kept, quarantine, stats, report)
+
+
+def _judge_drift(drift_rows: list[dict], strict: bool, errors: list[str],
+                 warnings: list[str]) -> None:
+    """Add each drifted metric to the errors (fail, or warn when strict) or the warnings."""
+    for d in drift_rows:
+        message = (f"drift in {d['metric']}: {d['value']:.3f} against the reference "
+                   f"(warn above {d['warn']}, fail above {d['fail']})")
+        if d["status"] == "fail" or (d["status"] == "warn" and strict):
+            errors.append(message)
+        elif d["status"] == "warn":
+            warnings.append(message)
+
+
+def _write(out_dir: Path, verdict: _Verdict, schema_ok: bool) -> None:
     if schema_ok:  # a manifest of the wrong shape is not passed on in any form
-        ingest.write_manifest(kept, out_dir / MANIFEST_FILENAME)
-    quarantine.to_csv(out_dir / QUARANTINE_FILENAME, index=False)
-    (out_dir / STATS_FILENAME).write_text(json.dumps(stats, indent=1) + "\n")
-    (out_dir / REPORT_FILENAME).write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (out_dir / HTML_FILENAME).write_text(render_html(report, quarantine))
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ValidationError(f"validation failed: {errors[0]}{more}; report: "
-                              f"{out_dir / HTML_FILENAME}")
-    return ValidationResult(True, kept, quarantine, report, out_dir)
+        outputs.write_manifest(verdict.kept, out_dir / Validated.MANIFEST)
+    verdict.quarantine.to_csv(out_dir / Validated.QUARANTINE, index=False)
+    (out_dir / Validated.STATS).write_text(json.dumps(verdict.stats, indent=1) + "\n")
+    (out_dir / Validated.REPORT).write_text(json.dumps(verdict.report, indent=1, default=str)
+                                            + "\n")
+    (out_dir / Validated.HTML).write_text(render_html(verdict.report, verdict.quarantine))
 
 
-def _ingest_findings(path: Path) -> dict[str, int]:
+def _ingest_findings(ingested: Ingested) -> dict[str, int]:
     """Counts of ingest's findings that no manifest row carries."""
-    if not path.is_file():
+    if not ingested.report_path.is_file():
         return {}
-    findings = json.loads(path.read_text()).get("findings", {})
+    findings = ingested.report().get("findings", {})
     keys = ("unparseable_lines", "bad_utterance_ids", "transcripts_without_label",
             "wavs_without_label", "unknown_label_codes", "misplaced_utterances")
     return {k: len(findings[k]) for k in keys if findings.get(k)}
@@ -454,6 +492,19 @@ def _post_quarantine_errors(manifest, kept, classes, counts, cfg: ValidateConfig
 # ---- the HTML report --------------------------------------------------------------------
 
 def render_html(report: dict, quarantine: pd.DataFrame) -> str:
+    """The report as one page: verdict, findings, expectations, audio, drift, quarantine."""
+    parts = _html_summary(report) + _html_expectations(report["expectations"])
+    audio = report["audio"]
+    parts.append(f"<h2>Audio checks</h2><p>{audio['checked']} wav files read, "
+                 f"{audio['with_problems']} with problems.</p>")
+    if report["drift"]:
+        parts += _html_drift(report["drift"], report["reference_stats"])
+    parts += _html_quarantine(quarantine)
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _html_summary(report: dict) -> list[str]:
     e = html.escape
     verdict = "PASSED" if report["passed"] else "FAILED"
     colour = "#1a7f37" if report["passed"] else "#cf222e"
@@ -471,14 +522,18 @@ def render_html(report: dict, quarantine: pd.DataFrame) -> str:
         if items:
             parts.append(f"<h2>{title}</h2><ul>" + "".join(
                 f"<li class='{css}'>{e(x)}</li>" for x in items) + "</ul>")
-    counts = report["counts"]
     parts.append("<h2>Counts</h2><table>" + "".join(
-        f"<tr><th>{e(k.replace('_', ' '))}</th><td>{v}</td></tr>" for k, v in counts.items())
-        + "</table>")
-    parts.append("<h2>Expectations (Great Expectations)</h2><table><tr><th>check</th>"
-                 "<th>expectation</th><th>column</th><th>severity</th><th>outcome</th>"
-                 "<th>failing rows</th></tr>")
-    for x in report["expectations"]:
+        f"<tr><th>{e(k.replace('_', ' '))}</th><td>{v}</td></tr>"
+        for k, v in report["counts"].items()) + "</table>")
+    return parts
+
+
+def _html_expectations(expectations: list[dict]) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Expectations (Great Expectations)</h2><table><tr><th>check</th>"
+             "<th>expectation</th><th>column</th><th>severity</th><th>outcome</th>"
+             "<th>failing rows</th></tr>"]
+    for x in expectations:
         outcome = "<span class='ok'>pass</span>" if x["success"] else (
             "<span class='bad'>fail</span>")
         detail = x["unexpected_count"] if x["unexpected_count"] is not None else (
@@ -486,20 +541,24 @@ def render_html(report: dict, quarantine: pd.DataFrame) -> str:
         parts.append(f"<tr><td>{e(str(x['check']))}</td><td>{e(x['expectation'])}</td>"
                      f"<td>{e(x['column'] or '')}</td><td>{e(str(x['severity']))}</td>"
                      f"<td>{outcome}</td><td>{detail}</td></tr>")
-    parts.append("</table>")
-    audio = report["audio"]
-    parts.append(f"<h2>Audio checks</h2><p>{audio['checked']} wav files read, "
-                 f"{audio['with_problems']} with problems.</p>")
-    if report["drift"]:
-        parts.append("<h2>Drift against the reference</h2><p><code>"
-                     f"{e(report['reference_stats'])}</code></p><table><tr><th>metric</th>"
-                     "<th>value</th><th>warn above</th><th>fail above</th><th>status</th></tr>")
-        for d in report["drift"]:
-            css = {"ok": "ok", "warn": "warn", "fail": "bad"}[d["status"]]
-            parts.append(f"<tr><td>{e(d['metric'])}</td><td>{d['value']}</td><td>{d['warn']}"
-                         f"</td><td>{d['fail']}</td><td class='{css}'>{d['status']}</td></tr>")
-        parts.append("</table>")
-    parts.append(f"<h2>Quarantine ({len(quarantine)})</h2>")
+    return parts + ["</table>"]
+
+
+def _html_drift(drift_rows: list[dict], reference_stats: str | None) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Drift against the reference</h2><p><code>"
+             f"{e(reference_stats)}</code></p><table><tr><th>metric</th>"
+             "<th>value</th><th>warn above</th><th>fail above</th><th>status</th></tr>"]
+    for d in drift_rows:
+        css = {"ok": "ok", "warn": "warn", "fail": "bad"}[d["status"]]
+        parts.append(f"<tr><td>{e(d['metric'])}</td><td>{d['value']}</td><td>{d['warn']}"
+                     f"</td><td>{d['fail']}</td><td class='{css}'>{d['status']}</td></tr>")
+    return parts + ["</table>"]
+
+
+def _html_quarantine(quarantine: pd.DataFrame) -> list[str]:
+    e = html.escape
+    parts = [f"<h2>Quarantine ({len(quarantine)})</h2>"]
     if len(quarantine):
         parts.append("<table><tr><th>utt_id</th><th>label</th><th>reasons</th></tr>")
         for q in quarantine.itertuples():
@@ -507,8 +566,7 @@ def render_html(report: dict, quarantine: pd.DataFrame) -> str:
             parts.append(f"<tr><td>{e(str(q.utt_id))}</td><td>{e(str(label))}</td>"
                          f"<td>{e(q.reasons)}</td></tr>")
         parts.append("</table>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return parts
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from model.spec import PAD_ID
 
 
 @dataclass
@@ -32,11 +35,10 @@ class Batch:
 def collate(examples: list[Example]) -> Batch:
     frame_lengths = torch.tensor([len(e.frames) for e in examples])
     word_lengths = torch.tensor([len(e.words) for e in examples])
-    frames = torch.zeros(len(examples), int(frame_lengths.max()), examples[0].frames.shape[1])
-    words = torch.zeros(len(examples), int(word_lengths.max()), dtype=torch.long)
-    for i, e in enumerate(examples):
-        frames[i, :len(e.frames)] = torch.from_numpy(np.asarray(e.frames, np.float32))
-        words[i, :len(e.words)] = torch.tensor(e.words)
+    frames = pad_sequence([torch.from_numpy(np.asarray(e.frames, np.float32)) for e in examples],
+                          batch_first=True)
+    words = pad_sequence([torch.tensor(e.words, dtype=torch.long) for e in examples],
+                         batch_first=True, padding_value=PAD_ID)
     return Batch([e.utt_id for e in examples], frames, frame_lengths, words, word_lengths,
                  torch.tensor([e.label for e in examples]))
 

@@ -5,37 +5,13 @@ Training (through the feature store) and serving (the MLflow pyfunc) both call `
 and `Normalizer.apply`, so the two can never compute features differently.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torchaudio
 
-FEATURE_CODE_VERSION = "1"  # bump when `extract` changes what it returns
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    sample_rate: int = 16_000
-    n_mfcc: int = 13
-    n_mels: int = 40
-    win_ms: float = 25.0
-    hop_ms: float = 10.0
-    deltas: bool = True
-    delta_deltas: bool = True
-    stack: int = 1       # consecutive frames concatenated into one
-    subsample: int = 1   # keep every k-th (stacked) frame: k times shorter sequences
-
-    @property
-    def dim(self) -> int:
-        return self.n_mfcc * (1 + self.deltas + self.delta_deltas) * self.stack
-
-    @property
-    def frames_per_second(self) -> float:
-        return 1000.0 / self.hop_ms / self.subsample
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from model.spec import FeatureSpec
 
 
 class Extractor:

@@ -10,6 +10,19 @@ def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np
     return matrix
 
 
+def unweighted_accuracy(labels: np.ndarray, predicted: np.ndarray, n_classes: int
+                        ) -> np.ndarray:
+    """UA of each row of (S, N) label/prediction arrays: the mean recall over the classes
+    present in that row (a test set, or a bootstrap sample of one, may miss a rare class)."""
+    labels, predicted = np.atleast_2d(labels), np.atleast_2d(predicted)
+    recalls = []
+    for c in range(n_classes):
+        support = (labels == c).sum(1)
+        hits = ((labels == c) & (predicted == c)).sum(1)
+        recalls.append(np.where(support > 0, hits / np.maximum(support, 1), np.nan))
+    return np.nanmean(np.stack(recalls), axis=0)
+
+
 def scores(labels, predictions, classes: list[str]) -> dict:
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     matrix = confusion(labels, predictions, len(classes))
@@ -20,10 +33,10 @@ def scores(labels, predictions, classes: list[str]) -> dict:
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
                    where=precision + recall > 0)
-    present = support > 0  # UA averages over the classes the test set holds
     return {
         "wa": float(tp.sum() / max(1, matrix.sum())),
-        "ua": float(recall[present].mean()) if present.any() else 0.0,
+        "ua": float(unweighted_accuracy(labels, predictions, len(classes))[0])
+        if support.any() else 0.0,
         "n": int(matrix.sum()),
         "per_class": {c: {"recall": float(recall[i]), "precision": float(precision[i]),
                           "f1": float(f1[i]), "support": int(support[i])}

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-KINDS = ("align", "speech", "text", "late_fusion")
-ATTENTIONS = ("additive", "dot")
+from model.spec import KINDS
 
 
 @dataclass(frozen=True)
@@ -196,30 +195,26 @@ def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
     return per_word[word_mask].mean()
 
 
-class SpeechModel(nn.Module):
-    def __init__(self, spec: ModelSpec):
+class UnimodalModel(nn.Module):
+    """One modality alone, the baselines' building block: its encoder, max-pooled over its
+    steps, then a linear layer."""
+
+    def __init__(self, spec: ModelSpec, modality: str):
         super().__init__()
-        self.speech = SpeechEncoder(spec)
+        self.modality = modality
+        # The encoder is named after its modality, as the weights of saved models name it.
+        self.add_module(modality, SpeechEncoder(spec) if modality == "speech"
+                        else TextEncoder(spec))
         self.dropout = nn.Dropout(spec.dropout)
         self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
 
     def forward(self, frames, frame_lengths, words, word_lengths):
-        speech, lengths = self.speech(frames, frame_lengths)
-        return self.out(self.dropout(masked_max(speech, _lengths_mask(lengths,
-                                                                      speech.shape[1]))))
-
-
-class TextModel(nn.Module):
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        self.text = TextEncoder(spec)
-        self.dropout = nn.Dropout(spec.dropout)
-        self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
-
-    def forward(self, frames, frame_lengths, words, word_lengths):
-        text = self.text(words, word_lengths)
-        return self.out(self.dropout(masked_max(text, _lengths_mask(word_lengths,
-                                                                    words.shape[1]))))
+        if self.modality == "speech":
+            states, lengths = self.speech(frames, frame_lengths)
+        else:
+            states, lengths = self.text(words, word_lengths), word_lengths
+        return self.out(self.dropout(masked_max(states, _lengths_mask(lengths,
+                                                                      states.shape[1]))))
 
 
 class LateFusion(nn.Module):
@@ -228,8 +223,8 @@ class LateFusion(nn.Module):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.speech_model = SpeechModel(spec)
-        self.text_model = TextModel(spec)
+        self.speech_model = UnimodalModel(spec, "speech")
+        self.text_model = UnimodalModel(spec, "text")
 
     def forward(self, frames, frame_lengths, words, word_lengths):
         # (2, B, C): the loss treats each branch on its own; `log_probs` averages them.
@@ -240,8 +235,9 @@ class LateFusion(nn.Module):
 def build_model(spec: ModelSpec) -> nn.Module:
     if spec.kind not in KINDS:
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    return {"align": AlignModel, "speech": SpeechModel, "text": TextModel,
-            "late_fusion": LateFusion}[spec.kind](spec)
+    if spec.kind in ("speech", "text"):
+        return UnimodalModel(spec, spec.kind)
+    return {"align": AlignModel, "late_fusion": LateFusion}[spec.kind](spec)
 
 
 def loss_fn(output: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:

@@ -25,21 +25,40 @@ class InputError(ValueError):
 
 
 @dataclass
-class Fold:
-    model: torch.nn.Module
+class Inputs:
+    """How a fold's model sees an utterance: its vocabulary and normaliser (both fitted on
+    the fold's training data only) and its classes. Training, evaluation and serving all
+    turn utterances into examples here."""
+
     vocab: Vocabulary
     normalizer: Normalizer
+    classes: list[str]
+
+    def example(self, utt_id: str, frames: np.ndarray, transcript: str | None,
+                speaker: str | None = None, label: str | None = None) -> Example:
+        label_id = self.classes.index(label) if label in self.classes else -1
+        return Example(utt_id, self.normalizer.apply(np.asarray(frames), speaker),
+                       self.vocab.encode(transcript), label_id)
+
+
+@dataclass
+class LoadedFold:
+    """One fold's trained model, ready to score, with the bundle it was loaded from."""
+
+    model: torch.nn.Module
+    inputs: Inputs
     bundle: dict
 
 
-def load_fold(path: Path, device="cpu") -> Fold:
+def load_fold(path: Path, device="cpu") -> LoadedFold:
     # weights_only: a bundle holds tensors, lists and plain numbers, never code.
     bundle = torch.load(Path(path), map_location=device, weights_only=True)
     model = build_model(ModelSpec(**bundle["spec"]))
     model.load_state_dict(bundle["state_dict"])
     model.to(device).eval()
-    return Fold(model, Vocabulary.from_list(bundle["vocab"]),
-                Normalizer.from_dict(bundle["normalizer"]), bundle)
+    inputs = Inputs(Vocabulary.from_list(bundle["vocab"]),
+                    Normalizer.from_dict(bundle["normalizer"]), list(bundle["classes"]))
+    return LoadedFold(model, inputs, bundle)
 
 
 def read_audio(wav) -> tuple[np.ndarray, int]:
@@ -67,7 +86,7 @@ class Predictor:
         self.folds = [load_fold(p, self.device) for p in bundle_paths]
         first = self.folds[0].bundle
         self.classes: list[str] = list(first["classes"])
-        self.feature_spec = FeatureSpec(**first["feature_spec"])
+        self.feature_spec = FeatureSpec.from_dict(first["feature_spec"])
         # Training saw frames after the store's rounding (float16 by default); so must serving.
         self.feature_dtype = np.dtype(first.get("feature_dtype", "float32"))
         self.extractor = Extractor(self.feature_spec)
@@ -86,7 +105,7 @@ class Predictor:
         speakers = speakers or [None] * len(raw)
         total = np.zeros((len(raw), len(self.classes)))
         for fold in self.folds:
-            examples = [Example(str(i), fold.normalizer.apply(f, s), fold.vocab.encode(t))
+            examples = [fold.inputs.example(str(i), f, t, s)
                         for i, (f, t, s) in enumerate(zip(raw, transcripts, speakers))]
             total += np.exp(predict_log_probs(fold.model, examples, self.device))
         return total / len(self.folds)

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
+from model.spec import PAD_ID, UNK_ID
 from model.text import tokenize
 
-PAD, UNK = "<pad>", "<unk>"
+PAD, UNK = "<pad>", "<unk>"  # at ids PAD_ID and UNK_ID
 
 
 class Vocabulary:
@@ -27,8 +28,8 @@ class Vocabulary:
         return len(self.words)
 
     def encode(self, text: str | None) -> list[int]:
-        ids = [self.ids.get(t, 1) for t in tokenize(text)]
-        return ids or [1]  # an empty transcript still gives the model one (unknown) word
+        ids = [self.ids.get(t, UNK_ID) for t in tokenize(text)]
+        return ids or [UNK_ID]  # an empty transcript still gives the model one (unknown) word
 
     def to_list(self) -> list[str]:
         return list(self.words)
@@ -43,7 +44,7 @@ def load_word_vectors(path: Path, vocab: Vocabulary, dim: int) -> tuple[np.ndarr
     it lacks keep a small random vector. Returns (matrix, words found)."""
     rng = np.random.default_rng(0)
     matrix = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
-    matrix[0] = 0
+    matrix[PAD_ID] = 0
     found = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
@@ -52,7 +53,7 @@ def load_word_vectors(path: Path, vocab: Vocabulary, dim: int) -> tuple[np.ndarr
                 raise ValueError(f"{path}:{number}: expected a word and {dim} numbers, "
                                  f"got {len(parts) - 1} numbers")
             row = vocab.ids.get(parts[0])
-            if row is not None and row > 1:
+            if row is not None and row not in (PAD_ID, UNK_ID):
                 matrix[row] = np.asarray(parts[1:], dtype=np.float32)
                 found += 1
     return matrix, found

@@ -7,8 +7,8 @@ worktree when it differs from the checkout), from the recorded config and seed, 
 data, and the new metrics and weights are compared with the registered ones: exactly on CPU.
 """
 
-import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from components import lineage, registry
-from components.config import config_from_yaml
+from components import PROJECT_ROOT, lineage, registry
+from components.config import Config, config_from_yaml
 from components.errors import UserError
+from components.outputs import StepOutputs
+from components.registry.tracking import CONFIG_ARTIFACT, METRICS_ARTIFACT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPARED = ("wa", "ua", "per_class", "confusion", "per_session", "n_test")
 
 
@@ -42,44 +42,72 @@ class Audit:
         self.lines.append(f"NOTE      {what}: {detail}")
 
 
+@dataclass
+class Recorded:
+    """What the registry holds of a model: its run's tags, config and metrics, and the
+    registered model's files, downloaded into the audit's scratch folder."""
+
+    tags: dict
+    config: Config
+    metrics: dict
+    model_dir: Path
+
+
 def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
                           text=True, check=check)
 
 
-def _dvc_hash_at(sha: str) -> str | None:
-    shown = _git("show", f"{sha}:data.dvc", check=False)
-    if shown.returncode != 0:
-        return None
-    outs = (yaml.safe_load(shown.stdout) or {}).get("outs") or []
-    return outs[0].get("md5") if outs else None
-
-
 def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> Audit:
-    import mlflow.artifacts
-
     result = Audit()
     client = registry.connect()
     version = registry.resolve(client, uri)
-    run = client.get_run(version.run_id)
-    tags = run.data.tags
+    tags = client.get_run(version.run_id).data.tags
     result.note("model", f"{version.name} version {version.version} from MLflow run "
                          f"{version.run_id} (pipeline run {tags.get('pipeline_run')})")
-
-    # -- code ---------------------------------------------------------------------------
     sha = tags.get("git_sha", "unknown")
+    if not _check_code(result, sha, tags):
+        return result
+    corpus = _check_data(result, sha, tags, corpus)
+    if corpus is None:
+        return result
+    # The re-run happens in another working directory (the worktree): absolute paths only.
+    scratch = Path(tempfile.mkdtemp(prefix="emoalign-audit-", dir=Path(workdir).resolve()))
+    recorded = _download(client, version, tags, scratch)
+    if recorded.config.sha256() == tags.get("config_sha256"):
+        result.ok("config", f"resolved config matches config_sha256 "
+                            f"{recorded.config.sha256()[:12]}; seed {recorded.config.seed}")
+    else:
+        result.fail("config", "the logged config does not hash to the recorded config_sha256")
+    rerun = _rerun(result, sha, corpus.resolve(), recorded.config, scratch)
+    if rerun is None:
+        return result  # the scratch folder stays, for the re-run's files
+    _compare(result, recorded, rerun)
+    if keep:
+        result.note("files", str(scratch))
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _check_code(result: Audit, sha: str, tags: dict) -> bool:
+    """Whether the recorded commit is here to re-run."""
     if sha == "unknown" or _git("cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode:
         result.fail("code", f"commit {sha} is not in this repository")
-        return result
+        return False
     if tags.get("git_dirty") == "true":
         result.fail("code", f"commit {sha[:12]} had uncommitted changes when the model was "
                             "trained; what trained it is not recorded")
     else:
         result.ok("code", f"commit {sha[:12]}, clean working tree at training time")
+    return True
 
-    # -- data ---------------------------------------------------------------------------
+
+def _check_data(result: Audit, sha: str, tags: dict, corpus: Path | None) -> Path | None:
+    """The corpus to re-run on, when it hashes to the recorded data hash."""
     data_hash = tags.get("data_hash", "")
-    pinned = _dvc_hash_at(sha)
+    shown = _git("show", f"{sha}:data.dvc", check=False)
+    pinned = lineage.pointer_md5(shown.stdout) if shown.returncode == 0 else None
     if pinned == data_hash:
         result.ok("data.dvc", f"at {sha[:12]} records {data_hash}")
     else:
@@ -87,7 +115,7 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> A
                                 f"{data_hash}: it was trained on another corpus")
     if corpus is None:
         if pinned == data_hash:
-            corpus = PROJECT_ROOT / "data"
+            corpus = lineage.DEFAULT_DATA
         elif tags.get("corpus"):
             corpus = Path(tags["corpus"])
         else:
@@ -95,40 +123,38 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> A
     from components import iemocap
 
     try:
-        actual = lineage.corpus_hash(iemocap.find_release_root(corpus))
+        actual, _ = lineage.data_hash(corpus)
     except (FileNotFoundError, iemocap.FormatError) as e:
         raise UserError(f"cannot read the corpus to audit against: {e}") from None
-    if actual != data_hash and corpus.resolve() == (PROJECT_ROOT / "data").resolve():
-        # data/ is hashed as the folder DVC tracks, not the release root inside it
-        actual = lineage.corpus_hash(corpus)
     if actual != data_hash:
         result.fail("data", f"{corpus} hashes to {actual}, the model was trained on "
                             f"{data_hash}; check out that version (`git checkout {sha[:12]} "
                             "-- data.dvc && dvc checkout`) or pass --corpus")
-        return result
+        return None
     result.ok("data", f"{corpus} hashes to {data_hash}")
+    return corpus
 
-    # -- config -------------------------------------------------------------------------
-    # The re-run happens in another working directory (the worktree): absolute paths only.
-    corpus = corpus.resolve()
-    scratch = Path(tempfile.mkdtemp(prefix="emoalign-audit-", dir=Path(workdir).resolve()))
-    recorded = Path(mlflow.artifacts.download_artifacts(
-        run_id=version.run_id, artifact_path="run/config.resolved.yaml",
-        dst_path=str(scratch / "recorded"), tracking_uri=client.tracking_uri))
-    config = config_from_yaml(recorded.read_text())
-    if config.sha256() == tags.get("config_sha256"):
-        result.ok("config", f"resolved config matches config_sha256 {config.sha256()[:12]}; "
-                            f"seed {config.seed}")
-    else:
-        result.fail("config", "the logged config does not hash to the recorded config_sha256")
-    recorded_metrics = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=version.run_id, artifact_path="evaluate/metrics.json",
-        dst_path=str(scratch / "recorded"), tracking_uri=client.tracking_uri)).read_text())
+
+def _download(client, version, tags: dict, scratch: Path) -> Recorded:
+    import mlflow.artifacts
+
+    def artifact(path: str) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=path, dst_path=str(scratch / "recorded"),
+            tracking_uri=client.tracking_uri))
+
+    from components.outputs import read_json
+
     model_dir = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=version.source, dst_path=str(scratch / "registered"),
         tracking_uri=client.tracking_uri))
+    return Recorded(tags, config_from_yaml(artifact(CONFIG_ARTIFACT).read_text()),
+                    read_json(artifact(METRICS_ARTIFACT)), model_dir)
 
-    # -- re-run -------------------------------------------------------------------------
+
+def _rerun(result: Audit, sha: str, corpus: Path, config: Config,
+           scratch: Path) -> StepOutputs | None:
+    """The steps again, in this process's Python, at the recorded commit."""
     config.features.cache_dir = ""  # rebuild the features; never trust a cache here
     (scratch / "config.yaml").write_text(config.to_yaml())
     head, dirty_now = lineage.git_sha(PROJECT_ROOT)
@@ -150,43 +176,40 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False) -> A
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         result.fail("re-run", f"the steps at {sha[:12]} failed: {last}")
-        return result
-    rerun = json.loads((scratch / "rerun" / "evaluate" / "metrics.json").read_text())
-    manifest_sha = lineage.file_sha256(scratch / "rerun" / "ingest" / "manifest.parquet")
-    if manifest_sha == tags.get("manifest_sha256"):
+        return None
+    return StepOutputs.of_steps_dir(scratch / "rerun")
+
+
+def _compare(result: Audit, recorded: Recorded, rerun: StepOutputs) -> None:
+    """Manifest, metrics and weights of the re-run against the recorded ones."""
+    manifest_sha = lineage.file_sha256(rerun.ingested.manifest_path)
+    if manifest_sha == recorded.tags.get("manifest_sha256"):
         result.ok("manifest", f"re-ingested manifest has the recorded sha256 {manifest_sha[:12]}")
     else:
+        wanted = recorded.tags.get("manifest_sha256", "?")
         result.fail("manifest", f"re-ingested manifest sha256 {manifest_sha[:12]} differs "
-                                f"from the recorded {tags.get('manifest_sha256', '?')[:12]}")
-    differing = [k for k in COMPARED if rerun.get(k) != recorded_metrics.get(k)]
+                                f"from the recorded {wanted[:12]}")
+    metrics, before = rerun.evaluation.metrics(), recorded.metrics
+    differing = [k for k in COMPARED if metrics.get(k) != before.get(k)]
     if differing:
-        result.fail("metrics", f"differ in {', '.join(differing)}: WA {rerun['wa']:.6f} vs "
-                               f"{recorded_metrics['wa']:.6f}, UA {rerun['ua']:.6f} vs "
-                               f"{recorded_metrics['ua']:.6f}")
+        result.fail("metrics", f"differ in {', '.join(differing)}: WA {metrics['wa']:.6f} vs "
+                               f"{before['wa']:.6f}, UA {metrics['ua']:.6f} vs "
+                               f"{before['ua']:.6f}")
     else:
-        result.ok("metrics", f"identical: WA {rerun['wa']:.6f}, UA {rerun['ua']:.6f}, "
+        result.ok("metrics", f"identical: WA {metrics['wa']:.6f}, UA {metrics['ua']:.6f}, "
                              "per-class, per-session and confusion")
-    mismatched = []
-    for bundle in sorted((scratch / "rerun" / "train").glob("*/model.pt")):
-        fold = bundle.parent.name
-        theirs = model_dir / "artifacts" / f"{fold}.pt"
-        if not theirs.is_file() or not _same_weights(bundle, theirs):
-            mismatched.append(fold)
+    mismatched = [fold for fold, bundle in rerun.trained.bundles().items()
+                  if not _same_weights(bundle, recorded.model_dir / "artifacts" / f"{fold}.pt")]
     if mismatched:
         result.fail("weights", f"retrained weights differ from the registered ones in "
                                f"{', '.join(mismatched)}")
     else:
         result.ok("weights", "retrained weights are bit-identical to the registered model's")
-    if keep:
-        result.note("files", str(scratch))
-    else:
-        import shutil
-
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result
 
 
 def _same_weights(a: Path, b: Path) -> bool:
+    if not b.is_file():
+        return False
     left = torch.load(a, map_location="cpu", weights_only=True)["state_dict"]
     right = torch.load(b, map_location="cpu", weights_only=True)["state_dict"]
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)

@@ -1,4 +1,5 @@
-"""Run the emoalign DAG with Kubeflow's own local runner (kfp.local, no cluster, no Docker).
+"""Run the emoalign DAG with Kubeflow's own local runner (kfp.local, no cluster, no Docker),
+and read what a finished run left behind.
 
 kfp.local prints every task's full executor log to stdout. We keep all of it in the run's
 `pipeline.log` and show the user only the task status lines, plus a one-line reason and
@@ -8,6 +9,8 @@ the log's path when a task fails.
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import sys
 import time
@@ -16,7 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.config import Config, config_from_yaml
 from components.errors import UserError
+from components.lineage import DEFAULT_DATA, Lineage
+from components.outputs import StepOutputs
+
+RESOLVED_CONFIG = "config.resolved.yaml"  # beside the run's task folders
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 STATUS_RE = re.compile(r"(Running pipeline|Executing task|finished with status|Retrying in)")
@@ -35,6 +43,20 @@ class LocalRun:
 
     def task_dir(self, task: str) -> Path:
         return self.run_dir / task
+
+    @property
+    def outputs(self) -> StepOutputs:
+        return StepOutputs.of_pipeline_run(self.run_dir)
+
+    def _executor_output(self, task: str) -> dict:
+        """What KFP recorded of a task's outputs (parameters and artifact metadata)."""
+        return json.loads((self.task_dir(task) / "executor_output.json").read_text())
+
+    def parameter(self, task: str, name: str = "Output"):
+        return self._executor_output(task)["parameterValues"][name]
+
+    def artifact_metadata(self, task: str, name: str) -> dict:
+        return self._executor_output(task)["artifacts"][name]["artifacts"][0]["metadata"]
 
 
 class _StatusTee(io.TextIOBase):
@@ -117,3 +139,137 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True) -> Loc
         task, reason = _failure_reason(final_log.read_text())
         raise PipelineFailed(f"task '{task}' failed: {reason} (log: {final_log})")
     return LocalRun(run_dir=run_dir, log_path=final_log, seconds=seconds)
+
+
+# ---- emoalign run ------------------------------------------------------------------------
+
+def ensure_default_corpus(config: Config) -> Path:
+    """data/ holds the DVC-tracked sample corpus; regenerate it (same bytes) when absent."""
+    from components import iemocap, sample_corpus
+
+    release = DEFAULT_DATA / iemocap.RELEASE_DIRNAME
+    if not release.exists() or not any(release.iterdir()):
+        print(f"{release} is empty: generating the default sample corpus "
+              f"({config.sample_corpus.utterances} utterances, seed {config.sample_corpus.seed})")
+        sample_corpus.generate(release, config.sample_corpus.utterances,
+                               config.sample_corpus.seed, workers=sample_corpus.default_workers())
+    return DEFAULT_DATA
+
+
+def checked_corpus(corpus: Path) -> Path:
+    """The corpus, or a one-line error when it is not an IEMOCAP release."""
+    from components import iemocap
+
+    try:
+        iemocap.find_release_root(corpus)
+    except (FileNotFoundError, iemocap.FormatError) as e:
+        raise UserError(str(e)) from None
+    return corpus
+
+
+def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
+                       force: bool = True) -> LocalRun:
+    """Run the DAG through kfp.local, tracking into the store MLflow's settings name."""
+    from components import registry
+
+    # Before any work: a tracking store that does not answer stops the run here.
+    uri = registry.tracking_uri()
+    registry.connect(uri, consequence="nothing was trained or registered")
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the task subprocesses inherit it
+    print(f"tracking {registry.redact(uri)}")
+    run = run_pipeline(
+        {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
+         "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
+         "git_dirty": lineage.git_dirty, "force": force},
+        workdir / "pipeline_root")
+    (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
+    return run
+
+
+def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, list[str]]:
+    """(the run summary `--summary-json` writes, the lines `emoalign run` prints after the
+    task status lines)."""
+    decision = run.parameter("check")
+    if decision != "retrain":
+        return ({"retrained": False, "reason": decision, "data_hash": lineage.data_hash,
+                 "git_sha": lineage.git_sha or None, "pipeline_run": run.run_dir.name,
+                 "run_dir": str(run.run_dir), "model_name": config.registry.model_name},
+                ["", f"{decision}; finished in {run.seconds:.1f} s"])
+    out = run.outputs
+    metrics, registration = out.evaluation.metrics(), out.registered.read()
+    summary = {
+        "retrained": True, "wa": metrics["wa"], "ua": metrics["ua"],
+        "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
+        "confusion": metrics["confusion"], "model_name": config.registry.model_name,
+        **_registration_summary(registration),
+        "mlflow_run_id": out.tracked.read()["run_id"],
+        "tracking_uri": out.tracked.read()["tracking_uri"],
+        "data_hash": lineage.data_hash, "git_sha": lineage.git_sha or None,
+        "git_dirty": lineage.git_dirty,
+        "n_train": sum(f["n_train"] for f in out.trained.summary()["folds"]),
+        "n_test": metrics["n_test"], "pipeline_run": run.run_dir.name,
+        "run_dir": str(run.run_dir), "config_sha256": config.sha256(), "seed": config.seed,
+        **_data_summary(out), "model_kind": metrics["model_kind"],
+        "protocol": metrics["protocol"],
+    }
+    return summary, _report_lines(run, config, summary)
+
+
+def _registration_summary(registration: dict | None) -> dict:
+    return {"model_version": registration["model_version"] if registration else None,
+            "promoted": bool(registration and registration["promoted"]),
+            "promotion_reason": registration["reason"] if registration else None,
+            "champion_version": registration["champion_version"] if registration else None}
+
+
+def _data_summary(out: StepOutputs) -> dict:
+    report, checks = out.ingested.report(), out.validated.report()
+    return {"n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
+            "label_counts": report["counts"]["label"], "n_kept": checks["counts"]["kept"],
+            "n_quarantined": checks["counts"]["quarantined"]}
+
+
+def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
+    from components import evaluate, ingest, validate
+
+    out = run.outputs
+    store = run.artifact_metadata("features", "store")
+    lines = ["", *ingest.summary_lines(out.ingested.report()),
+             *validate.summary_lines(out.validated.report()),
+             f"features: {'reused' if store['reused'] else 'built'} "
+             f"{int(store['utterances'])} utterances, {int(store['frames']):,} frames "
+             f"({store['cache_entry']})",
+             *evaluate.report_lines(out.evaluation.metrics()),
+             "", f"MLflow run {summary['mlflow_run_id']} in experiment "
+                 f"{config.registry.experiment!r}"]
+    if summary["model_version"] is not None:
+        lines += [f"registered {summary['model_name']} version {summary['model_version']}: "
+                  f"{'promoted to champion' if summary['promoted'] else 'not promoted'} "
+                  f"({summary['promotion_reason']})",
+                  f"champion: version {summary['champion_version']}"]
+    else:
+        lines.append(f"not registered: {run.parameter('evaluate')}")
+    lines.append(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
+    return lines
+
+
+def register_finished_run(run_dir: Path, corpus: Path | None) -> dict:
+    """Track (when its track step did not) and register what a local run left."""
+    from components import lineage, registry
+
+    run_dir = Path(run_dir)
+    resolved = run_dir / RESOLVED_CONFIG
+    if not resolved.is_file():
+        raise UserError(f"{run_dir} is not a finished local pipeline run "
+                        "(no config.resolved.yaml)")
+    config = config_from_yaml(resolved.read_text())
+    outputs = StepOutputs.of_pipeline_run(run_dir)
+    tracked = outputs.tracked.read()
+    run_id = tracked["run_id"] if tracked else None
+    if run_id is None:
+        corpus = Path(corpus or DEFAULT_DATA)
+        sha, dirty = lineage.code_version()
+        run_id = registry.track(outputs, config, Lineage(
+            str(corpus), lineage.data_hash(corpus)[0], sha, dirty, run_dir.name),
+            outputs.run_dir)["run_id"]
+    return registry.register(outputs, config, run_id, outputs.registration_dir)

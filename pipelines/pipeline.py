@@ -9,7 +9,8 @@ from pipelines.cluster import configure
 PIPELINE_NAME = "emoalign"
 
 
-def _train_and_register(folder, digest, config_yaml: str, git_sha: str):
+def _train_and_register(fetched, config_yaml: str):
+    folder, digest = fetched.outputs["corpus"], fetched.outputs["data_hash"]
     ingest = configure(steps.ingest(corpus=folder, config_yaml=config_yaml, data_hash=digest),
                        "ingest")
     validate = configure(steps.validate(manifest=ingest.outputs["manifest"],
@@ -26,7 +27,9 @@ def _train_and_register(folder, digest, config_yaml: str, git_sha: str):
     done = dict(manifest=ingest.outputs["manifest"], validated=validated,
                 model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
                 config_yaml=config_yaml)
-    track = configure(steps.track(**done, corpus=folder, data_hash=digest, git_sha=git_sha,
+    track = configure(steps.track(**done, corpus=folder, data_hash=digest,
+                                  git_sha=fetched.outputs["git_sha"],
+                                  git_dirty=fetched.outputs["git_dirty"],
                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "track")
     with dsl.If(evaluate.outputs["Output"] == "passed", name="ua-at-or-above-floor"):
         configure(steps.register(**done, run_id=track.outputs["Output"]), "register")
@@ -35,14 +38,16 @@ def _train_and_register(folder, digest, config_yaml: str, git_sha: str):
 @dsl.pipeline(name=PIPELINE_NAME,
               description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
 def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "", git_sha: str = "",
-                      dvc_repo: str = "", dvc_rev: str = "", protocol: str = "",
-                      seed: int = -1, force: bool = True):
+                      git_dirty: bool = False, dvc_repo: str = "", dvc_rev: str = "",
+                      protocol: str = "", seed: int = -1, force: bool = True):
     fetch = configure(steps.fetch(corpus=corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
-                                  data_hash=data_hash, config_yaml=config_yaml,
-                                  protocol=protocol, seed=seed), "fetch")
-    folder, digest = fetch.outputs["corpus"], fetch.outputs["data_hash"]
+                                  data_hash=data_hash, git_sha=git_sha, git_dirty=git_dirty,
+                                  config_yaml=config_yaml, protocol=protocol, seed=seed),
+                      "fetch")
     config_yaml = fetch.outputs["config_yaml"]  # with the run's protocol and seed
-    check = configure(steps.check(config_yaml=config_yaml, data_hash=digest, git_sha=git_sha,
-                                  force=force), "check")
+    check = configure(steps.check(config_yaml=config_yaml, corpus=fetch.outputs["corpus"],
+                                  data_hash=fetch.outputs["data_hash"],
+                                  git_sha=fetch.outputs["git_sha"],
+                                  git_dirty=fetch.outputs["git_dirty"], force=force), "check")
     with dsl.If(check.output == "retrain", name="data-code-or-config-changed"):
-        _train_and_register(folder, digest, config_yaml, git_sha)
+        _train_and_register(fetch, config_yaml)

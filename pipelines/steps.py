@@ -18,39 +18,42 @@ IMAGE = os.environ.get("EMOALIGN_IMAGE", f"emoalign:{PROJECT_VERSION}")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, config_yaml: str,
-          protocol: str, seed: int
-          ) -> NamedTuple("Fetched", corpus=str, data_hash=str, config_yaml=str):
-    """The run's inputs: the corpus folder (a path, or pulled through DVC at a revision), its
-    hash, and the config with the run's protocol and seed applied (empty / -1: as it says)."""
+def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str,
+          git_dirty: bool, config_yaml: str, protocol: str, seed: int
+          ) -> NamedTuple("Fetched", corpus=str, data_hash=str, git_sha=str, git_dirty=bool,
+                          config_yaml=str):
+    """The run's inputs and their lineage: the corpus folder (a path, or pulled through DVC
+    at a revision) and its hash, the code's commit (when the submitter did not know it: the
+    one baked into this image), and the config with the run's protocol and seed applied
+    (empty / -1: as it says)."""
     from collections import namedtuple
 
     from components import fetch as step
+    from components import lineage
     from components.config import apply_overrides, config_from_yaml
 
     overrides = ([f"protocol={protocol}"] if protocol else []) + \
         ([f"seed={seed}"] if seed >= 0 else [])
     config = apply_overrides(config_from_yaml(config_yaml).to_dict(), overrides)
     folder, digest = step.run(corpus, dvc_repo, dvc_rev, data_hash)
-    return namedtuple("Fetched", "corpus data_hash config_yaml")(folder, digest,
-                                                                 config.to_yaml())
+    if not git_sha:
+        git_sha, git_dirty = lineage.code_version()
+    return namedtuple("Fetched", "corpus data_hash git_sha git_dirty config_yaml")(
+        folder, digest, git_sha, git_dirty, config.to_yaml())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def check(config_yaml: str, data_hash: str, git_sha: str, force: bool) -> str:
+def check(config_yaml: str, corpus: str, data_hash: str, git_sha: str, git_dirty: bool,
+          force: bool) -> str:
     """"retrain", unless the champion was trained from this data, code and config."""
     if force:  # emoalign run: no need to load MLflow at all
         return "retrain"
-    import os
-
-    from components import lineage, registry
+    from components import registry
     from components.config import config_from_yaml
+    from components.lineage import Lineage
 
-    sha = git_sha or os.environ.get("EMOALIGN_GIT_SHA", "")
-    if not sha:
-        sha, dirty = lineage.git_sha(registry.PROJECT_ROOT)
-        sha = "" if dirty else sha
-    reason = registry.retrain_reason(config_from_yaml(config_yaml), data_hash, sha or "")
+    reason = registry.retrain_reason(config_from_yaml(config_yaml),
+                                     Lineage(corpus, data_hash, git_sha, git_dirty))
     print(reason or "nothing to retrain")
     return "retrain" if reason else "nothing to retrain: the champion was trained from this " \
         "data, code and config"
@@ -99,6 +102,7 @@ def validate(
 
     from components import validate as step
     from components.config import config_from_yaml
+    from components.outputs import Validated
 
     config = config_from_yaml(config_yaml)
     out = Path(validated.path)
@@ -106,8 +110,8 @@ def validate(
         result = step.run(Path(manifest.path), out, config.ingest.classes, config.validate)
     finally:
         # The report matters most when the gate stops the run.
-        if (out / step.HTML_FILENAME).is_file():
-            shutil.copy(out / step.HTML_FILENAME, report.path)
+        if (out / Validated.HTML).is_file():
+            shutil.copy(out / Validated.HTML, report.path)
     for key, value in result.report["counts"].items():
         checks.log_metric(key, value)
     validated.metadata.update(rows=len(result.manifest), quarantined=len(result.quarantine))
@@ -199,26 +203,22 @@ def track(
     corpus: str,
     data_hash: str,
     git_sha: str,
+    git_dirty: bool,
     pipeline_run: str,
     run: Output[Dataset],
 ) -> str:
     """One MLflow run for the pipeline run: config, metrics, reports, lineage. Returns its id."""
-    import os
     from pathlib import Path
 
-    from components import lineage, registry
+    from components import registry
     from components.config import config_from_yaml
+    from components.lineage import Lineage
+    from components.outputs import StepOutputs
 
-    config = config_from_yaml(config_yaml)
-    # In the image, the commit is baked in at build time; locally, git knows it.
-    sha = git_sha or os.environ.get("EMOALIGN_GIT_SHA", "")
-    dirty = os.environ.get("EMOALIGN_GIT_DIRTY", "false") == "true"
-    if not sha:
-        sha, dirty = lineage.git_sha(registry.PROJECT_ROOT)
-    outputs = registry.StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
-                                   Path(evaluation.path))
-    result = registry.track(outputs, config,
-                            registry.Lineage(corpus, data_hash, sha or "", dirty, pipeline_run),
+    outputs = StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
+                          Path(evaluation.path))
+    result = registry.track(outputs, config_from_yaml(config_yaml),
+                            Lineage(corpus, data_hash, git_sha, git_dirty, pipeline_run),
                             Path(run.path))
     run.metadata.update(run_id=result["run_id"], tracking_uri=result["tracking_uri"])
     return result["run_id"]
@@ -240,11 +240,12 @@ def register(
 
     from components import registry
     from components.config import config_from_yaml
+    from components.outputs import StepOutputs
 
-    config = config_from_yaml(config_yaml)
-    outputs = registry.StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
-                                   Path(evaluation.path))
-    result = registry.register(outputs, config, run_id, Path(registration.path))
+    outputs = StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
+                          Path(evaluation.path))
+    result = registry.register(outputs, config_from_yaml(config_yaml), run_id,
+                               Path(registration.path))
     registration.metadata.update(model_name=result["model_name"],
                                  model_version=result["model_version"],
                                  promoted=result["promoted"])

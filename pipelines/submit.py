@@ -50,14 +50,23 @@ def _client(host: str):
                            f"({type(e).__name__}); nothing was submitted") from None
 
 
-def _compiled(folder: Path) -> str:
+def compile_pipeline(out: Path) -> Path:
+    """The pipeline as KFP IR YAML at `out`."""
     from kfp import compiler
 
     from pipelines.pipeline import emoalign_pipeline
 
-    path = folder / "emoalign_pipeline.yaml"
-    compiler.Compiler().compile(emoalign_pipeline, str(path))
-    return str(path)
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+    try:
+        compiler.Compiler().compile(emoalign_pipeline, str(out))
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    return out
+
+
+def _compiled(folder: Path) -> str:
+    return str(compile_pipeline(folder / "emoalign_pipeline.yaml"))
 
 
 def _call(host: str, what: str, fn):

@@ -2,7 +2,8 @@
 
 import json
 
-from components import ingest, sample_corpus
+from components import sample_corpus
+from components.outputs import Ingested
 from conftest import assert_one_line_error, emoalign, truth_of
 
 
@@ -26,7 +27,7 @@ def test_sample_corpus_then_ingest(tmp_path):
     out = tmp_path / "out"
     result = emoalign("ingest", "--corpus", corpus, "--out", out)
     assert result.returncode == 0, result.stderr
-    report = json.loads((out / ingest.REPORT_FILENAME).read_text())
+    report = json.loads((out / Ingested.REPORT).read_text())
     assert report["counts"]["label_raw"] == truth["counts"]["code"]
     # The printed table: one row per class with its total, and the code counts.
     for label, n in truth["counts"]["class4"].items():

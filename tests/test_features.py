@@ -10,7 +10,7 @@ import soundfile
 import torch
 import torchaudio
 
-from components import features, ingest
+from components import features, ingest, outputs
 from components.config import FeaturesConfig
 from conftest import assert_one_line_error, emoalign
 from model.features import Extractor, FeatureSpec, extract, stack_frames
@@ -20,19 +20,19 @@ from model.features import Extractor, FeatureSpec, extract, stack_frames
 def manifest(small_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("ingest")
     ingest.run(small_corpus, out)
-    return out / ingest.MANIFEST_FILENAME
+    return out / outputs.MANIFEST
 
 
 @pytest.fixture(scope="module")
 def store(manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("features") / "store"
     features.run(manifest, out, FeaturesConfig(workers=1, dtype="float32"))
-    return features.FeatureStore(out, verify=True)
+    return outputs.FeatureStore(out, verify=True)
 
 
 @pytest.fixture(scope="module")
 def wavs(manifest) -> dict[str, str]:
-    m = ingest.read_manifest(manifest)
+    m = outputs.read_manifest(manifest)
     return dict(zip(m["utt_id"], m["wav_path"]))
 
 
@@ -80,19 +80,19 @@ def test_cache_hit_and_misses(manifest, tmp_path, small_corpus):
     assert again.reused and "reused" in again.message
     other = features.run(manifest, tmp_path / "s", FeaturesConfig(workers=1, n_mfcc=20))
     assert not other.reused and "stale" in other.message
-    assert features.FeatureStore(tmp_path / "s").spec.n_mfcc == 20
+    assert outputs.FeatureStore(tmp_path / "s").spec.n_mfcc == 20
 
     # A re-recorded wav (new mtime) is noticed; with content hashing, a mere touch is not.
-    wav = ingest.read_manifest(manifest)["wav_path"].iloc[0]
+    wav = outputs.read_manifest(manifest)["wav_path"].iloc[0]
     st = os.stat(wav)
-    key = features.cache_key(ingest.read_manifest(manifest), config)
+    key = features.cache_key(outputs.read_manifest(manifest), config)
     os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     try:
-        assert features.cache_key(ingest.read_manifest(manifest), config) != key
+        assert features.cache_key(outputs.read_manifest(manifest), config) != key
         hashed = FeaturesConfig(workers=1, content_hash=True)
-        key = features.cache_key(ingest.read_manifest(manifest), hashed)
+        key = features.cache_key(outputs.read_manifest(manifest), hashed)
         os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
-        assert features.cache_key(ingest.read_manifest(manifest), hashed) == key
+        assert features.cache_key(outputs.read_manifest(manifest), hashed) == key
     finally:
         os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -104,7 +104,7 @@ def test_shared_cache_serves_a_second_output_folder(manifest, tmp_path):
     assert not first.reused and second.reused
     assert first.store_dir == second.store_dir and first.store_dir.parent == tmp_path / "cache"
     assert os.path.samefile(tmp_path / "run2" / "frames.bin", first.store_dir / "frames.bin")
-    assert features.check_store(tmp_path / "run2") is None
+    assert outputs.StoreFiles(tmp_path / "run2").problem() is None
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -118,9 +118,9 @@ def test_a_damaged_store_is_rebuilt_never_used(manifest, tmp_path, damage, reaso
     features.run(manifest, tmp_path / "s", config)
     good = (tmp_path / "s" / "frames.bin").read_bytes()
     damage(tmp_path / "s")
-    assert reason in features.check_store(tmp_path / "s")
+    assert reason in outputs.StoreFiles(tmp_path / "s").problem()
     with pytest.raises(Exception, match="feature store"):
-        features.FeatureStore(tmp_path / "s", verify=True)
+        outputs.FeatureStore(tmp_path / "s", verify=True)
     result = features.run(manifest, tmp_path / "s", config)
     assert not result.reused and reason in result.message
     assert (tmp_path / "s" / "frames.bin").read_bytes() == good
@@ -136,7 +136,7 @@ def test_a_leftover_partial_build_is_ignored(manifest, tmp_path):
     (tmp_path / "s.partial-99999").mkdir()
     (tmp_path / "s.partial-99999" / "frames.bin").write_bytes(b"half")
     result = features.run(manifest, tmp_path / "s", FeaturesConfig(workers=1))
-    assert not result.reused and features.check_store(tmp_path / "s") is None
+    assert not result.reused and outputs.StoreFiles(tmp_path / "s").problem() is None
 
 
 def test_normalisation_is_fitted_on_training_sessions_only(store):
@@ -179,7 +179,7 @@ def test_stacking_and_subsampling():
 
 
 def test_an_unreadable_wav_stops_the_step_naming_it(manifest, tmp_path):
-    m = ingest.read_manifest(manifest)
+    m = outputs.read_manifest(manifest)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....")
     m.loc[2, "wav_path"] = str(broken)

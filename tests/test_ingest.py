@@ -7,7 +7,7 @@ import wave
 import pandas as pd
 import pytest
 
-from components import ingest, iemocap
+from components import iemocap, ingest, outputs
 from components.config import IngestConfig
 from components.errors import CorpusError
 from conftest import truth_of
@@ -38,8 +38,8 @@ def test_counts_equal_the_generators_ground_truth(clean, small_corpus):
 
 
 def test_manifest_follows_the_contract(clean):
-    m = ingest.read_manifest(clean.manifest_path)
-    assert list(m.columns) == ingest.MANIFEST_SCHEMA.names
+    m = outputs.read_manifest(clean.manifest_path)
+    assert list(m.columns) == outputs.MANIFEST_SCHEMA.names
     assert m["utt_id"].is_unique
     row = m.set_index("utt_id").loc["Ses01F_impro01_M000"]
     assert (row.session, row.dialog, row.speaker, row.gender, bool(row.scripted)) == (

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import features, ingest, lineage
+from components import lineage, outputs
 from components.config import Config, config_from_yaml, load_config
 from conftest import TINY, assert_one_line_error, emoalign, truth_of
-from pipelines import cli
+from pipelines import local
 from pipelines.local import PipelineFailed, run_pipeline
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
 
     # The task's artifacts, where kfp.local puts them.
     task = run_dir / "ingest"
-    manifest = ingest.read_manifest(task / "manifest" / ingest.MANIFEST_FILENAME)
+    manifest = outputs.read_manifest(task / "manifest" / outputs.MANIFEST)
     assert len(manifest) == truth["n_utterances"]
     metrics = json.loads((task / "executor_output.json").read_text())
     assert "label_blocks" in json.dumps(metrics)
@@ -54,7 +54,7 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
     expected = load_config(None, overrides)
     expected.features.cache_dir = str((tmp_path / "runs" / "feature_cache").resolve())
     assert resolved == expected and summary["config_sha256"] == expected.sha256()
-    store = features.FeatureStore(run_dir / "features" / "store", verify=True)
+    store = outputs.FeatureStore(run_dir / "features" / "store", verify=True)
     assert len(store) == truth["n_utterances"]
     assert "features: built 200 utterances" in result.stdout
     metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
@@ -66,7 +66,7 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
     assert (run_dir / "train" / "model" / "session5" / "model.pt").is_file()
     assert (summary["n_kept"], summary["n_quarantined"]) == (truth["n_utterances"], 0)
     validated = run_dir / "validate" / "validated"
-    assert ingest.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]
+    assert outputs.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]
     assert "PASSED" in (run_dir / "validate" / "report").read_text()
     assert summary["retrained"] is True and summary["model_version"] is None
     assert summary["promoted"] is False and summary["mlflow_run_id"]
@@ -151,8 +151,8 @@ def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
     assert executors and all(e["container"]["image"] == "emoalign:0.1.0"
                              for e in executors.values())
     assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {
-        "corpus", "config_yaml", "data_hash", "git_sha", "dvc_repo", "dvc_rev", "protocol",
-        "seed", "force"}
+        "corpus", "config_yaml", "data_hash", "git_sha", "git_dirty", "dvc_repo", "dvc_rev",
+        "protocol", "seed", "force"}
     assert_one_line_error(emoalign("compile", "--out", tmp_path / "no" / "dir" / "p.yaml"),
                           "does not exist")
 
@@ -160,10 +160,11 @@ def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
 def test_default_corpus_is_regenerated_exactly_as_data_dvc_records(tmp_path, monkeypatch):
     """A fresh clone has no data/: `emoalign run` makes it again, and it matches data.dvc."""
     (tmp_path / "data.dvc").write_text((PROJECT_ROOT / "data.dvc").read_text())
-    monkeypatch.setattr(cli, "PROJECT_ROOT", tmp_path)
-    monkeypatch.setattr(cli, "DEFAULT_DATA", tmp_path / "data")
-    corpus = cli.ensure_default_corpus(Config())
-    data_hash, provenance = cli.resolve_data_hash(corpus)
+    monkeypatch.setattr(lineage, "DVC_POINTER", tmp_path / "data.dvc")
+    monkeypatch.setattr(lineage, "DEFAULT_DATA", tmp_path / "data")
+    monkeypatch.setattr(local, "DEFAULT_DATA", tmp_path / "data")
+    corpus = local.ensure_default_corpus(Config())
+    data_hash, provenance = lineage.data_hash(corpus)
     assert provenance == "data/ matches data.dvc", (
         "the generator no longer makes the corpus data.dvc records: regenerate data/ and "
         "`dvc add data`")
@@ -171,5 +172,5 @@ def test_default_corpus_is_regenerated_exactly_as_data_dvc_records(tmp_path, mon
 
     wav = next(corpus.glob("IEMOCAP_full_release/Session1/sentences/wav/*/*.wav"))
     wav.write_bytes(wav.read_bytes()[:-2])
-    changed, provenance = cli.resolve_data_hash(corpus)
+    changed, provenance = lineage.data_hash(corpus)
     assert changed != data_hash and "differs from data.dvc" in provenance

@@ -17,7 +17,9 @@ from mlflow import MlflowClient
 from components import lineage, registry
 from components.config import Config, load_config
 from conftest import TINY, assert_one_line_error, emoalign
-from model.metrics import scores
+from components.lineage import Lineage
+from components.outputs import StepOutputs
+from model.metrics import scores, unweighted_accuracy
 
 SENTINEL = "s3nt1nel-Secret-Value"
 GATE = TINY + ["registry.ua_floor=0.0", "registry.bootstrap_samples=200"]
@@ -223,7 +225,7 @@ def test_unweighted_accuracy_matches_the_evaluation_metric():
     rng = np.random.default_rng(0)
     labels, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
     expected = scores(labels, predicted, ["a", "b", "c", "d"])["ua"]
-    assert registry.unweighted_accuracy(labels, predicted, 4)[0] == pytest.approx(expected)
+    assert unweighted_accuracy(labels, predicted, 4)[0] == pytest.approx(expected)
 
 
 def test_paired_bootstrap_interval():
@@ -308,11 +310,11 @@ def test_log_register_gate_and_promote_through_a_real_server(two_runs, mlflow_se
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     run_dir = Path(two_runs["summaries"][0]["run_dir"])
     config = load_config(None, GATE)
-    outputs = registry.StepOutputs(run_dir / "ingest" / "manifest",
+    outputs = StepOutputs(run_dir / "ingest" / "manifest",
                                    run_dir / "validate" / "validated",
                                    run_dir / "train" / "model",
                                    run_dir / "evaluate" / "evaluation")
-    tracked = registry.track(outputs, config, registry.Lineage(
+    tracked = registry.track(outputs, config, Lineage(
         str(two_runs["corpora"][0]), "abc.dir", "deadbeef", False, "server-test"),
         tmp_path / "track")
     first = registry.register(outputs, config, tracked["run_id"], tmp_path / "reg1")

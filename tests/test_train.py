@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components import evaluate, features, ingest, sample_corpus, train, validate
+from components import evaluate, features, ingest, outputs, sample_corpus, train, validate
 from components.config import load_config
 from conftest import TINY, assert_one_line_error, emoalign
 
@@ -143,7 +143,7 @@ def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
     assert predictions["utt_id"].is_unique
     for fold in summary["folds"]:
         info = json.loads((tmp_path / "m" / fold["fold"] / "fold.json").read_text())
-        rows = ingest.read_manifest(prepared["validated"] / "manifest.parquet").set_index(
+        rows = outputs.read_manifest(prepared["validated"] / "manifest.parquet").set_index(
             "utt_id")
         assert set(rows.loc[info["train_ids"] + info["val_ids"], "session"]) == (
             {1, 2, 3, 4, 5} - {info["test_session"]})
@@ -152,7 +152,7 @@ def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
 
 
 def test_training_errors_name_the_problem(prepared, tmp_path, monkeypatch):
-    manifest = ingest.read_manifest(prepared["validated"] / "manifest.parquet")
+    manifest = outputs.read_manifest(prepared["validated"] / "manifest.parquet")
     only_five = manifest[manifest["session"] == 5]
     only_five.to_parquet(tmp_path / "five.parquet")
     with pytest.raises(train.TrainError, match="no training utterances"):

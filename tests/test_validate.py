@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import soundfile
 
-from components import ingest, validate
+from components import ingest, outputs, validate
 from components.config import ValidateConfig
 from components.errors import UserError
+from components.outputs import Ingested, Validated
 from conftest import assert_one_line_error, emoalign
 from test_ingest import first_utt, label_file_of, transcript_file_of, wav_of
 
@@ -28,9 +29,9 @@ def gate(corpus, tmp_path, **settings):
 def stopped(corpus, tmp_path, **settings) -> tuple[str, dict]:
     with pytest.raises(validate.ValidationError) as failure:
         gate(corpus, tmp_path, **settings)
-    report = json.loads((tmp_path / "validated" / validate.REPORT_FILENAME).read_text())
+    report = json.loads((tmp_path / "validated" / Validated.REPORT).read_text())
     assert not report["passed"]
-    assert str(tmp_path / "validated" / validate.HTML_FILENAME) in str(failure.value)
+    assert str(tmp_path / "validated" / Validated.HTML) in str(failure.value)
     assert "\n" not in str(failure.value)
     return str(failure.value), report
 
@@ -44,9 +45,9 @@ def reconciles(result):
     assert c["manifest_rows"] == c["kept"] + c["quarantined"]
     assert c["kept"] == len(result.manifest) and c["quarantined"] == len(result.quarantine)
     assert not set(result.manifest["utt_id"]) & set(result.quarantine["utt_id"])
-    kept = ingest.read_manifest(result.out_dir / validate.MANIFEST_FILENAME)
+    kept = outputs.read_manifest(result.out_dir / Validated.MANIFEST)
     assert len(kept) == c["kept"]
-    assert len(pd.read_csv(result.out_dir / validate.QUARANTINE_FILENAME)) == c["quarantined"]
+    assert len(pd.read_csv(result.out_dir / Validated.QUARANTINE)) == c["quarantined"]
 
 
 def test_a_clean_corpus_passes(small_corpus, tmp_path):
@@ -58,11 +59,11 @@ def test_a_clean_corpus_passes(small_corpus, tmp_path):
             "speaker_format", "start_before_end", "vad_range", "speaker_leakage",
             "class_share:sad"} <= checks
     assert all(x["success"] for x in result.report["expectations"])
-    gx_result = json.loads((result.out_dir / validate.GX_RESULT_FILENAME).read_text())
+    gx_result = json.loads((result.out_dir / Validated.GX_RESULT).read_text())
     assert gx_result["success"] is True and len(gx_result["results"]) >= 20
-    page = (result.out_dir / validate.HTML_FILENAME).read_text()
+    page = (result.out_dir / Validated.HTML).read_text()
     assert "PASSED" in page and "expect_column_values_to_be_unique" in page
-    stats = json.loads((result.out_dir / validate.STATS_FILENAME).read_text())
+    stats = json.loads((result.out_dir / Validated.STATS).read_text())
     assert stats["n_labelled"] == int(result.manifest["label"].notna().sum())
     assert abs(sum(stats["class_shares"].values()) - 1) < 1e-9
 
@@ -138,7 +139,7 @@ def test_junk_line_and_latin1_bytes_are_reported_not_lost(corpus_copy, tmp_path)
                      .replace("]: ", "]: Caf\xe9 ", 1).encode("latin-1"))
     result = gate(corpus_copy, tmp_path)
     assert result.passed
-    ingest_report = json.loads((tmp_path / "ingest" / ingest.REPORT_FILENAME).read_text())
+    ingest_report = json.loads((tmp_path / "ingest" / Ingested.REPORT).read_text())
     assert [x["utt_id"] for x in ingest_report["findings"]["wavs_without_label"]] == [victim]
     assert len(ingest_report["findings"]["unparseable_lines"]) == 1
     assert ingest_report["findings"]["latin1_files"]
@@ -194,21 +195,21 @@ def test_strict_turns_quarantine_into_an_error(corpus_copy, tmp_path):
 
 def test_broken_schema_is_an_error(small_corpus, tmp_path):
     ingest.run(small_corpus, tmp_path / "ingest")
-    manifest = ingest.read_manifest(tmp_path / "ingest" / ingest.MANIFEST_FILENAME)
+    manifest = outputs.read_manifest(tmp_path / "ingest" / Ingested.MANIFEST)
     manifest.drop(columns=["transcript"]).to_parquet(tmp_path / "broken.parquet")
     with pytest.raises(validate.ValidationError, match="manifest schema broken"):
         validate.run(tmp_path / "broken.parquet", tmp_path / "out", CLASSES, ValidateConfig())
 
 
 def test_drift_against_a_reference(small_corpus, tmp_path):
-    reference = gate(small_corpus, tmp_path / "ref").out_dir / validate.STATS_FILENAME
+    reference = gate(small_corpus, tmp_path / "ref").out_dir / Validated.STATS
     same = validate.run(tmp_path / "ref" / "ingest", tmp_path / "same", CLASSES,
                         ValidateConfig(), reference_stats=reference)
     assert [d["status"] for d in same.report["drift"]] == ["ok"] * 4
     assert [d["value"] for d in same.report["drift"]] == [0.0] * 4
 
     # A corpus that lost most of its neutral utterances and speaks new words.
-    manifest = ingest.read_manifest(tmp_path / "ref" / "ingest" / ingest.MANIFEST_FILENAME)
+    manifest = outputs.read_manifest(tmp_path / "ref" / "ingest" / Ingested.MANIFEST)
     neutral = manifest.index[manifest["label"] == "neutral"]
     drifted = manifest.drop(index=neutral[1:]).copy()
     drifted["transcript"] = drifted["transcript"].str.replace(
@@ -217,7 +218,7 @@ def test_drift_against_a_reference(small_corpus, tmp_path):
     with pytest.raises(validate.ValidationError, match="drift in class_share"):
         validate.run(tmp_path / "drifted.parquet", tmp_path / "d", CLASSES, ValidateConfig(),
                      reference_stats=reference)
-    report = json.loads((tmp_path / "d" / validate.REPORT_FILENAME).read_text())
+    report = json.loads((tmp_path / "d" / Validated.REPORT).read_text())
     status = {d["metric"]: d["status"] for d in report["drift"]}
     assert status["class_share"] == "fail" and status["oov"] == "fail"
 

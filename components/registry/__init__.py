@@ -1,0 +1,22 @@
+"""Tracking and the model registry, in MLflow: one run per pipeline run, every model a
+version of the registered model, and a promotion gate that decides on evidence whether the
+new version (alias `challenger`) replaces the one in service (alias `champion`).
+
+    store.py         connecting to the store; credentials kept out of it
+    tracking.py      the pipeline run's MLflow run: params, metrics, artifacts, lineage tags
+    history.py       alias moves, recorded; the gate's lock; model URIs; promote, rollback
+    gate.py          the champion re-scored beside the challenger; the decision
+    registration.py  a new version, judged by the gate; whether a schedule needs to train
+"""
+
+from components.registry.gate import decide, paired_bootstrap
+from components.registry.history import (CHALLENGER, CHAMPION, LOCK_TAG, read_history,
+                                          resolve, promote, rollback)
+from components.registry.registration import register, retrain_reason
+from components.registry.store import (RegistryError, connect, redact, scrub,
+                                       tracking_uri)
+from components.registry.tracking import flatten, track
+
+__all__ = ["CHALLENGER", "CHAMPION", "LOCK_TAG", "RegistryError", "connect", "decide",
+           "flatten", "paired_bootstrap", "promote", "read_history", "redact", "register",
+           "resolve", "retrain_reason", "rollback", "scrub", "track", "tracking_uri"]

@@ -1,0 +1,130 @@
+"""The promotion gate: does the challenger, scored beside the champion on the same test
+utterances, deserve to replace it? Also the infra check that the registered model loads and
+scores through MLflow as serving will."""
+
+import numpy as np
+import pandas as pd
+
+from components.config import Config
+from components.outputs import StepOutputs
+from components.registry.store import RegistryError
+from model.metrics import unweighted_accuracy
+
+
+def paired_bootstrap(labels, challenger, champion, n_classes: int, samples: int,
+                     seed: int) -> tuple[float, float]:
+    """95 % interval of UA(challenger) - UA(champion), both scored on the same resampled
+    utterances each time."""
+    labels, challenger, champion = map(np.asarray, (labels, challenger, champion))
+    idx = np.random.default_rng(seed).integers(0, len(labels), size=(samples, len(labels)))
+    deltas = (unweighted_accuracy(labels[idx], challenger[idx], n_classes)
+              - unweighted_accuracy(labels[idx], champion[idx], n_classes))
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def gate_data(outputs: StepOutputs) -> pd.DataFrame:
+    """The challenger's test utterances with its predictions, wav paths and transcripts."""
+    predictions = outputs.evaluation.predictions()
+    kept = pd.read_parquet(outputs.validated.manifest_path)[
+        ["utt_id", "wav_path", "transcript"]]
+    return predictions.merge(kept, on="utt_id", how="left", validate="one_to_one")
+
+
+def model_input(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"wav": frame["wav_path"].astype(str),
+                         "transcript": frame["transcript"].fillna("").astype(str),
+                         "speaker": frame["speaker"].astype(str)})
+
+
+def infra_check(model_uri: str, data: pd.DataFrame, classes: list[str], n: int,
+                compare_probabilities: bool) -> dict:
+    """Load the registered version through MLflow and score a few test utterances, as
+    serving will. Under holdout its probabilities must match evaluation's."""
+    from components.pyfunc import load
+
+    sample = data.head(n)
+    try:
+        loaded = load(model_uri)
+        out = loaded.predict(model_input(sample))
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    probs = out[[f"p_{c}" for c in classes]].to_numpy()
+    ok = bool(np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-4)
+              and set(out["label"]) <= set(classes))
+    result = {"ok": ok, "n": int(len(sample))}
+    if compare_probabilities:
+        diff = float(np.abs(probs - sample[[f"p_{c}" for c in classes]].to_numpy()).max())
+        result["max_abs_diff_vs_evaluation"] = diff
+        result["ok"] = ok and diff < 1e-3
+    if not result["ok"] and "error" not in result:
+        result["error"] = "served probabilities are invalid or differ from evaluation's"
+    return result
+
+
+def score_champion(model_uri: str, data: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """The champion's predicted class ids on the challenger's test utterances, now."""
+    from components.pyfunc import load
+
+    loaded = load(model_uri)
+    out = loaded.predict(model_input(data))
+    missing = [c for c in classes if f"p_{c}" not in out.columns]
+    if missing:
+        raise RegistryError(f"the champion predicts other classes (lacks {missing})")
+    return out["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+
+
+def decide(config: Config, challenger_ua: float, infra: dict, champion: dict | None
+           ) -> tuple[bool, str]:
+    floor, tolerance = config.registry.ua_floor, config.registry.tolerance
+    if challenger_ua < floor:
+        return False, f"UA {challenger_ua:.4f} is below the floor {floor:.2f}"
+    if not infra["ok"]:
+        return False, f"infra check failed: {infra.get('error')}"
+    if champion is None:
+        return True, f"UA {challenger_ua:.4f} >= floor {floor:.2f}; no champion yet"
+    if "error" in champion:
+        return True, (f"UA {challenger_ua:.4f} >= floor; the champion (version "
+                      f"{champion['version']}) could not be re-scored: {champion['error']}")
+    delta = challenger_ua - champion["ua"]
+    verdict = "not worse than" if delta >= -tolerance else "worse than"
+    text = (f"UA {challenger_ua:.4f} vs champion v{champion['version']} {champion['ua']:.4f} "
+            f"on the same {champion['n']} test utterances: delta {delta:+.4f} "
+            f"(95% CI {champion['ci_low']:+.4f}..{champion['ci_high']:+.4f}), "
+            f"{verdict} the champion within tolerance {tolerance:.3f}")
+    return delta >= -tolerance, text
+
+
+def challenge(champion_uri: str, champion_version: str, data: pd.DataFrame,
+              classes: list[str], config: Config) -> tuple[dict, float | None]:
+    """The champion re-scored on the challenger's test utterances, the paired bootstrap
+    interval of the UA difference, and the challenger's UA on the same utterances (None
+    when the champion could not be scored: the error says why)."""
+    ids = {c: i for i, c in enumerate(classes)}
+    labels, mine = data["label"].map(ids).to_numpy(), data["predicted"].map(ids).to_numpy()
+    champion = {"version": champion_version, "n": int(len(data))}
+    try:
+        theirs = score_champion(champion_uri, data, classes)
+        champion["ua"] = float(unweighted_accuracy(labels, theirs, len(classes))[0])
+        challenger_ua = float(unweighted_accuracy(labels, mine, len(classes))[0])
+        champion["ci_low"], champion["ci_high"] = paired_bootstrap(
+            labels, mine, theirs, len(classes), config.registry.bootstrap_samples, config.seed)
+    except Exception as e:
+        champion["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return champion, None
+    return champion, challenger_ua
+
+
+def gate_numbers(config: Config, challenger_ua: float, n_test: int, infra: dict,
+                 champion: dict | None) -> dict:
+    """The figures the decision rests on, as the version's tags and the history keep them."""
+    numbers = {"ua": round(challenger_ua, 6), "ua_floor": config.registry.ua_floor,
+               "tolerance": config.registry.tolerance, "n_test": n_test,
+               "infra_ok": infra["ok"]}
+    if champion and "ua" in champion:
+        numbers.update(champion_version=champion["version"],
+                       champion_ua=round(champion["ua"], 6),
+                       delta_ua=round(challenger_ua - champion["ua"], 6),
+                       delta_ua_ci95=[round(champion["ci_low"], 6),
+                                      round(champion["ci_high"], 6)])
+    return numbers

@@ -1,0 +1,140 @@
+"""Registration: the pipeline's model becomes a new version of the registered model (alias
+`challenger`), the gate judges it, and `champion` moves when it passes. Also whether a
+scheduled run needs to train at all."""
+
+import json
+import time
+from pathlib import Path
+
+from components.config import Config
+from components.lineage import Lineage
+from components.outputs import Registered, StepOutputs
+from components.registry.gate import (challenge, decide, gate_data, gate_numbers,
+                                      infra_check)
+from components.registry.history import (CHALLENGER, CHAMPION, alias_version, gate_lock,
+                                          move_alias)
+from components.registry.store import connect, scrub
+
+DESCRIPTION = ("IEMOCAP speech + text emotion recognition (emoalign). Aliases: champion = "
+               "in service, challenger = newest candidate. history.* tags record every move.")
+
+
+def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -> dict:
+    """Log the pyfunc into the pipeline's MLflow run, register it as a new version (alias
+    challenger), run the gate and move `champion` when it passes."""
+    client = connect()
+    name = config.registry.model_name
+    tags = {k: v for k, v in client.get_run(run_id).data.tags.items()
+            if not k.startswith("mlflow.")}
+    metrics = outputs.evaluation.metrics()
+    classes = metrics["classes"]
+    data = gate_data(outputs)
+    version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
+    try:
+        move_alias(client, name, CHALLENGER, version, "candidate",
+                   f"pipeline run {tags.get('pipeline_run')}", actor="emoalign register")
+        challenger_ua = float(metrics["ua"])
+        infra = infra_check(f"models:/{name}/{version}", data, classes,
+                            config.registry.infra_check_utterances,
+                            compare_probabilities=config.protocol == "holdout")
+        with gate_lock(client, name):
+            champion_version = alias_version(client, name, CHAMPION)
+            champion = None
+            if champion_version is not None:
+                champion, same_utterances_ua = challenge(
+                    f"models:/{name}/{champion_version}", champion_version, data, classes,
+                    config)
+                challenger_ua = same_utterances_ua or challenger_ua
+            promoted, reason = decide(config, challenger_ua, infra, champion)
+            numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)
+            _record_decision(client, name, version, promoted, reason, numbers, infra, tags)
+            champion_now = alias_version(client, name, CHAMPION)
+    except BaseException:
+        # Never leave a version that looks usable but was never judged.
+        try:
+            client.set_model_version_tag(name, version, "gate.decision", "incomplete")
+        except Exception:
+            pass
+        raise
+    result = {"model_name": name, "model_version": str(version), "promoted": promoted,
+              "reason": reason, "champion_version": champion_now, "mlflow_run_id": run_id,
+              "numbers": numbers, "infra_check": infra, "swept_incomplete": swept,
+              "model_uri": f"models:/{name}/{version}"}
+    registered = Registered(Path(out_dir))
+    registered.folder.mkdir(parents=True, exist_ok=True)
+    registered.path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], data,
+                 run_id: str, tags: dict) -> tuple[str, list[str]]:
+    """Log the pyfunc into the run and register it; (new version, versions swept)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from components.pyfunc import log_model, wav_example
+
+    # The smallest test utterance becomes the input example stored with the model.
+    shortest = data.assign(size=data["wav_path"].map(lambda p: Path(p).stat().st_size)) \
+        .sort_values(["size", "utt_id"]).iloc[0]
+    example = wav_example(shortest["wav_path"], shortest["transcript"], shortest["speaker"])
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = log_model(outputs.trained.bundles(), classes, example)
+    try:
+        client.create_registered_model(name, description=DESCRIPTION)
+    except MlflowException:
+        pass  # it exists
+    swept = _sweep_incomplete(client, name)
+    return mlflow.register_model(info.model_uri, name, tags=tags).version, swept
+
+
+def _record_decision(client, name: str, version: str, promoted: bool, reason: str,
+                     numbers: dict, infra: dict, tags: dict) -> None:
+    """The decision as tags and description on the version; champion moves if it passed."""
+    decision_tags = {"gate.decision": "promoted" if promoted else "rejected",
+                     "gate.reason": reason, "gate.numbers": json.dumps(numbers),
+                     "gate.infra_check": json.dumps(infra)}
+    for key, value in decision_tags.items():
+        client.set_model_version_tag(name, version, key, scrub(value))
+    client.update_model_version(name, version, description=(
+        f"{'Promoted to champion' if promoted else 'Not promoted'}: {reason}. "
+        f"Pipeline run {tags.get('pipeline_run')}, data {tags.get('data_hash')}, "
+        f"code {tags.get('git_sha')}."))
+    if promoted:
+        move_alias(client, name, CHAMPION, version, "auto", reason, numbers,
+                   actor="emoalign gate")
+
+
+def _sweep_incomplete(client, name: str) -> list[str]:
+    """Versions a crashed register step left without a gate decision: say so on them."""
+    swept = []
+    for version in client.search_model_versions(f"name='{name}'"):
+        if "gate.decision" not in version.tags and \
+                time.time() - version.creation_timestamp / 1000 > 60:
+            client.set_model_version_tag(name, version.version, "gate.decision", "incomplete")
+            client.set_model_version_tag(name, version.version, "gate.reason",
+                                         "its register step stopped before the gate decided")
+            swept.append(version.version)
+    return swept
+
+
+def retrain_reason(config: Config, lineage: Lineage) -> str | None:
+    """Why the pipeline should train now, or None when the champion was trained from this
+    very data, code and config (a scheduled run then ends early)."""
+    client = connect()
+    name = config.registry.model_name
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:
+        return f"registered model {name!r} has no champion yet"
+    tags = version.tags
+    if tags.get("data_hash") != lineage.data_hash:
+        return f"data changed: {tags.get('data_hash')} -> {lineage.data_hash}"
+    # Uncommitted code is no version at all: it always retrains.
+    sha = "" if lineage.git_dirty else lineage.git_sha
+    if not sha or tags.get("git_sha") != sha or tags.get("git_dirty") == "true":
+        return f"code changed: {tags.get('git_sha', '?')[:12]} -> {(sha or '?')[:12]}"
+    if tags.get("config_sha256") != config.sha256():
+        return "config changed"
+    return None

@@ -1,0 +1,151 @@
+"""The MLflow store: connecting to it (SQLite under runs/ by default, or a server), and
+keeping credentials out of everything written there."""
+
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from components import PROJECT_ROOT
+from components.errors import UserError
+
+DEFAULT_STORE = PROJECT_ROOT / "runs" / "mlflow.db"
+# Environment variables whose values must never reach the tracking store.
+SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL",
+                            re.IGNORECASE)
+
+
+class RegistryError(UserError):
+    """The tracking server or registry cannot do what was asked; the message says why."""
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the SQLite store under runs/ (an absolute path)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
+
+
+def redact(uri: str) -> str:
+    """The URI without user name and password, fit for logs and messages."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Beside a SQLite store, artifacts go to <store folder>/mlartifacts (an absolute path,
+    not MLflow's default of ./mlruns under whatever the working directory is)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def connect(uri: str | None = None, timeout_s: float = 10.0,
+            consequence: str = "nothing was tracked or registered"):
+    """A client for a store that answers, or a RegistryError naming it (and saying what
+    that means). `emoalign run` calls it before any work, so a dead server costs nothing."""
+    import logging
+
+    import requests
+    from mlflow import MlflowClient
+
+    # A new SQLite store announces its table migrations on stderr; nothing a user acts on.
+    for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            response.raise_for_status()
+        except requests.RequestException as e:
+            reason = type(e).__name__ if not isinstance(e, requests.HTTPError) else str(e)
+            raise RegistryError(f"MLflow tracking server {redact(uri)} is unreachable "
+                                f"({reason}); {consequence}") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RegistryError(f"cannot create the MLflow store folder {path.parent}: "
+                                f"{e.strerror}") from None
+    try:
+        with _store_creation_lock(uri):
+            # Both stores create and migrate their tables when first opened.
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+    except Exception as e:
+        raise RegistryError(f"MLflow tracking store {redact(uri)} does not answer: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+    # MLflow's module-level functions (models:/ URIs, downloads) must see the same store.
+    # (The registry follows the tracking URI; setting it too would export
+    # MLFLOW_REGISTRY_URI to every subprocess started later.)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return client
+
+
+@contextmanager
+def _store_creation_lock(uri: str):
+    """Two processes opening a new SQLite store at once would both create its tables (and
+    one fail on "duplicate column"); they take turns on a lock file beside it."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(Path(uri[len("sqlite:///"):]).with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_experiment(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(
+            client.tracking_uri))
+    except MlflowException:  # created by a run started at the same moment
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def secret_values() -> list[str]:
+    values = [v for k, v in os.environ.items() if SECRET_NAME_RE.search(k) and len(v) >= 6]
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        password = urlsplit(os.environ.get(key, "")).password
+        if password and len(password) >= 4:
+            values.append(password)
+    return sorted(set(values), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str] | None = None) -> str:
+    """Replace every credential found in the environment by ***."""
+    for secret in secret_values() if secrets is None else secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def scrubbed_copy(paths: list[Path], folder: Path) -> Path:
+    """Text artifacts copied through `scrub`; binary files (PNG, Parquet) copied as they are."""
+    secrets = secret_values()
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        target = folder / path.name
+        if path.suffix in (".json", ".yaml", ".yml", ".csv", ".md", ".html", ".txt", ".dvc",
+                           ".log"):
+            target.write_text(scrub(path.read_text(errors="replace"), secrets))
+        else:
+            shutil.copyfile(path, target)
+    return folder

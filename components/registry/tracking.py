@@ -1,0 +1,156 @@
+"""Tracking: one MLflow run per pipeline run, holding the resolved config as params, the
+final and per-epoch metrics, every report and plot as artifacts, the dataset as an input,
+and the lineage as tags."""
+
+import importlib.metadata
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from components.config import Config
+from components.lineage import DEFAULT_DATA, DVC_POINTER, Lineage, file_sha256
+from components.outputs import Evaluation, StepOutputs, Tracked
+from components.registry.store import (connect, ensure_experiment, redact, scrub,
+                                       scrubbed_copy, secret_values)
+
+# Where in the run's artifacts `audit` finds what the run was made from and scored.
+CONFIG_ARTIFACT = "run/config.resolved.yaml"
+METRICS_ARTIFACT = f"evaluate/{Evaluation.METRICS}"
+LOG_BATCH = 500  # metrics per request; MLflow refuses more than 1000
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) \
+                else str(value)
+    return out
+
+
+def pip_freeze() -> str:
+    """The installed distributions, as `pip freeze` would list them (without running pip)."""
+    pins = {(d.metadata["Name"] or "").lower(): d.version
+            for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+
+
+def lineage_tags(lineage: Lineage, config: Config, manifest_sha256: str,
+                 validation: str) -> dict[str, str]:
+    return {"git_sha": lineage.git_sha or "unknown", "git_dirty": str(lineage.git_dirty).lower(),
+            "data_hash": lineage.data_hash, "manifest_sha256": manifest_sha256,
+            "config_sha256": config.sha256(), "seed": str(config.seed),
+            "pipeline_run": lineage.pipeline_run, "validation": validation,
+            "corpus": lineage.corpus}
+
+
+def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path) -> dict:
+    """Log one pipeline run to MLflow; returns (and writes to out_dir) its run id and tags."""
+    import mlflow
+
+    client = connect()
+    experiment_id = ensure_experiment(client, config.registry.experiment)
+    quarantined = outputs.validated.report()["counts"].get("quarantined", 0)
+    validation = "passed" if not quarantined else f"passed with {quarantined} quarantined"
+    tags = lineage_tags(lineage, config, file_sha256(outputs.ingested.manifest_path),
+                        validation)
+    secrets = secret_values()
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=lineage.pipeline_run,
+                          tags={k: scrub(v, secrets) for k, v in tags.items()}) as run:
+        run_id = run.info.run_id
+        mlflow.log_params({k: scrub(v, secrets) for k, v in flatten(config.to_dict()).items()})
+        series = _metric_series(outputs, int(time.time() * 1000))
+        for start in range(0, len(series), LOG_BATCH):
+            client.log_batch(run_id, metrics=series[start:start + LOG_BATCH])
+        with tempfile.TemporaryDirectory() as scratch:
+            _log_artifacts(_artifact_groups(outputs, config, lineage, Path(scratch)),
+                           outputs.model_dir, Path(scratch))
+        _log_dataset(outputs, lineage)
+    result = {"run_id": run_id, "experiment_id": experiment_id, "tags": tags,
+              "tracking_uri": redact(client.tracking_uri)}
+    tracked = Tracked(Path(out_dir))
+    tracked.folder.mkdir(parents=True, exist_ok=True)
+    tracked.path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _metric_series(outputs: StepOutputs, now: int) -> list:
+    """The steps' final figures at step 0, then each fold's learning curves by epoch."""
+    from mlflow.entities import Metric
+
+    report, checks = outputs.ingested.report(), outputs.validated.report()
+    metrics = outputs.evaluation.metrics()
+    values = {"ingest/label_blocks": report["n_label_blocks"],
+              "ingest/labelled": report["n_labelled"],
+              "ingest/problems": report["problem_count"],
+              **{f"validate/{k}": v for k, v in checks["counts"].items()
+                 if isinstance(v, (int, float))},
+              "evaluate/wa": metrics["wa"], "evaluate/ua": metrics["ua"],
+              "evaluate/wa_std": metrics["wa_std"], "evaluate/ua_std": metrics["ua_std"],
+              "evaluate/n_test": metrics["n_test"],
+              **{f"evaluate/recall_{c}": v["recall"] for c, v in metrics["per_class"].items()},
+              **{f"evaluate/{k}": v for k, v in metrics.get("ablation", {}).items()},
+              **{f"evaluate/attention_{k}": v
+                 for k, v in metrics.get("attention_alignment", {}).items()
+                 if k in ("mass_in_own_word", "uniform_mass", "lift")}}
+    series = [Metric(key, float(value), now, 0) for key, value in values.items()]
+    trained = outputs.trained
+    for history in sorted(outputs.model_dir.glob(f"*/{trained.HISTORY}")):
+        for epoch in trained.history(history.parent):
+            for key in ("loss", "val_ua", "val_wa"):
+                series.append(Metric(f"train/{history.parent.name}/{key}",
+                                     float(epoch[key]), now, epoch["epoch"]))
+    return series
+
+
+def _artifact_groups(outputs: StepOutputs, config: Config, lineage: Lineage,
+                     scratch: Path) -> dict[str, list[Path]]:
+    """The files to log, by the artifact folder they go to."""
+    config_file, freeze = scratch / Path(CONFIG_ARTIFACT).name, scratch / "pip_freeze.txt"
+    config_file.write_text(config.to_yaml())
+    freeze.write_text(pip_freeze())
+    run_files = [config_file, freeze]
+    if Path(lineage.corpus).resolve() == DEFAULT_DATA.resolve() and DVC_POINTER.is_file():
+        run_files.append(DVC_POINTER)
+    return {
+        "run": run_files,
+        "ingest": [outputs.ingested.report_path],
+        "validate": [p for p in sorted(outputs.validated_dir.iterdir())
+                     if p.is_file() and p.suffix != ".parquet"],
+        "train": outputs.trained.fold_files(),
+        "evaluate": [p for p in sorted(outputs.evaluation_dir.iterdir()) if p.is_file()],
+    }
+
+
+def _log_artifacts(groups: dict[str, list[Path]], model_dir: Path, scratch: Path) -> None:
+    """Each group under its own artifact folder, text scrubbed of credentials."""
+    import mlflow
+
+    for group, paths in groups.items():
+        # Fold files share names; keep them apart by fold.
+        by_folder: dict[str, list[Path]] = {}
+        for p in paths:
+            sub = p.parent.name if group == "train" and p.parent != model_dir else ""
+            by_folder.setdefault(sub, []).append(p)
+        for sub, files in by_folder.items():
+            copied = scrubbed_copy(files, scratch / "copy" / group / (sub or "_"))
+            mlflow.log_artifacts(str(copied), f"{group}/{sub}".rstrip("/"))
+
+
+def _log_dataset(outputs: StepOutputs, lineage: Lineage) -> None:
+    """The kept manifest as the run's training input, digested by the data hash."""
+    import mlflow
+    import pandas as pd
+
+    kept = pd.read_parquet(outputs.validated.manifest_path)
+    columns = [c for c in ("utt_id", "session", "speaker", "label", "duration_s",
+                           "transcript") if c in kept.columns]
+    dataset = mlflow.data.from_pandas(kept[columns], source=lineage.corpus,
+                                      name="iemocap", targets="label",
+                                      digest=lineage.data_hash[:36])
+    mlflow.log_input(dataset, context="training")
