@@ -36,6 +36,7 @@ BENCHMARKS = {
     "iemocap_size": ("iemocap_size.py", ["--corpus", "{corpus}"]),
     "faults": ("faults.py", []),
     "bad_inputs": ("bad_inputs.py", []),
+    "cross_env": ("cross_env.py", []),
 }
 
 

@@ -207,6 +207,9 @@ class TrainConfig:
     bucketing: bool = True
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast on CUDA
+    # CUDA only: PyTorch's deterministic algorithms, so a re-run on the same GPU gives the
+    # same weights (CPU kernels are deterministic already).
+    deterministic: bool = True
     threads: int = 0  # CPU threads; 0 = one per core
 
     def check(self) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components import outputs
+from components import environment, outputs
 from components.config import Config
 from components.errors import UserError
 from components.outputs import FeatureStore, TrainedModel
@@ -394,14 +394,16 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []
-    for i, fold in enumerate(folds):
-        trainer = FoldTrainer(fold, i, store, rows, config, out_dir / fold.name, device,
-                              fingerprint)
-        if resume:
-            trainer.resume()
-        results.append(trainer.fit())
+    with environment.deterministic_algorithms(device, config.train.deterministic) as enforced:
+        for i, fold in enumerate(folds):
+            trainer = FoldTrainer(fold, i, store, rows, config, out_dir / fold.name, device,
+                                  fingerprint)
+            if resume:
+                trainer.resume()
+            results.append(trainer.fit())
     summary = {"protocol": config.protocol, "model_kind": config.model.kind,
                "device": str(device), "folds": results,
-               "seconds": round(time.perf_counter() - started, 2)}
+               "seconds": round(time.perf_counter() - started, 2),
+               "environment": environment.describe(device, enforced)}
     (out_dir / TrainedModel.SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary

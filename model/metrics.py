@@ -23,6 +23,23 @@ def unweighted_accuracy(labels: np.ndarray, predicted: np.ndarray, n_classes: in
     return np.nanmean(np.stack(recalls), axis=0)
 
 
+def bootstrap_intervals(labels, predictions, groups, n_classes: int, samples: int = 1000,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % intervals of UA and WA as evaluation reports them (the mean over the test groups,
+    the folds' sessions), resampling utterances within each group: how far the scores of
+    this test set move by the luck of which utterances it holds."""
+    labels, predictions, groups = map(np.asarray, (labels, predictions, groups))
+    rng = np.random.default_rng(seed)
+    ua, wa = [], []
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        idx = members[rng.integers(0, len(members), size=(samples, len(members)))]
+        ua.append(unweighted_accuracy(labels[idx], predictions[idx], n_classes))
+        wa.append((labels[idx] == predictions[idx]).mean(1))
+    return {name: tuple(float(v) for v in np.percentile(np.mean(values, axis=0), [2.5, 97.5]))
+            for name, values in (("ua", ua), ("wa", wa))}
+
+
 def scores(labels, predictions, classes: list[str]) -> dict:
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     matrix = confusion(labels, predictions, len(classes))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from components import PROJECT_ROOT
+from components.environment import MIN_AGREEMENT
 from components.config import SampleCorpusConfig
 from components.errors import UserError
 
@@ -234,16 +235,16 @@ def cmd_history(args) -> int:
 def cmd_audit(args) -> int:
     from pipelines.audit import audit
 
+    if not 0 <= args.min_agreement <= 1:
+        raise UserError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    result = audit(args.uri, Path(args.corpus) if args.corpus else None, workdir, args.keep)
+    result = audit(args.uri, Path(args.corpus) if args.corpus else None, workdir, args.keep,
+                   strict=args.strict, min_agreement=args.min_agreement)
     for line in result.lines:
         print(line)
-    if result.failures:
-        print(f"VERDICT: NOT REPRODUCED ({', '.join(result.failures)})")
-        return 1
-    print("VERDICT: REPRODUCED: same code, data and config rebuild the same model")
-    return 0
+    print(f"VERDICT: {result.verdict}")
+    return 1 if result.failures else 0
 
 
 # ---- cluster ----------------------------------------------------------------------------
@@ -417,6 +418,11 @@ def _add_registry_commands(sub) -> None:
                                     "data.dvc at the model's commit names it)")
     p.add_argument("--workdir", default="runs", help="scratch space (default: runs/)")
     p.add_argument("--keep", action="store_true", help="keep the re-run's files")
+    p.add_argument("--strict", action="store_true",
+                   help="demand bit-identical weights and metrics whatever the environment")
+    p.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
+                   help="share of test utterances a re-run in another environment must "
+                        "predict alike (default: %(default)s)")
     p.set_defaults(func=cmd_audit)
 
 

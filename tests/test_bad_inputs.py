@@ -66,6 +66,8 @@ CASES = [
     ("rollback with no registered model", ["rollback"], "no registered model named"),
     ("history of a model that does not exist", ["history", "--name", "ghost"],
      "no registered model named 'ghost'"),
+    ("audit asking more than all predictions to agree",
+     ["audit", "models:/ghost/1", "--min-agreement", "2"], "--min-agreement must be in [0, 1]"),
     ("audit of a version that does not exist", ["audit", "models:/ghost/1"],
      "no registered model named 'ghost'"),
     ("schedule with a five-field cron", ["schedule", "--host", "http://127.0.0.1:9",

@@ -217,3 +217,22 @@ def test_bf16_autocast_trains_like_float32(kind):
     assert loss16 == pytest.approx(loss32, rel=0.05)
     cosine = torch.nn.functional.cosine_similarity(grads16, grads32, dim=0)
     assert cosine > 0.95
+
+
+def test_bootstrap_intervals_hold_the_scores_and_narrow_with_more_utterances():
+    from model.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 2000)
+    noisy = np.where(rng.random(2000) < 0.7, labels, rng.integers(0, 4, 2000))
+    sessions = np.repeat([1, 2], 1000)
+    perfect = bootstrap_intervals(labels[:80], labels[:80], sessions[:80], 4, 200)
+    assert perfect == {"ua": (1.0, 1.0), "wa": (1.0, 1.0)}
+    widths = []
+    for n in (80, 2000):
+        got = bootstrap_intervals(labels[:n], noisy[:n], sessions[:n], 4, 500, seed=1)
+        wa = float(np.mean(labels[:n] == noisy[:n]))
+        assert got["wa"][0] < wa < got["wa"][1]
+        widths.append(got["ua"][1] - got["ua"][0])
+    assert widths[1] < widths[0] / 3  # 25 times the data: about a fifth of the width
+

@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 
 from components import lineage, registry
 from components.config import Config, load_config
-from conftest import TINY, assert_one_line_error, emoalign
 from components.lineage import Lineage
 from components.outputs import StepOutputs
+from conftest import TINY, assert_one_line_error, emoalign
 from model.metrics import scores, unweighted_accuracy
 
 SENTINEL = "s3nt1nel-Secret-Value"
@@ -198,16 +198,73 @@ def test_scrub_masks_credentials_in_params_and_uris(monkeypatch):
 
 
 def test_audit_rebuilds_the_model_bit_for_bit(two_runs, tmp_path):
-    sha, dirty = lineage.git_sha(Path(__file__).resolve().parents[1])
-    first = two_runs["summaries"][0]
-    if sha is None or dirty or first["git_dirty"]:
-        pytest.skip("audit reproduces committed code; this checkout has uncommitted changes")
-    result = emoalign("audit", "models:/emoalign/1", "--corpus", two_runs["corpora"][0],
-                      "--workdir", tmp_path, env=two_runs["env"])
+    result = _audit(two_runs, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("code", "data", "config", "manifest", "metrics", "weights"):
+    for check in ("code", "data", "config", "manifest", "environment", "metrics", "weights"):
         assert f"OK        {check}:" in result.stdout
-    assert "VERDICT: REPRODUCED" in result.stdout
+    assert "VERDICT: REPRODUCED: same code" in result.stdout
+
+
+def _audit(two_runs, tmp_path, *args, env: dict | None = None):
+    sha, dirty = lineage.git_sha(Path(__file__).resolve().parents[1])
+    if sha is None or dirty or two_runs["summaries"][0]["git_dirty"]:
+        pytest.skip("audit reproduces committed code; this checkout has uncommitted changes")
+    return emoalign("audit", "models:/emoalign/1", "--corpus", two_runs["corpora"][0],
+                    "--workdir", tmp_path, *args, env={**two_runs["env"], **(env or {})})
+
+
+def test_runs_and_versions_record_their_compute_environment(two_runs):
+    import torch
+
+    client = two_runs["client"]
+    run_tags = client.get_run(two_runs["summaries"][0]["mlflow_run_id"]).data.tags
+    version_tags = client.get_model_version("emoalign", "1").tags
+    for tags in (run_tags, version_tags):
+        assert tags["env.device"] == "cpu"
+        assert tags["env.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert tags["env.torch_version"] == torch.__version__
+        assert tags["env.threads"] == "1"  # train.threads=1 in TINY
+        assert tags["env.deterministic"] == "false"  # enforced on CUDA only
+        assert tags["env.cpu_model"] and "env.cuda_version" in tags
+        assert "env.cudnn_version" in tags
+
+
+def test_audit_on_other_cpu_kernels_reproduces_within_tolerance(two_runs, tmp_path):
+    """The same commit, data and config re-run with other CPU kernels: floats differ, so
+    the audit names the difference and judges the scores within the recorded tolerance."""
+    import torch
+
+    trained_on = torch.backends.cpu.get_cpu_capability()
+    other = "avx2" if trained_on == "DEFAULT" else "default"
+    result = _audit(two_runs, tmp_path, env={"ATEN_CPU_CAPABILITY": other})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"NOTE      environment: env.cpu_capability {trained_on!r} when trained, "
+            f"{other.upper()!r} in the re-run") in result.stdout
+    verdict = result.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("VERDICT: REPRODUCED WITHIN TOLERANCE"), result.stdout
+    assert "env.cpu_capability" in verdict
+    tolerated = next(line for line in result.stdout.splitlines()
+                     if line.startswith("TOLERATED metrics:"))
+    assert "95% bootstrap interval" in tolerated and "predictions agree on" in tolerated
+
+    strict = _audit(two_runs, tmp_path, "--strict", env={"ATEN_CPU_CAPABILITY": other})
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "--strict asks for bit-identity" in strict.stdout
+    assert "VERDICT: NOT REPRODUCED (metrics)" in strict.stdout
+
+
+def test_audit_says_not_reproduced_when_the_config_differs(two_runs, tmp_path):
+    client = two_runs["client"]
+    run_id = two_runs["summaries"][0]["mlflow_run_id"]
+    recorded = client.get_run(run_id).data.tags["config_sha256"]
+    client.set_tag(run_id, "config_sha256", "0" * 64)
+    try:
+        result = _audit(two_runs, tmp_path)
+    finally:
+        client.set_tag(run_id, "config_sha256", recorded)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "MISMATCH  config:" in result.stdout
+    assert "VERDICT: NOT REPRODUCED (config)" in result.stdout
 
 
 def test_audit_says_mismatch_on_other_data(two_runs, tmp_path):
@@ -217,6 +274,16 @@ def test_audit_says_mismatch_on_other_data(two_runs, tmp_path):
         pytest.skip("the model's commit is not in this checkout")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "MISMATCH  data:" in result.stdout and "VERDICT: NOT REPRODUCED" in result.stdout
+
+
+def test_environment_differences_name_every_changed_key():
+    from components.environment import differences
+
+    recorded = {"env.device": "cpu", "env.cpu_capability": "AVX2", "git_sha": "a"}
+    now = {"env.device": "cpu", "env.cpu_capability": "DEFAULT", "env.threads": "2"}
+    assert differences(recorded, now) == {"env.cpu_capability": ("AVX2", "DEFAULT"),
+                                          "env.threads": ("unrecorded", "2")}
+    assert differences(now, now) == {}
 
 
 # ---- the gate, unit by unit -------------------------------------------------------------

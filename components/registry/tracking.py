@@ -55,8 +55,10 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
     experiment_id = ensure_experiment(client, config.registry.experiment)
     quarantined = outputs.validated.report()["counts"].get("quarantined", 0)
     validation = "passed" if not quarantined else f"passed with {quarantined} quarantined"
-    tags = lineage_tags(lineage, config, file_sha256(outputs.ingested.manifest_path),
-                        validation)
+    tags = {**lineage_tags(lineage, config, file_sha256(outputs.ingested.manifest_path),
+                           validation),
+            # Where the weights were computed (the train task's node, not this one).
+            **outputs.trained.summary().get("environment", {})}
     secrets = secret_values()
 
     mlflow.set_tracking_uri(client.tracking_uri)
