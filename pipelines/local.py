@@ -196,14 +196,14 @@ def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, l
                  "run_dir": str(run.run_dir), "model_name": config.registry.model_name},
                 ["", f"{decision}; finished in {run.seconds:.1f} s"])
     out = run.outputs
-    metrics, registration = out.evaluation.metrics(), out.registered.read()
+    metrics, registration, tracked = (out.evaluation.metrics(), out.registered.read(),
+                                      out.tracked.read())
     summary = {
         "retrained": True, "wa": metrics["wa"], "ua": metrics["ua"],
         "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
         "confusion": metrics["confusion"], "model_name": config.registry.model_name,
         **_registration_summary(registration),
-        "mlflow_run_id": out.tracked.read()["run_id"],
-        "tracking_uri": out.tracked.read()["tracking_uri"],
+        "mlflow_run_id": tracked["run_id"], "tracking_uri": tracked["tracking_uri"],
         "data_hash": lineage.data_hash, "git_sha": lineage.git_sha or None,
         "git_dirty": lineage.git_dirty,
         "n_train": sum(f["n_train"] for f in out.trained.summary()["folds"]),
