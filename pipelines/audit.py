@@ -30,7 +30,7 @@ import pandas as pd
 from components import PROJECT_ROOT, environment, lineage, registry
 from components.config import Config, config_from_yaml
 from components.errors import UserError
-from components.outputs import Evaluation, StepOutputs
+from components.outputs import Evaluation, StepOutputs, read_json
 from components.registry.tracking import CONFIG_ARTIFACT, METRICS_ARTIFACT
 from model.metrics import bootstrap_intervals
 
@@ -176,8 +176,6 @@ def _download(client, version, tags: dict, scratch: Path) -> Recorded:
             run_id=version.run_id, artifact_path=path, dst_path=str(scratch / "recorded"),
             tracking_uri=client.tracking_uri))
 
-    from components.outputs import read_json
-
     model_dir = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=version.source, dst_path=str(scratch / "registered"),
         tracking_uri=client.tracking_uri))
@@ -270,11 +268,10 @@ def _judge_within_tolerance(result: Audit, recorded: Recorded, rerun: StepOutput
                                     before["session"], len(classes), BOOTSTRAP_SAMPLES)
     paired = before.merge(now, on="utt_id", suffixes=("", "_rerun"), validate="one_to_one")
     agreement = float(np.mean(paired["predicted"] == paired["predicted_rerun"]))
-    checks = []
+    rerun_metrics, checks = rerun.evaluation.metrics(), []
     for name in ("ua", "wa"):
         low, high = intervals[name]
-        tolerance, delta = (high - low) / 2, rerun.evaluation.metrics()[name] - \
-            recorded.metrics[name]
+        tolerance, delta = (high - low) / 2, rerun_metrics[name] - recorded.metrics[name]
         checks.append((abs(delta) <= tolerance,
                        f"{name.upper()} {recorded.metrics[name]:.4f} -> "
                        f"{recorded.metrics[name] + delta:.4f} (|{delta:+.4f}| vs tolerance "
