@@ -65,7 +65,7 @@ def kill_training_mid_epoch(work: Path, store: Path, validated: Path) -> None:
                              str(work / "killed")], cwd=ROOT, stdout=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stderr=subprocess.STDOUT, text=True)
-    checkpoint = work / "killed" / "session5" / "checkpoint.pt"
+    checkpoint = work / "killed" / "session5-seed0" / "checkpoint.pt"
     while proc.poll() is None:  # kill once epoch 2 is saved, inside epoch 3
         line = proc.stdout.readline()
         if "epoch  2:" in line and checkpoint.is_file():
@@ -75,8 +75,8 @@ def kill_training_mid_epoch(work: Path, store: Path, validated: Path) -> None:
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
     resumed = emoalign(*base, "--out", work / "killed", "--resume")
     same = resumed.returncode == 0 and all(
-        torch.equal(a, b) for a, b in zip(weights(work / "whole/session5/model.pt").values(),
-                                          weights(work / "killed/session5/model.pt").values()))
+        torch.equal(a, b) for a, b in zip(weights(work / "whole/session5-seed0/model.pt").values(),
+                                          weights(work / "killed/session5-seed0/model.pt").values()))
     check("SIGKILL mid-epoch, then --resume: identical weights", same and proc.returncode == -9,
           f"killed after epoch {saved}, resumed: {'resumed after epoch' in resumed.stdout}")
 
@@ -93,7 +93,7 @@ def corrupted_store_and_checkpoint(work: Path, validated: Path) -> None:
           again.message)
     base = ["train", "--store", work / "s2", "--manifest", validated, *sets(SMALL)]
     emoalign(*base, "--out", work / "t")
-    checkpoint = work / "t" / "session5" / "checkpoint.pt"
+    checkpoint = work / "t" / "session5-seed0" / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     resumed = emoalign(*base, "--out", work / "t", "--resume")
     check("truncated checkpoint is not loaded; the fold starts over",

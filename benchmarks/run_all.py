@@ -37,6 +37,7 @@ BENCHMARKS = {
     "faults": ("faults.py", []),
     "bad_inputs": ("bad_inputs.py", []),
     "cross_env": ("cross_env.py", []),
+    "fanout": ("fanout.py", []),
 }
 
 

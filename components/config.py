@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,9 +213,24 @@ class TrainConfig:
     # CUDA only: PyTorch's deterministic algorithms, so a re-run on the same GPU gives the
     # same weights (CPU kernels are deterministic already).
     deterministic: bool = True
-    threads: int = 0  # CPU threads; 0 = one per core
+    threads: int = 0  # CPU threads per task; 0 = the cores shared among the tasks running
+    # Seeds each fold is trained with, one (fold, seed) task each; None = just `seed`.
+    seeds: list[int] | None = None
+    # How many (fold, seed) tasks run at once; None = one per core under kfp.local, no limit
+    # on a cluster. Fixed when the pipeline is compiled.
+    parallelism: int | None = None
 
     def check(self) -> None:
+        if self.seeds is not None:
+            if not self.seeds:
+                raise ConfigError("train.seeds is empty; give one seed or more (e.g. "
+                                  "train.seeds=0,1,2), or null for the top-level seed")
+            if min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"train.seeds must be distinct integers >= 0, got "
+                                  f"{self.seeds}")
+        if self.parallelism is not None and self.parallelism < 1:
+            raise ConfigError(f"train.parallelism must be at least 1 (or null), got "
+                              f"{self.parallelism}")
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError("train.modality_dropout must be in [0, 1)")
         if not 0 <= self.unimodal_loss <= 10:
@@ -294,6 +312,20 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds: train.seeds, else the top-level seed."""
+        return list(self.train.seeds) if self.train.seeds is not None else [self.seed]
+
+    def for_task(self, seed: int) -> "Config":
+        """The config one (fold, seed) task trains with: that seed, and none of the
+        run-wide fan-out settings, so a task's inputs (and KFP's cache key) do not change
+        when other seeds are added or the parallelism is changed."""
+        task = copy.deepcopy(self)
+        task.seed = seed
+        task.train.seeds, task.train.parallelism = None, None
+        return task
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -315,6 +347,10 @@ def _build(cls: type, values: dict, prefix: str):
 
 
 def _coerce(hint, value, name: str):
+    if isinstance(hint, types.UnionType):  # `X | None`: null, or an X
+        if value is None:
+            return None
+        (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY")
@@ -324,6 +360,10 @@ def _coerce(hint, value, name: str):
         (item,) = typing.get_args(hint)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+            if item is not str:  # `--set train.seeds=0,1,2`: numbers, as YAML reads them
+                value = [yaml.safe_load(v) for v in value]
+        elif item is not str and not isinstance(value, (list, dict)) and value is not None:
+            value = [value]  # `--set train.seeds=3`
         if not isinstance(value, list):
             raise ConfigError(f"config key {name!r} expects a list, got {value!r}")
         return [_coerce(item, v, name) for v in value]
@@ -336,6 +376,12 @@ def _coerce(hint, value, name: str):
             return value
         raise ConfigError(f"config key {name!r} expects an integer, got {value!r}")
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as text
+            try:
+                parsed = float(value)
+                value = parsed if math.isfinite(parsed) else value
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"config key {name!r} expects a number, got {value!r}")

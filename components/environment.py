@@ -72,3 +72,13 @@ def differences(recorded: dict[str, str], now: dict[str, str]) -> dict[str, tupl
     keys = sorted({k for k in (*recorded, *now) if k.startswith("env.")})
     return {k: (recorded.get(k, "unrecorded"), now.get(k, "unrecorded")) for k in keys
             if recorded.get(k, "unrecorded") != now.get(k, "unrecorded")}
+
+
+def task_threads(configured: int, concurrent: int) -> int | None:
+    """CPU threads for one task when `concurrent` tasks share this machine: train.threads
+    when set, else the cores shared out (None: torch's default, one per core)."""
+    if configured:
+        return configured
+    if concurrent > 1:
+        return max(1, (os.cpu_count() or 1) // concurrent)
+    return None

@@ -25,23 +25,46 @@ from model.spec import UNK_ID, FeatureSpec
 
 def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
         config: Config) -> dict:
-    out = Evaluation(Path(out_dir))
-    out.folder.mkdir(parents=True, exist_ok=True)
+    """Every (fold, seed) model of model_dir on its held-out session."""
     store = FeatureStore(Path(store_dir))
     rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
     trained = TrainedModel(Path(model_dir))
-    folds = [evaluate_fold(trained, fold_dir, store, rows) for fold_dir in trained.fold_dirs()]
-    classes = folds[-1]["classes"]
-    table = pd.DataFrame([p for f in folds for p in f["predictions"]])
-    metrics = summarize(folds, table, classes, config)
+    members = [evaluate_fold(trained, fold_dir, store, rows) for fold_dir in trained.fold_dirs()]
+    table = pd.DataFrame([p for m in members for p in m["predictions"]])
+    cases = next((m["attention"][:3] for m in members if m["attention"]), None)
+    return write(Evaluation(Path(out_dir)), [m["scores"] for m in members], table,
+                 {m["scores"]["member"]: m["history"] for m in members}, config,
+                 lambda path: _plot_attention(cases, path) if cases else None)
+
+
+def collect(evaluation_dirs: list[Path], model_dir: Path, out_dir: Path,
+            config: Config) -> dict:
+    """The fanned-out tasks' evaluations pooled into one, as `run` on every model would
+    write it: mean ± std over the (fold, seed) models, per fold, per seed and per class,
+    and the confusion matrix pooled over all of them."""
+    import shutil
+
+    parts = [Evaluation(Path(d)) for d in evaluation_dirs]
+    member_scores = [s for part in parts for s in part.metrics()["folds"]]
+    table = pd.concat([part.predictions() for part in parts], ignore_index=True)
+    trained = TrainedModel(Path(model_dir))
+    histories = {d.name: trained.history(d) for d in trained.fold_dirs()}
+    drawn = next((p.folder / p.ATTENTION_PNG for p in parts
+                  if (p.folder / p.ATTENTION_PNG).is_file()), None)
+    return write(Evaluation(Path(out_dir)), member_scores, table, histories, config,
+                 lambda path: shutil.copyfile(drawn, path) if drawn else None)
+
+
+def write(out: Evaluation, member_scores: list[dict], table: pd.DataFrame,
+          histories: dict[str, list], config: Config, draw_attention) -> dict:
+    """metrics.json, predictions.csv, the plots and report.md of an evaluation."""
+    out.folder.mkdir(parents=True, exist_ok=True)
+    metrics = summarize(member_scores, table, list(config.ingest.classes), config)
     table.to_csv(out.folder / out.PREDICTIONS, index=False)
     (out.folder / out.METRICS).write_text(json.dumps(metrics, indent=1))
     _plot_confusion(metrics, out.folder / out.CONFUSION_PNG)
-    _plot_curves({f["scores"]["fold"]: f["history"] for f in folds},
-                 out.folder / out.CURVES_PNG)
-    attention_cases = next((f["attention"][:3] for f in folds if f["attention"]), None)
-    if attention_cases:
-        _plot_attention(attention_cases, out.folder / out.ATTENTION_PNG)
+    _plot_curves(histories, out.folder / out.CURVES_PNG)
+    draw_attention(out.folder / out.ATTENTION_PNG)
     (out.folder / out.REPORT_MD).write_text("\n".join(report_lines(metrics)) + "\n")
     return metrics
 
@@ -58,10 +81,16 @@ def evaluate_fold(trained: TrainedModel, fold_dir: Path, store: FeatureStore,
     predicted = log_p.argmax(1)
     labels = np.array([e.label for e in examples])
     fold_scores = scores(labels, predicted, classes)
-    result = {"fold": fold["name"], "test_session": fold["test_session"],
+    seed = fold.get("seed", 0)
+    result = {"fold": fold["name"], "seed": seed, "member": fold_dir.name,
+              "test_session": fold["test_session"],
               "wa": fold_scores["wa"], "ua": fold_scores["ua"], "n": fold_scores["n"],
-              "best_epoch": bundle["best_epoch"]}
-    predictions = [{"utt_id": e.utt_id, "session": fold["test_session"],
+              "best_epoch": bundle["best_epoch"],
+              # UA averages the classes present; a test session may lack one.
+              "missing_classes": [c for c, v in fold_scores["per_class"].items()
+                                  if not v["support"]]}
+    predictions = [{"utt_id": e.utt_id, "fold": fold["name"], "seed": seed,
+                    "session": fold["test_session"],
                     "speaker": rows.at[e.utt_id, "speaker"], "label": classes[e.label],
                     "predicted": classes[p],
                     **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)}}
@@ -70,14 +99,16 @@ def evaluate_fold(trained: TrainedModel, fold_dir: Path, store: FeatureStore,
         result["ablation"] = _ablation(model, examples, labels, classes, device)
     attention = (_attention_cases(model, examples, rows, bundle)
                  if bundle["spec"]["kind"] == "align" else [])
+    if attention:
+        result["attention_alignment"] = _alignment_summary(attention)
     return {"scores": result, "predictions": predictions, "classes": classes,
             "history": trained.history(fold_dir), "attention": attention}
 
 
-def summarize(folds: list[dict], table: pd.DataFrame, classes: list[str],
+def summarize(member_scores: list[dict], table: pd.DataFrame, classes: list[str],
               config: Config) -> dict:
-    """metrics.json: mean ± std over the folds, pooled scores, per class and per session."""
-    fold_scores = [f["scores"] for f in folds]
+    """metrics.json: mean ± std over the (fold, seed) models (`ua`, `wa` are those means),
+    per fold, per seed, pooled over every test prediction, per class and per session."""
     label_ids = table["label"].map(classes.index).to_numpy()
     pooled = scores(label_ids, table["predicted"].map(classes.index).to_numpy(), classes)
     per_session = {}
@@ -85,25 +116,41 @@ def summarize(folds: list[dict], table: pd.DataFrame, classes: list[str],
         s = scores(part["label"].map(classes.index), part["predicted"].map(classes.index),
                    classes)
         per_session[str(session)] = {"wa": s["wa"], "ua": s["ua"], "n": s["n"]}
-    fold_wa = np.array([f["wa"] for f in fold_scores])
-    fold_ua = np.array([f["ua"] for f in fold_scores])
+    results = [{"fold": m["fold"], "seed": m.get("seed", 0), "ua": m["ua"], "wa": m["wa"],
+                "n_test": m["n"]} for m in member_scores]
+    overall = _spread(results)
     metrics = {
         "protocol": config.protocol, "model_kind": config.model.kind, "classes": classes,
-        "wa": float(fold_wa.mean()), "ua": float(fold_ua.mean()),
-        "wa_std": float(fold_wa.std()), "ua_std": float(fold_ua.std()),
+        "wa": overall["wa_mean"], "ua": overall["ua_mean"],
+        "wa_std": overall["wa_std"], "ua_std": overall["ua_std"], **overall,
+        "results": results,
+        "per_fold": {f: _spread([r for r in results if r["fold"] == f])
+                     for f in dict.fromkeys(r["fold"] for r in results)},
+        "per_seed": {str(s): _spread([r for r in results if r["seed"] == s])
+                     for s in dict.fromkeys(r["seed"] for r in results)},
+        "missing_classes": {m["member"]: m["missing_classes"] for m in member_scores
+                            if m.get("missing_classes")},
         "pooled": {"wa": pooled["wa"], "ua": pooled["ua"]},
         "per_class": pooled["per_class"], "confusion": pooled["confusion"],
         "confusion_normalized": pooled["confusion_normalized"],
-        "per_session": per_session, "folds": fold_scores, "n_test": int(len(table)),
+        "per_session": per_session, "folds": member_scores, "n_test": int(len(table)),
         "chance_ua": 1 / len(classes),
     }
-    if all("ablation" in f for f in fold_scores):
-        metrics["ablation"] = {k: float(np.mean([f["ablation"][k] for f in fold_scores]))
-                               for k in fold_scores[0]["ablation"]}
-    alignment = [case for f in folds for case in f["attention"]]
+    if all("ablation" in m for m in member_scores):
+        metrics["ablation"] = {k: float(np.mean([m["ablation"][k] for m in member_scores]))
+                               for k in member_scores[0]["ablation"]}
+    alignment = [m["attention_alignment"] for m in member_scores if "attention_alignment" in m]
     if alignment:
-        metrics["attention_alignment"] = _alignment_summary(alignment)
+        metrics["attention_alignment"] = _pool_alignment(alignment)
     return metrics
+
+
+def _spread(results: list[dict]) -> dict:
+    """Mean and (population) std of UA and WA over (fold, seed) results."""
+    ua = np.array([r["ua"] for r in results])
+    wa = np.array([r["wa"] for r in results])
+    return {"ua_mean": float(ua.mean()), "ua_std": float(ua.std()),
+            "wa_mean": float(wa.mean()), "wa_std": float(wa.std()), "n": len(results)}
 
 
 def _ablation(model, examples, labels, classes, device) -> dict:
@@ -183,6 +230,22 @@ def _alignment_summary(cases: list[dict]) -> dict:
     return summary
 
 
+def _pool_alignment(summaries: list[dict]) -> dict:
+    """Several models' alignment summaries as one over all their words."""
+    if len(summaries) == 1:
+        return summaries[0]
+    words = np.array([s["words"] for s in summaries], dtype=float)
+    pooled = {k: int(sum(s[k] for s in summaries))
+              for k in ("utterances", "utterances_aligned", "words")}
+    if words.sum():
+        mass = float(sum(s.get("mass_in_own_word", 0) * w for s, w in zip(summaries, words))
+                     / words.sum())
+        share = float(sum(s.get("uniform_mass", 0) * w for s, w in zip(summaries, words))
+                      / words.sum())
+        pooled.update(mass_in_own_word=mass, uniform_mass=share, lift=mass / share)
+    return pooled
+
+
 def _plt():
     import matplotlib
 
@@ -255,12 +318,25 @@ def _plot_attention(cases: list[dict], path: Path) -> None:
 
 
 def report_lines(metrics: dict) -> list[str]:
+    many = len(metrics["folds"]) > 1
     lines = [f"{metrics['model_kind']} ({metrics['protocol']}): WA {metrics['wa']:.3f}"
-             + (f" ± {metrics['wa_std']:.3f}" if len(metrics["folds"]) > 1 else "")
+             + (f" ± {metrics['wa_std']:.3f}" if many else "")
              + f"  UA {metrics['ua']:.3f}"
-             + (f" ± {metrics['ua_std']:.3f}" if len(metrics["folds"]) > 1 else "")
-             + f"  on {metrics['n_test']} test utterances (chance UA "
+             + (f" ± {metrics['ua_std']:.3f}" if many else "")
+             + (f" over {len(metrics['folds'])} (fold, seed) models" if many else "")
+             + f"  on {metrics['n_test']} test "
+             + ("predictions (utterance × seed)" if len(metrics.get("per_seed", {})) > 1
+                else "utterances") + " (chance UA "
                f"{metrics['chance_ua']:.2f})"]
+    for what in ("per_fold", "per_seed"):
+        groups = metrics.get(what, {})
+        if many and len(groups) > 1:
+            lines.append(f"{what.replace('_', ' ')}: " + ", ".join(
+                f"{name} UA {g['ua_mean']:.3f} ± {g['ua_std']:.3f}"
+                for name, g in groups.items()))
+    for member, missing in metrics.get("missing_classes", {}).items():
+        lines.append(f"note: {member}'s test session has no {', '.join(missing)} utterances; "
+                     f"its UA averages the other classes")
     lines.append("class       recall  precision  f1     support")
     for name, c in metrics["per_class"].items():
         lines.append(f"{name:<11} {c['recall']:.3f}   {c['precision']:.3f}      {c['f1']:.3f}"

@@ -314,10 +314,19 @@ class Registered(_Record):
 
 # ---- one run's outputs ------------------------------------------------------------------
 
-# Each step's output folder, by task name (the DAG's tasks are named after their steps).
-STEP_OUTPUTS = {"ingest": Ingested, "validate": Validated, "features": StoreFiles,
-                "train": TrainedModel, "evaluate": Evaluation, "track": Tracked,
-                "register": Registered}
+# Where a finished run's readers find each output: the StepOutputs field, the task that
+# wrote it (the DAG's tasks are named after their steps) and its folder's class. The
+# (fold, seed) tasks' own models and evaluations are gathered by `summarize`.
+STEP_OUTPUTS = {"manifest_dir": ("ingest", Ingested), "validated_dir": ("validate", Validated),
+                "model_dir": ("summarize", TrainedModel),
+                "evaluation_dir": ("summarize", Evaluation),
+                "store_dir": ("features", StoreFiles), "run_dir": ("track", Tracked),
+                "registration_dir": ("register", Registered)}
+# The in-process runner's folder for each (its per-task folders: tasks/<member>/).
+STEPS_DIR_NAMES = {"manifest_dir": "ingest", "validated_dir": "validate",
+                   "model_dir": "train", "evaluation_dir": "evaluate",
+                   "store_dir": "features", "run_dir": "track",
+                   "registration_dir": "register"}
 
 
 class _Reader:
@@ -345,17 +354,13 @@ class StepOutputs:
     @classmethod
     def of_pipeline_run(cls, run_dir: Path) -> "StepOutputs":
         """kfp.local's layout: <run>/<task>/<output name>/."""
-        return cls._laid_out(lambda step: Path(run_dir) / step / STEP_OUTPUTS[step].KFP_OUTPUT)
+        return cls(**{field: Path(run_dir) / task / reader.KFP_OUTPUT
+                      for field, (task, reader) in STEP_OUTPUTS.items()})
 
     @classmethod
     def of_steps_dir(cls, out_dir: Path) -> "StepOutputs":
         """The in-process runner's layout: <out>/<step>/."""
-        return cls._laid_out(lambda step: Path(out_dir) / step)
-
-    @classmethod
-    def _laid_out(cls, folder) -> "StepOutputs":
-        return cls(folder("ingest"), folder("validate"), folder("train"), folder("evaluate"),
-                   folder("features"), folder("track"), folder("register"))
+        return cls(**{field: Path(out_dir) / name for field, name in STEPS_DIR_NAMES.items()})
 
     ingested = _Reader("manifest_dir", Ingested)
     validated = _Reader("validated_dir", Validated)

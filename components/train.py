@@ -47,6 +47,16 @@ class FoldSplit:
     train_ids: list[str]
     val_ids: list[str]
     test_ids: list[str]
+    seed: int = 0
+
+    @property
+    def member(self) -> str:
+        """The (fold, seed) model's name: its folder, and its artifact in the registry."""
+        return member_name(self.name, self.seed)
+
+
+def member_name(fold: str, seed: int) -> str:
+    return f"{fold}-seed{seed}"
 
 
 def make_folds(labelled: pd.DataFrame, config: Config) -> list[FoldSplit]:
@@ -75,20 +85,21 @@ def make_folds(labelled: pd.DataFrame, config: Config) -> list[FoldSplit]:
             name=f"session{test}", test_session=test, val_speaker=",".join(val_speakers),
             train_ids=labelled.loc[in_train & ~is_val, "utt_id"].tolist(),
             val_ids=labelled.loc[in_train & is_val, "utt_id"].tolist(),
-            test_ids=labelled.loc[~in_train, "utt_id"].tolist()))
+            test_ids=labelled.loc[~in_train, "utt_id"].tolist(), seed=config.seed))
     return folds
 
 
 def _check_fold(fold: FoldSplit, labels: dict[str, str], classes: list[str]) -> None:
     if not fold.train_ids:
-        raise TrainError(f"fold {fold.name}: the training set is empty")
+        raise TrainError(f"fold {fold.name} seed {fold.seed}: the training set is empty")
     if not fold.val_ids:
-        raise TrainError(f"fold {fold.name}: validation speaker(s) {fold.val_speaker} have "
-                         "no labelled utterances")
+        raise TrainError(f"fold {fold.name} seed {fold.seed}: validation speaker(s) "
+                         f"{fold.val_speaker} have no labelled utterances")
     present = {labels[u] for u in fold.train_ids}
     for name in classes:
         if name not in present:
-            raise TrainError(f"fold {fold.name}: class '{name}' has no training utterances")
+            raise TrainError(f"fold {fold.name} seed {fold.seed}: class '{name}' has no "
+                             "training utterances")
 
 
 def choose_device(setting: str) -> torch.device:
@@ -176,7 +187,7 @@ class FoldTrainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = {k: saved[k] for k in self.state}
         torch.set_rng_state(saved["rng_torch"])
-        print(f"fold {self.fold.name}: resumed after epoch {self.state['epoch']}")
+        print(f"{self.fold.member}: resumed after epoch {self.state['epoch']}")
 
     def fit(self) -> dict:
         train = self.config.train
@@ -201,7 +212,7 @@ class FoldTrainer:
                                 config.train.batch_size, rng, config.train.bucketing)
         self.model.train()
         running = RunningScores(len(self.classes))
-        bar = tqdm(batches, desc=f"{self.fold.name} epoch {epoch}", unit="batch",
+        bar = tqdm(batches, desc=f"{self.fold.member} epoch {epoch}", unit="batch",
                    disable=None, leave=False)
         for idx in bar:
             loss, labels, output = self.train_step(idx, epoch)
@@ -228,8 +239,9 @@ class FoldTrainer:
                                     batch.word_lengths)
                 loss = loss_fn(output.float(), batch.labels, self.weight)
         if not torch.isfinite(loss):
-            raise TrainError(f"fold {self.fold.name}: the loss became {loss.item()} in epoch "
-                             f"{epoch}; lower train.lr or check the features")
+            raise TrainError(f"fold {self.fold.name} seed {self.fold.seed}: the loss became "
+                             f"{loss.item()} in epoch {epoch}; lower train.lr or check the "
+                             "features")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.train.grad_clip:
@@ -255,7 +267,7 @@ class FoldTrainer:
         self.state["epoch"] = epoch
         self.state["history"].append({"epoch": epoch, "loss": loss, "val_ua": val["ua"],
                                       "val_wa": val["wa"], "seconds": round(seconds, 3)})
-        print(f"{self.fold.name} epoch {epoch:2d}: loss {loss:.4f}  val UA {val['ua']:.3f}  "
+        print(f"{self.fold.member} epoch {epoch:2d}: loss {loss:.4f}  val UA {val['ua']:.3f}  "
               f"WA {val['wa']:.3f}{'  (best)' if better else ''}", flush=True)
 
     def checkpoint(self) -> None:
@@ -272,12 +284,13 @@ class FoldTrainer:
                   "normalizer": self.inputs.normalizer.to_dict(),
                   "normalization": self.config.features.normalization,
                   "classes": self.classes, "feature_spec": store.spec.to_dict(),
-                  "feature_dtype": store.meta["dtype"], "fold": fold.name,
+                  "feature_dtype": store.meta["dtype"], "fold": fold.name, "seed": fold.seed,
                   "best_epoch": state["best_epoch"], "best_val_ua": state["best_ua"]}
         _save_atomic(bundle, self.out_dir / TrainedModel.MODEL)
         (self.out_dir / TrainedModel.HISTORY).write_text(json.dumps(state["history"], indent=1))
         (self.out_dir / TrainedModel.FOLD).write_text(json.dumps(vars(fold), indent=1))
-        return {"fold": fold.name, "best_epoch": state["best_epoch"],
+        return {"fold": fold.name, "seed": fold.seed, "member": fold.member,
+                "best_epoch": state["best_epoch"],
                 "best_val_ua": state["best_ua"], "epochs_run": state["epoch"],
                 "n_train": len(fold.train_ids), "n_val": len(fold.val_ids),
                 "n_test": len(fold.test_ids), "vocab_size": len(self.inputs.vocab)}
@@ -370,11 +383,26 @@ def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec) -> 
     print(f"word vectors: {found} of {len(vocab) - 2} words found in {path}")
 
 
-def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
-        resume: bool = False) -> dict:
-    """Train one model per fold of the configured protocol; returns the summary."""
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+def plan(manifest_path: Path, config: Config) -> list[dict]:
+    """The run's (fold, seed) tasks, fold by fold, each fold checked before anything trains:
+    {fold, seed, member}."""
+    rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
+    labels = rows["label"].to_dict()
+    tasks = []
+    for seed in config.seeds:
+        for index, fold in enumerate(make_folds(rows, config.for_task(seed))):
+            _check_fold(fold, labels, config.ingest.classes)
+            tasks.append((index, seed, {"fold": fold.name, "seed": seed,
+                                        "member": fold.member}))
+    return [task for *_, task in sorted(tasks, key=lambda t: t[:2])]
+
+
+def run_task(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config, fold: str,
+             concurrent: int = 1, resume: bool = False) -> dict:
+    """Train one (fold, seed) model, the seed being `config.seed`, into out_dir/<member>/;
+    returns its line of the summary. Errors name the fold and the seed."""
+    if threads := environment.task_threads(config.train.threads, concurrent):
+        torch.set_num_threads(threads)
     device = choose_device(config.train.device)
     store = FeatureStore(Path(store_dir))
     rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
@@ -383,27 +411,64 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
         raise TrainError(f"{len(missing)} utterances are not in the feature store "
                          f"{store_dir} (first: {missing[0]}); run features again")
     folds = make_folds(rows, config)
-    labels = rows["label"].to_dict()
-    for fold in folds:
-        _check_fold(fold, labels, config.ingest.classes)
+    index = next((i for i, f in enumerate(folds) if f.name == fold), None)
+    if index is None:
+        raise TrainError(f"no fold {fold!r} under protocol {config.protocol} (folds: "
+                         f"{', '.join(f.name for f in folds)})")
+    split = folds[index]
+    _check_fold(split, rows["label"].to_dict(), config.ingest.classes)
     # A checkpoint belongs to these data and settings only.
     fingerprint = hashlib.sha256(json.dumps(
         {"config": config.to_dict(), "store": store.meta["key"], "rows": sorted(rows.index)},
         sort_keys=True).encode()).hexdigest()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = []
     with environment.deterministic_algorithms(device, config.train.deterministic) as enforced:
-        for i, fold in enumerate(folds):
-            trainer = FoldTrainer(fold, i, store, rows, config, out_dir / fold.name, device,
-                                  fingerprint)
-            if resume:
-                trainer.resume()
-            results.append(trainer.fit())
+        trainer = FoldTrainer(split, index, store, rows, config, Path(out_dir) / split.member,
+                              device, fingerprint)
+        if resume:
+            trainer.resume()
+        result = trainer.fit()
+    result.update(seconds=round(time.perf_counter() - started, 2), device=str(device),
+                  environment=environment.describe(device, enforced))
+    return result
+
+
+def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
+        resume: bool = False) -> dict:
+    """Every (fold, seed) task of the run, one after the other, into out_dir; returns the
+    summary (what the pipeline's tasks, fanned out, add up to through `collect`)."""
+    FeatureStore(Path(store_dir))  # a wrong store is named before the manifest is read
+    results = [run_task(store_dir, manifest_path, out_dir, config.for_task(task["seed"]),
+                        task["fold"], resume=resume)
+               for task in plan(manifest_path, config)]
+    return write_summary(results, out_dir, config)
+
+
+def write_summary(results: list[dict], out_dir: Path, config: Config) -> dict:
+    """train_summary.json over the run's (fold, seed) models."""
     summary = {"protocol": config.protocol, "model_kind": config.model.kind,
-               "device": str(device), "folds": results,
-               "seconds": round(time.perf_counter() - started, 2),
-               "environment": environment.describe(device, enforced)}
-    (out_dir / TrainedModel.SUMMARY).write_text(json.dumps(summary, indent=1))
+               "seeds": config.seeds, "device": results[0]["device"],
+               "folds": [{k: v for k, v in r.items() if k != "environment"} for r in results],
+               "seconds": round(sum(r["seconds"] for r in results), 2),
+               "environment": results[0]["environment"]}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / TrainedModel.SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def collect(model_dirs: list[Path], out_dir: Path, config: Config) -> dict:
+    """The fanned-out tasks' models gathered into one model folder (what registration
+    serves: every member, averaged), without their resume checkpoints."""
+    import shutil
+
+    results = []
+    for part in map(TrainedModel, map(Path, model_dirs)):
+        for member in part.fold_dirs():
+            target = Path(out_dir) / member.name
+            shutil.copytree(member, target, ignore=shutil.ignore_patterns(
+                TrainedModel.CHECKPOINT), dirs_exist_ok=True)
+        summary = part.summary()
+        results.extend({**r, "environment": summary["environment"]} for r in summary["folds"])
+    if len({r["member"] for r in results}) != len(results):
+        raise TrainError("two tasks trained the same (fold, seed); nothing was collected")
+    return write_summary(results, out_dir, config)

@@ -112,7 +112,8 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False,
                             f"{recorded.config.sha256()[:12]}; seed {recorded.config.seed}")
     else:
         result.fail("config", "the logged config does not hash to the recorded config_sha256")
-    rerun = _rerun(result, sha, corpus.resolve(), recorded.config, scratch)
+    rerun = _rerun(result, sha, corpus.resolve(), recorded.config, scratch,
+                   recorded.environment.get("env.threads", ""))
     if rerun is None:
         return result  # the scratch folder stays, for the re-run's files
     _compare(result, recorded, rerun, strict, min_agreement)
@@ -184,10 +185,13 @@ def _download(client, version, tags: dict, scratch: Path) -> Recorded:
                     pd.read_csv(artifact(PREDICTIONS_ARTIFACT)), model_dir)
 
 
-def _rerun(result: Audit, sha: str, corpus: Path, config: Config,
-           scratch: Path) -> StepOutputs | None:
-    """The steps again, in this process's Python, at the recorded commit."""
+def _rerun(result: Audit, sha: str, corpus: Path, config: Config, scratch: Path,
+           threads: str) -> StepOutputs | None:
+    """The steps again, in this process's Python, at the recorded commit, with the thread
+    count training had (fanned-out tasks share the cores; the count changes float sums)."""
     config.features.cache_dir = ""  # rebuild the features; never trust a cache here
+    if not config.train.threads and threads.isdigit():
+        config.train.threads = int(threads)
     (scratch / "config.yaml").write_text(config.to_yaml())
     head, dirty_now = lineage.git_sha(PROJECT_ROOT)
     tree = PROJECT_ROOT

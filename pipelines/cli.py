@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
     summary = train.run(Path(args.store), Path(args.manifest), Path(args.out), config,
                         resume=args.resume)
     for fold in summary["folds"]:
-        print(f"{fold['fold']}: best validation UA {fold['best_val_ua']:.3f} at epoch "
+        print(f"{fold['member']}: best validation UA {fold['best_val_ua']:.3f} at epoch "
               f"{fold['best_epoch']} ({fold['n_train']} train, {fold['n_val']} validation, "
               f"{fold['n_test']} test utterances)")
     print(f"trained {summary['model_kind']} ({summary['protocol']}) on {summary['device']} in "
@@ -281,7 +281,10 @@ def cmd_schedule(args) -> int:
 def cmd_compile(args) -> int:
     from pipelines.submit import compile_pipeline
 
-    print(f"wrote {compile_pipeline(Path(args.out))}")
+    parallelism = _load_config(args).train.parallelism or 0
+    print(f"wrote {compile_pipeline(Path(args.out), parallelism)}"
+          f" ({f'at most {parallelism}' if parallelism else 'no limit on the'} (fold, seed) "
+          "tasks at once)")
     return 0
 
 
@@ -448,8 +451,10 @@ def _add_cluster_commands(sub) -> None:
             p.add_argument("--name", default="emoalign-retrain")
             p.set_defaults(func=cmd_schedule)
 
-    p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
+    p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster "
+                       "(train.parallelism is fixed here)")
     p.add_argument("--out", default=str(DEFAULT_COMPILED))
+    _add_config_args(p)
     p.set_defaults(func=cmd_compile)
 
 

@@ -25,8 +25,10 @@ RESOURCES = {
     "ingest": ("1", "1Gi", "2Gi"),
     "validate": ("2", "2Gi", "4Gi"),
     "features": ("4", "4Gi", "8Gi"),
-    "train": ("4", "16Gi", "32Gi"),
+    "plan": ("500m", "1Gi", "2Gi"),
+    "train": ("4", "16Gi", "32Gi"),  # each (fold, seed) task
     "evaluate": ("2", "4Gi", "8Gi"),
+    "summarize": ("1", "4Gi", "8Gi"),
     "track": ("1", "2Gi", "4Gi"),
     "register": ("2", "4Gi", "8Gi"),
 }
@@ -36,7 +38,8 @@ RETRIED = {"fetch", "check", "track", "register"}
 # versions), and those whose answer depends on the outside world (a DVC revision such as
 # `main` moves; the champion changes).
 UNCACHED = {"fetch", "check", "track", "register"}
-READS_CORPUS = {"fetch", "ingest", "validate", "features", "register"}
+# evaluate reads the .wdseg word timings for the attention-alignment measure.
+READS_CORPUS = {"fetch", "ingest", "validate", "features", "evaluate", "register"}
 USES_MLFLOW = {"check", "track", "register"}
 USES_S3 = {"fetch", "track", "register"}
 

@@ -1,6 +1,8 @@
 """The pipeline's steps called one after the other in this process, without KFP: what
 `emoalign audit` re-runs to reproduce a model, and the baseline the orchestration benchmark
-measures kfp.local against. Same `run(...)` functions, same order, same outputs."""
+measures kfp.local against. Same `run(...)` functions, same order, same outputs; the
+(fold, seed) tasks run one by one, each into tasks/<member>/, then are collected as
+`summarize` collects them."""
 
 import json
 import time
@@ -16,22 +18,34 @@ def run_steps(corpus: Path, config: Config, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out = StepOutputs.of_steps_dir(out_dir)
     seconds = {}
-    started = time.perf_counter()
+    started = mark = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal mark
+        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - mark
+        mark = time.perf_counter()
+
     ingest.run(Path(corpus), out.manifest_dir, config.ingest)
-    seconds["ingest"] = time.perf_counter() - started
-    mark = time.perf_counter()
+    lap("ingest")
     validate.run(out.manifest_dir, out.validated_dir, config.ingest.classes, config.validate)
-    seconds["validate"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    lap("validate")
     features.run(out.validated_dir, out.store_dir, config.features)
-    seconds["features"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    train.run(out.store_dir, out.validated_dir, out.model_dir, config)
-    seconds["train"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    metrics = evaluate.run(out.model_dir, out.store_dir, out.validated_dir, out.evaluation_dir,
-                           config)
-    seconds["evaluate"] = time.perf_counter() - mark
+    lap("features")
+    members = []
+    for task in train.plan(out.validated_dir, config):
+        task_config, member = config.for_task(task["seed"]), out_dir / "tasks" / task["member"]
+        members.append(member)
+        result = train.run_task(out.store_dir, out.validated_dir, member / "train",
+                                task_config, task["fold"])
+        train.write_summary([result], member / "train", task_config)
+        lap("train")
+        evaluate.run(member / "train", out.store_dir, out.validated_dir, member / "evaluate",
+                     task_config)
+        lap("evaluate")
+    train.collect([m / "train" for m in members], out.model_dir, config)
+    metrics = evaluate.collect([m / "evaluate" for m in members], out.model_dir,
+                               out.evaluation_dir, config)
+    lap("summarize")
     seconds["total"] = time.perf_counter() - started
     summary = {"metrics": metrics, "seconds": seconds,
                "manifest": str(out.ingested.manifest_path), "models": str(out.model_dir)}

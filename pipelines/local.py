@@ -93,11 +93,18 @@ def _captured(log_path: Path, echo: bool):
             sys.stdout = stdout
 
 
-def _failure_reason(log_text: str) -> tuple[str, str]:
-    """(failed task, last exception line) from a kfp.local log."""
-    task = "?"
+def _failure_reason(log_text: str, run_dir: Path) -> tuple[str, str]:
+    """(which task failed, its last exception line) from a kfp.local log; a fanned-out
+    task is named with its fold and seed."""
+    task = "task '?'"
     for m in re.finditer(r"Task '([^']+)' finished with status FAILURE", log_text):
-        task = m.group(1)
+        task = f"task '{m.group(1)}'"
+    failed = _failed_iterations(run_dir)
+    if failed:
+        (name, item), others = failed[0], len(failed) - 1
+        task = (f"task '{name}' of fold {item['fold']} seed {int(item['seed'])}"
+                + (f" (and {others} other (fold, seed) task{'s' * (others > 1)})"
+                   if others else ""))
     reason = "see the log"
     for line in log_text.splitlines():
         m = EXCEPTION_RE.match(line)
@@ -106,11 +113,30 @@ def _failure_reason(log_text: str) -> tuple[str, str]:
     return task, reason
 
 
-def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True) -> LocalRun:
-    """Execute the pipeline in this Python environment; return where its outputs are."""
+def _failed_iterations(run_dir: Path) -> list[tuple[str, dict]]:
+    """(task, plan item) of each ParallelFor iteration task that started and wrote no
+    outputs. kfp.local names iteration folders <loop>-iteration-<i>, i indexing the plan."""
+    try:
+        items = LocalRun(run_dir, run_dir / "pipeline.log", 0).parameter("plan")
+    except (OSError, KeyError, ValueError):
+        return []
+    failed = []
+    for folder in run_dir.glob("*-iteration-*"):
+        index = int(folder.name.rsplit("-", 1)[1])
+        for task in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if not (task / "executor_output.json").is_file() and index < len(items):
+                failed.append((index, task.name, items[index]))
+    return [(name, item) for _, name, item in sorted(failed, key=lambda f: f[:2])]
+
+
+def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
+                 parallelism: int = 0) -> LocalRun:
+    """Execute the pipeline in this Python environment, at most `parallelism` (fold, seed)
+    tasks at once, sharing this machine's cores (0: as many as kfp.local runs); return
+    where its outputs are."""
     from kfp import local
 
-    from pipelines.pipeline import PIPELINE_NAME, emoalign_pipeline
+    from pipelines.pipeline import PIPELINE_NAME, build_pipeline
 
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +152,8 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True) -> Loc
         # Resources, GPU, secrets, volumes are for the cluster (pipelines/cluster.py).
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         try:
-            emoalign_pipeline(**arguments)
+            parallelism = parallelism or min(os.cpu_count() or 1, KFP_LOCAL_MAX_PARALLEL)
+            build_pipeline(parallelism, tasks_per_machine=parallelism)(**arguments)
         except RuntimeError as e:
             error = e
     seconds = time.perf_counter() - started
@@ -136,8 +163,8 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True) -> Loc
     final_log = run_dir / "pipeline.log" if new_dirs else log_path
     log_path.replace(final_log)
     if error is not None:
-        task, reason = _failure_reason(final_log.read_text())
-        raise PipelineFailed(f"task '{task}' failed: {reason} (log: {final_log})")
+        task, reason = _failure_reason(final_log.read_text(), run_dir)
+        raise PipelineFailed(f"{task} failed: {reason} (log: {final_log})")
     return LocalRun(run_dir=run_dir, log_path=final_log, seconds=seconds)
 
 
@@ -167,6 +194,17 @@ def checked_corpus(corpus: Path) -> Path:
     return corpus
 
 
+# kfp 2.17's local runner runs at most this many ParallelFor iterations at once, whatever
+# the DAG allows (ParallelExecutor.conservative_max).
+KFP_LOCAL_MAX_PARALLEL = 2
+
+
+def local_parallelism(config: Config) -> int:
+    """(fold, seed) tasks at once on this machine: train.parallelism, else one per core, as
+    far as kfp.local goes."""
+    return min(config.train.parallelism or os.cpu_count() or 1, KFP_LOCAL_MAX_PARALLEL)
+
+
 def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
                        force: bool = True) -> LocalRun:
     """Run the DAG through kfp.local, tracking into the store MLflow's settings name."""
@@ -181,7 +219,7 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
         {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
          "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
          "git_dirty": lineage.git_dirty, "force": force},
-        workdir / "pipeline_root")
+        workdir / "pipeline_root", parallelism=local_parallelism(config))
     (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
     return run
 
@@ -200,6 +238,7 @@ def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, l
                                       out.tracked.read())
     summary = {
         "retrained": True, "wa": metrics["wa"], "ua": metrics["ua"],
+        **{k: metrics[k] for k in ("ua_mean", "ua_std", "wa_mean", "wa_std", "results")},
         "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
         "confusion": metrics["confusion"], "model_name": config.registry.model_name,
         **_registration_summary(registration),
@@ -248,7 +287,7 @@ def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
                   f"({summary['promotion_reason']})",
                   f"champion: version {summary['champion_version']}"]
     else:
-        lines.append(f"not registered: {run.parameter('evaluate')}")
+        lines.append(f"not registered: {run.parameter('summarize')}")
     lines.append(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     return lines
 

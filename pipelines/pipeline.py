@@ -1,5 +1,11 @@
 """The emoalign DAG: wiring only. Step logic lives in `components/`, adapters in `steps.py`,
-what each task asks of a cluster in `cluster.py`."""
+what each task asks of a cluster in `cluster.py`.
+
+The (fold, seed) tasks fan out through `dsl.ParallelFor`, and `summarize` collects them
+(`dsl.Collected`). A ParallelFor's parallelism is part of the compiled DAG, so the pipeline
+is built for one: `build_pipeline(train.parallelism)`; kfp.local also shares one machine's
+cores among the tasks running at once (`tasks_per_machine`).
+"""
 
 from kfp import dsl
 
@@ -7,9 +13,25 @@ from pipelines import steps
 from pipelines.cluster import configure
 
 PIPELINE_NAME = "emoalign"
+FAN_OUT = "fold-seed"  # the ParallelFor's name
 
 
-def _train_and_register(fetched, config_yaml: str):
+def _fan_out(store, validated, config_yaml: str, parallelism: int, tasks_per_machine: int):
+    plan = configure(steps.plan(validated=validated, config_yaml=config_yaml,
+                                tasks_per_machine=tasks_per_machine), "plan")
+    with dsl.ParallelFor(plan.output, parallelism=parallelism, name=FAN_OUT) as task:
+        train = configure(steps.train(store=store, validated=validated,
+                                      config_yaml=task.config_yaml, fold=task.fold,
+                                      concurrent=task.concurrent), "train")
+        evaluate = configure(steps.evaluate(model=train.outputs["model"], store=store,
+                                            validated=validated, config_yaml=task.config_yaml,
+                                            concurrent=task.concurrent), "evaluate")
+    return configure(steps.summarize(models=dsl.Collected(train.outputs["model"]),
+                                     evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+                                     config_yaml=config_yaml), "summarize")
+
+
+def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_machine: int):
     folder, digest = fetched.outputs["corpus"], fetched.outputs["data_hash"]
     ingest = configure(steps.ingest(corpus=folder, config_yaml=config_yaml, data_hash=digest),
                        "ingest")
@@ -18,36 +40,43 @@ def _train_and_register(fetched, config_yaml: str):
     validated = validate.outputs["validated"]
     features = configure(steps.features(validated=validated, config_yaml=config_yaml,
                                         data_hash=digest), "features")
-    store = features.outputs["store"]
-    train = configure(steps.train(store=store, validated=validated, config_yaml=config_yaml),
-                      "train")
-    evaluate = configure(steps.evaluate(model=train.outputs["model"], store=store,
-                                        validated=validated, config_yaml=config_yaml),
-                         "evaluate")
+    summary = _fan_out(features.outputs["store"], validated, config_yaml, parallelism,
+                       tasks_per_machine)
     done = dict(manifest=ingest.outputs["manifest"], validated=validated,
-                model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                model=summary.outputs["model"], evaluation=summary.outputs["evaluation"],
                 config_yaml=config_yaml)
     track = configure(steps.track(**done, corpus=folder, data_hash=digest,
                                   git_sha=fetched.outputs["git_sha"],
                                   git_dirty=fetched.outputs["git_dirty"],
                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "track")
-    with dsl.If(evaluate.outputs["Output"] == "passed", name="ua-at-or-above-floor"):
+    with dsl.If(summary.outputs["Output"] == "passed", name="ua-at-or-above-floor"):
         configure(steps.register(**done, run_id=track.outputs["Output"]), "register")
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
-def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "", git_sha: str = "",
-                      git_dirty: bool = False, dvc_repo: str = "", dvc_rev: str = "",
-                      protocol: str = "", seed: int = -1, force: bool = True):
-    fetch = configure(steps.fetch(corpus=corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
-                                  data_hash=data_hash, git_sha=git_sha, git_dirty=git_dirty,
-                                  config_yaml=config_yaml, protocol=protocol, seed=seed),
-                      "fetch")
-    config_yaml = fetch.outputs["config_yaml"]  # with the run's protocol and seed
-    check = configure(steps.check(config_yaml=config_yaml, corpus=fetch.outputs["corpus"],
-                                  data_hash=fetch.outputs["data_hash"],
-                                  git_sha=fetch.outputs["git_sha"],
-                                  git_dirty=fetch.outputs["git_dirty"], force=force), "check")
-    with dsl.If(check.output == "retrain", name="data-code-or-config-changed"):
-        _train_and_register(fetch, config_yaml)
+def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1):
+    """The pipeline with at most `parallelism` (fold, seed) tasks at once (0: no limit), of
+    which `tasks_per_machine` share one machine's cores (1: each task has its own node)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
+    def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "",
+                          git_sha: str = "", git_dirty: bool = False, dvc_repo: str = "",
+                          dvc_rev: str = "", protocol: str = "", seed: int = -1,
+                          force: bool = True):
+        fetch = configure(steps.fetch(corpus=corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
+                                      data_hash=data_hash, git_sha=git_sha,
+                                      git_dirty=git_dirty, config_yaml=config_yaml,
+                                      protocol=protocol, seed=seed), "fetch")
+        config_yaml = fetch.outputs["config_yaml"]  # with the run's protocol and seed
+        check = configure(steps.check(config_yaml=config_yaml, corpus=fetch.outputs["corpus"],
+                                      data_hash=fetch.outputs["data_hash"],
+                                      git_sha=fetch.outputs["git_sha"],
+                                      git_dirty=fetch.outputs["git_dirty"], force=force),
+                          "check")
+        with dsl.If(check.output == "retrain", name="data-code-or-config-changed"):
+            _train_and_register(fetch, config_yaml, parallelism, tasks_per_machine)
+
+    return emoalign_pipeline
+
+
+emoalign_pipeline = build_pipeline()

@@ -6,7 +6,7 @@ places because the base image is the project's image and KFP is not reinstalled 
 """
 
 import os
-from typing import NamedTuple
+from typing import List, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import (HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
@@ -143,22 +143,45 @@ def features(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train(
-    store: Input[Dataset],
-    validated: Input[Dataset],
-    config_yaml: str,
-    model: Output[Model],
-):
-    """One model per fold of the configured protocol (GPU when the node has one)."""
+def plan(validated: Input[Dataset], config_yaml: str, tasks_per_machine: int) -> list:
+    """The (fold, seed) tasks to fan out, every fold checked first. Each carries the config
+    it trains with (its seed alone) and how many tasks share its machine's cores (1 on a
+    cluster, where each is its own pod)."""
     from pathlib import Path
 
     from components import train as step
     from components.config import config_from_yaml
 
     config = config_from_yaml(config_yaml)
-    summary = step.run(Path(store.path), Path(validated.path), Path(model.path), config)
-    model.metadata.update(kind=summary["model_kind"], protocol=summary["protocol"],
-                          device=summary["device"], seconds=summary["seconds"])
+    tasks = step.plan(Path(validated.path), config)
+    concurrent = max(1, min(len(tasks), tasks_per_machine))
+    print(f"{len(tasks)} (fold, seed) tasks, {concurrent} sharing a machine's cores")
+    return [{**task, "config_yaml": config.for_task(task["seed"]).to_yaml(),
+             "concurrent": concurrent} for task in tasks]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(
+    store: Input[Dataset],
+    validated: Input[Dataset],
+    config_yaml: str,
+    fold: str,
+    concurrent: int,
+    model: Output[Model],
+):
+    """One (fold, seed) model, the seed being the task config's (GPU when the node has one)."""
+    from pathlib import Path
+
+    from components import train as step
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    result = step.run_task(Path(store.path), Path(validated.path), Path(model.path), config,
+                           fold, concurrent)
+    step.write_summary([result], Path(model.path), config)
+    model.metadata.update(fold=fold, seed=config.seed, kind=config.model.kind,
+                          device=result["device"], seconds=result["seconds"],
+                          best_epoch=result["best_epoch"])
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -167,26 +190,58 @@ def evaluate(
     store: Input[Dataset],
     validated: Input[Dataset],
     config_yaml: str,
+    concurrent: int,
+    evaluation: Output[Dataset],
+    scores: Output[Metrics],
+):
+    """One (fold, seed) model on its held-out session: WA, UA, predictions."""
+    from pathlib import Path
+
+    import torch
+
+    from components import environment
+    from components import evaluate as step
+    from components.config import config_from_yaml
+
+    config = config_from_yaml(config_yaml)
+    if threads := environment.task_threads(config.train.threads, concurrent):
+        torch.set_num_threads(threads)
+    metrics = step.run(Path(model.path), Path(store.path), Path(validated.path),
+                       Path(evaluation.path), config)
+    for key in ("wa", "ua", "n_test"):
+        scores.log_metric(key, metrics[key])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def summarize(
+    models: Input[List[Model]],
+    evaluations: Input[List[Dataset]],
+    config_yaml: str,
+    model: Output[Model],
     evaluation: Output[Dataset],
     scores: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[Markdown],
 ) -> str:
-    """Test-set WA/UA per fold, confusion matrix, plots. Returns "passed" when UA reaches
+    """Every (fold, seed) task gathered: one model folder (what registration serves) and one
+    evaluation, mean ± std over folds and seeds. Returns "passed" when UA reaches
     registry.ua_floor (the register step runs only then), else why not."""
     from pathlib import Path
 
-    from components import evaluate as step
+    from components import evaluate, train
     from components.config import config_from_yaml
 
     config = config_from_yaml(config_yaml)
-    metrics = step.run(Path(model.path), Path(store.path), Path(validated.path),
-                       Path(evaluation.path), config)
+    summary = train.collect([Path(m.path) for m in models], Path(model.path), config)
+    metrics = evaluate.collect([Path(e.path) for e in evaluations], Path(model.path),
+                               Path(evaluation.path), config)
+    model.metadata.update(kind=summary["model_kind"], protocol=summary["protocol"],
+                          members=len(summary["folds"]), seeds=summary["seeds"])
     for key in ("wa", "ua", "wa_std", "ua_std"):
         scores.log_metric(key, metrics[key])
     confusion.log_confusion_matrix(metrics["classes"], metrics["confusion"])
     Path(report.path).write_text("# Evaluation\n\n```\n"
-                                 + "\n".join(step.report_lines(metrics)) + "\n```\n")
+                                 + "\n".join(evaluate.report_lines(metrics)) + "\n```\n")
     floor = config.registry.ua_floor
     if metrics["ua"] >= floor:
         return "passed"

@@ -50,23 +50,27 @@ def _client(host: str):
                            f"({type(e).__name__}); nothing was submitted") from None
 
 
-def compile_pipeline(out: Path) -> Path:
-    """The pipeline as KFP IR YAML at `out`."""
+def compile_pipeline(out: Path, parallelism: int = 0) -> Path:
+    """The pipeline as KFP IR YAML at `out`, running at most `parallelism` (fold, seed)
+    tasks at once (0: no limit)."""
     from kfp import compiler
 
-    from pipelines.pipeline import emoalign_pipeline
+    from pipelines.pipeline import build_pipeline
 
     if not out.parent.is_dir():
         raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
     try:
-        compiler.Compiler().compile(emoalign_pipeline, str(out))
+        compiler.Compiler().compile(build_pipeline(parallelism), str(out))
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror}") from None
     return out
 
 
-def _compiled(folder: Path) -> str:
-    return str(compile_pipeline(folder / "emoalign_pipeline.yaml"))
+def _compiled(folder: Path, params: dict) -> str:
+    from components.config import config_from_yaml
+
+    parallelism = config_from_yaml(params["config_yaml"]).train.parallelism or 0
+    return str(compile_pipeline(folder / "emoalign_pipeline.yaml", parallelism))
 
 
 def _call(host: str, what: str, fn):
@@ -82,7 +86,7 @@ def _call(host: str, what: str, fn):
 def submit(host: str, params: dict, experiment: str, run_name: str | None) -> str:
     client = _client(host)
     with tempfile.TemporaryDirectory() as scratch:
-        package = _compiled(Path(scratch))
+        package = _compiled(Path(scratch), params)
         result = _call(host, "run", lambda: client.create_run_from_pipeline_package(
             package, arguments=params, run_name=run_name, experiment_name=experiment))
     return result.run_id
@@ -92,7 +96,7 @@ def schedule(host: str, params: dict, experiment: str, name: str, cron: str) -> 
     check_cron(cron)
     client = _client(host)
     with tempfile.TemporaryDirectory() as scratch:
-        package = _compiled(Path(scratch))
+        package = _compiled(Path(scratch), params)
 
         def create():
             experiment_id = client.create_experiment(experiment).experiment_id

@@ -70,7 +70,7 @@ def test_kfp_outputs_are_the_ones_the_contract_names():
     run finds it only if the components declare the names outputs.py gives."""
     from pipelines import steps
 
-    for task, folder in STEP_OUTPUTS.items():
+    for task, folder in STEP_OUTPUTS.values():
         declared = getattr(steps, task).component_spec.outputs or {}
         assert folder.KFP_OUTPUT in declared, \
             f"steps.{task} has no output {folder.KFP_OUTPUT!r} (has {sorted(declared)})"

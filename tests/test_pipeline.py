@@ -23,8 +23,8 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
                       "--summary-json", summary_path, *sum((["--set", o] for o in overrides),
                                                            []))
     assert result.returncode == 0, result.stderr + result.stdout
-    for task in ("fetch", "check", "ingest", "validate", "features", "train", "evaluate",
-                 "track"):
+    for task in ("fetch", "check", "ingest", "validate", "features", "plan", "train",
+                 "evaluate", "summarize", "track"):
         assert f"Executing task '{task}'" in result.stdout
         assert f"Task '{task}' finished with status SUCCESS" in result.stdout
     # The register task sits under dsl.If(UA >= floor): skipped, and said so.
@@ -57,13 +57,13 @@ def test_run_executes_the_pipeline_through_kfp_local(prepared, tmp_path):
     store = outputs.FeatureStore(run_dir / "features" / "store", verify=True)
     assert len(store) == truth["n_utterances"]
     assert "features: built 200 utterances" in result.stdout
-    metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "summarize" / "evaluation" / "metrics.json").read_text())
     assert (summary["wa"], summary["ua"]) == (metrics["wa"], metrics["ua"])
     session5_labelled = sum(1 for u, i in truth["utterances"].items() if u.startswith("Ses05")
                             and i["code"] in ("neu", "hap", "exc", "ang", "sad"))
     assert summary["n_test"] == metrics["n_test"] == session5_labelled
     assert f"align (holdout): WA {metrics['wa']:.3f}" in result.stdout
-    assert (run_dir / "train" / "model" / "session5" / "model.pt").is_file()
+    assert (run_dir / "summarize" / "model" / "session5-seed0" / "model.pt").is_file()
     assert (summary["n_kept"], summary["n_quarantined"]) == (truth["n_utterances"], 0)
     validated = run_dir / "validate" / "validated"
     assert outputs.read_manifest(validated / "manifest.parquet").shape[0] == truth["n_utterances"]

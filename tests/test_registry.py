@@ -63,7 +63,12 @@ def test_each_run_is_tracked_with_config_metrics_artifacts_and_lineage(two_runs)
     assert params["ingest.classes"] == "neutral,happy,angry,sad"
     assert run.data.metrics["evaluate/ua"] == pytest.approx(first["ua"])
     assert run.data.metrics["evaluate/wa"] == pytest.approx(first["wa"])
-    losses = client.get_metric_history(run.info.run_id, "train/session5/loss")
+    # The (fold, seed) model is a nested run holding its scores and learning curves.
+    (child,) = client.search_runs([run.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert child.info.run_name == "session5-seed0" and child.data.params["seed"] == "0"
+    assert child.data.metrics["evaluate/ua"] == pytest.approx(first["ua"])
+    losses = client.get_metric_history(child.info.run_id, "train/loss")
     assert [m.step for m in losses] == [1, 2, 3]
     tags = run.data.tags
     assert tags["data_hash"] == first["data_hash"] == lineage.corpus_hash(
@@ -108,7 +113,7 @@ def test_versions_aliases_and_the_gate_numbers_agree_with_the_summaries(two_runs
                                                 abs=1e-5)
     assert second["promoted"] == (numbers["delta_ua"] >= -numbers["tolerance"])
     # The champion was re-scored now, on the challenger's test utterances.
-    predictions = Path(second["run_dir"]) / "evaluate" / "evaluation" / "predictions.csv"
+    predictions = Path(second["run_dir"]) / "summarize" / "evaluation" / "predictions.csv"
     assert numbers["n_test"] == sum(1 for _ in predictions.open()) - 1
     assert json.loads(v2.tags["gate.infra_check"])["ok"] is True
     assert "champion" in v2.description
@@ -149,7 +154,7 @@ def test_promote_by_hand_rollback_and_their_history(two_runs, tmp_path):
 def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
     env = two_runs["env"]
     run_dir = Path(two_runs["summaries"][0]["run_dir"])
-    predictions = (run_dir / "evaluate" / "evaluation" / "predictions.csv").read_text()
+    predictions = (run_dir / "summarize" / "evaluation" / "predictions.csv").read_text()
     header, *rows = predictions.splitlines()
     utt_ids = [r.split(",")[0] for r in rows[:3]]
     wavs = {p.stem: p for p in two_runs["corpora"][0].glob("Session5/sentences/wav/*/*.wav")}
@@ -379,8 +384,8 @@ def test_log_register_gate_and_promote_through_a_real_server(two_runs, mlflow_se
     config = load_config(None, GATE)
     outputs = StepOutputs(run_dir / "ingest" / "manifest",
                                    run_dir / "validate" / "validated",
-                                   run_dir / "train" / "model",
-                                   run_dir / "evaluate" / "evaluation")
+                                   run_dir / "summarize" / "model",
+                                   run_dir / "summarize" / "evaluation")
     tracked = registry.track(outputs, config, Lineage(
         str(two_runs["corpora"][0]), "abc.dir", "deadbeef", False, "server-test"),
         tmp_path / "track")

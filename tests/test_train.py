@@ -27,14 +27,14 @@ def test_same_inputs_same_model_and_metrics(prepared, tmp_path):
         train.run(prepared["store"], prepared["validated"], tmp_path / name, cfg)
         evaluate.run(tmp_path / name, prepared["store"], prepared["validated"],
                      tmp_path / f"eval_{name}", cfg)
-    wa, wb = (weights(tmp_path / n / "session5" / "model.pt") for n in ("a", "b"))
+    wa, wb = (weights(tmp_path / n / "session5-seed0" / "model.pt") for n in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     ma, mb = (json.loads((tmp_path / f"eval_{n}" / "metrics.json").read_text())
               for n in ("a", "b"))
     assert ma == mb
     other = config("seed=1")
     train.run(prepared["store"], prepared["validated"], tmp_path / "c", other)
-    wc = weights(tmp_path / "c" / "session5" / "model.pt")
+    wc = weights(tmp_path / "c" / "session5-seed1" / "model.pt")
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
@@ -48,7 +48,7 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_model(prepared, tmp_path,
 
     def crash_in_epoch_three(examples):
         calls["n"] += 1
-        batches_per_epoch = -(-len(json.loads((tmp_path / "whole" / "session5" / "fold.json")
+        batches_per_epoch = -(-len(json.loads((tmp_path / "whole" / "session5-seed0" / "fold.json")
                                               .read_text())["train_ids"]) // 32)
         if calls["n"] > 2 * batches_per_epoch + 1:  # training batches only
             raise KeyboardInterrupt("killed")
@@ -57,16 +57,16 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_model(prepared, tmp_path,
     monkeypatch.setattr(train, "collate", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
-    saved = torch.load(tmp_path / "crashed" / "session5" / "checkpoint.pt", weights_only=True)
-    assert saved["epoch"] == 2 and not (tmp_path / "crashed" / "session5" / "model.pt").exists()
+    saved = torch.load(tmp_path / "crashed" / "session5-seed0" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2 and not (tmp_path / "crashed" / "session5-seed0" / "model.pt").exists()
     monkeypatch.setattr(train, "collate", real_collate)
 
     train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
-    whole = weights(tmp_path / "whole" / "session5" / "model.pt")
-    resumed = weights(tmp_path / "crashed" / "session5" / "model.pt")
+    whole = weights(tmp_path / "whole" / "session5-seed0" / "model.pt")
+    resumed = weights(tmp_path / "crashed" / "session5-seed0" / "model.pt")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     def curve(run):  # everything but the wall time
-        history = json.loads((tmp_path / run / "session5" / "history.json").read_text())
+        history = json.loads((tmp_path / run / "session5-seed0" / "history.json").read_text())
         return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
     assert [h["epoch"] for h in curve("crashed")] == [1, 2, 3, 4]
@@ -142,7 +142,7 @@ def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
     predictions = pd.read_csv(tmp_path / "e" / "predictions.csv")
     assert predictions["utt_id"].is_unique
     for fold in summary["folds"]:
-        info = json.loads((tmp_path / "m" / fold["fold"] / "fold.json").read_text())
+        info = json.loads((tmp_path / "m" / fold["member"] / "fold.json").read_text())
         rows = outputs.read_manifest(prepared["validated"] / "manifest.parquet").set_index(
             "utt_id")
         assert set(rows.loc[info["train_ids"] + info["val_ids"], "session"]) == (
@@ -177,7 +177,7 @@ def test_cli_train_and_evaluate(prepared, tmp_path):
                       prepared["validated"], "--out", tmp_path / "m",
                       *sum((["--set", o] for o in TINY), []))
     assert result.returncode == 0, result.stderr
-    assert "session5: best validation UA" in result.stdout
+    assert "session5-seed0: best validation UA" in result.stdout
     result = emoalign("evaluate", "--model", tmp_path / "m", "--store", prepared["store"],
                       "--manifest", prepared["validated"], "--out", tmp_path / "e")
     assert result.returncode == 0, result.stderr

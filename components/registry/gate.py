@@ -2,6 +2,8 @@
 utterances, deserve to replace it? Also the infra check that the registered model loads and
 scores through MLflow as serving will."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -23,12 +25,49 @@ def paired_bootstrap(labels, challenger, champion, n_classes: int, samples: int,
     return float(low), float(high)
 
 
+def per_utterance(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One row per test utterance: the probabilities of the seeds that predicted it
+    averaged, as the served ensemble averages its models, and their argmax."""
+    if not predictions["utt_id"].duplicated().any():
+        return predictions
+    columns = [f"p_{c}" for c in classes]
+    probabilities = predictions.groupby("utt_id", sort=False)[columns].mean()
+    rows = predictions.drop_duplicates("utt_id").set_index("utt_id").drop(
+        columns=columns + ["predicted", "seed"], errors="ignore")
+    merged = rows.join(probabilities)
+    merged["predicted"] = [classes[i] for i in probabilities.to_numpy().argmax(1)]
+    return merged.reset_index()
+
+
 def gate_data(outputs: StepOutputs) -> pd.DataFrame:
-    """The challenger's test utterances with its predictions, wav paths and transcripts."""
-    predictions = outputs.evaluation.predictions()
+    """The challenger's test utterances, each with its seed-ensemble prediction, wav path
+    and transcript."""
+    predictions = per_utterance(outputs.evaluation.predictions(),
+                                outputs.evaluation.metrics()["classes"])
     kept = pd.read_parquet(outputs.validated.manifest_path)[
         ["utt_id", "wav_path", "transcript"]]
     return predictions.merge(kept, on="utt_id", how="left", validate="one_to_one")
+
+
+def recorded_predictions(client, run_id: str, classes: list[str]) -> pd.DataFrame | None:
+    """A leave-one-session-out champion's own out-of-fold predictions, as its run recorded
+    them (None when it was evaluated otherwise, or they cannot be read)."""
+    import tempfile
+
+    import mlflow
+
+    from components.outputs import Evaluation, read_json
+
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="evaluate", dst_path=scratch,
+                tracking_uri=client.tracking_uri))
+            if read_json(folder / Evaluation.METRICS).get("protocol") != "loso":
+                return None
+            return per_utterance(pd.read_csv(folder / Evaluation.PREDICTIONS), classes)
+    except Exception:
+        return None
 
 
 def model_input(frame: pd.DataFrame) -> pd.DataFrame:
@@ -89,22 +128,34 @@ def decide(config: Config, challenger_ua: float, infra: dict, champion: dict | N
     delta = challenger_ua - champion["ua"]
     verdict = "not worse than" if delta >= -tolerance else "worse than"
     text = (f"UA {challenger_ua:.4f} vs champion v{champion['version']} {champion['ua']:.4f} "
-            f"on the same {champion['n']} test utterances: delta {delta:+.4f} "
+            f"({champion.get('basis', 're-scored now')}) on the same {champion['n']} test "
+            f"utterances: delta {delta:+.4f} "
             f"(95% CI {champion['ci_low']:+.4f}..{champion['ci_high']:+.4f}), "
             f"{verdict} the champion within tolerance {tolerance:.3f}")
     return delta >= -tolerance, text
 
 
 def challenge(champion_uri: str, champion_version: str, data: pd.DataFrame,
-              classes: list[str], config: Config) -> tuple[dict, float | None]:
-    """The champion re-scored on the challenger's test utterances, the paired bootstrap
+              classes: list[str], config: Config, recorded: pd.DataFrame | None = None
+              ) -> tuple[dict, float | None]:
+    """The champion's predictions on the challenger's test utterances, the paired bootstrap
     interval of the UA difference, and the challenger's UA on the same utterances (None
-    when the champion could not be scored: the error says why)."""
+    when the champion could not be scored: the error says why).
+
+    Like with like: under leave-one-session-out the challenger's predictions are
+    out-of-fold, so the champion's are its recorded out-of-fold ones (`recorded`) when they
+    cover these utterances; otherwise the champion is re-scored now."""
     ids = {c: i for i, c in enumerate(classes)}
     labels, mine = data["label"].map(ids).to_numpy(), data["predicted"].map(ids).to_numpy()
     champion = {"version": champion_version, "n": int(len(data))}
     try:
-        theirs = score_champion(champion_uri, data, classes)
+        if recorded is not None and set(data["utt_id"]) <= set(recorded["utt_id"]):
+            champion["basis"] = "its recorded out-of-fold predictions"
+            theirs = recorded.set_index("utt_id").loc[data["utt_id"], "predicted"] \
+                .map(ids).to_numpy()
+        else:
+            champion["basis"] = "re-scored now"
+            theirs = score_champion(champion_uri, data, classes)
         champion["ua"] = float(unweighted_accuracy(labels, theirs, len(classes))[0])
         challenger_ua = float(unweighted_accuracy(labels, mine, len(classes))[0])
         champion["ci_low"], champion["ci_high"] = paired_bootstrap(

@@ -10,7 +10,7 @@ from components.config import Config
 from components.lineage import Lineage
 from components.outputs import Registered, StepOutputs
 from components.registry.gate import (challenge, decide, gate_data, gate_numbers,
-                                      infra_check)
+                                      infra_check, recorded_predictions)
 from components.registry.history import (CHALLENGER, CHAMPION, alias_version, gate_lock,
                                           move_alias)
 from components.registry.store import connect, scrub
@@ -41,9 +41,12 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
             champion_version = alias_version(client, name, CHAMPION)
             champion = None
             if champion_version is not None:
+                recorded = recorded_predictions(
+                    client, client.get_model_version(name, champion_version).run_id, classes
+                ) if config.protocol == "loso" else None
                 champion, same_utterances_ua = challenge(
                     f"models:/{name}/{champion_version}", champion_version, data, classes,
-                    config)
+                    config, recorded)
                 challenger_ua = same_utterances_ua or challenger_ua
             promoted, reason = decide(config, challenger_ua, infra, champion)
             numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)

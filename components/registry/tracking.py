@@ -73,7 +73,10 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
             _log_artifacts(_artifact_groups(outputs, config, lineage, Path(scratch)),
                            outputs.model_dir, Path(scratch))
         _log_dataset(outputs, lineage)
+        children = _log_members(client, experiment_id, run_id, outputs,
+                                {k: scrub(v, secrets) for k, v in tags.items()})
     result = {"run_id": run_id, "experiment_id": experiment_id, "tags": tags,
+              "member_runs": children,
               "tracking_uri": redact(client.tracking_uri)}
     tracked = Tracked(Path(out_dir))
     tracked.folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,8 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
 
 
 def _metric_series(outputs: StepOutputs, now: int) -> list:
-    """The steps' final figures at step 0, then each fold's learning curves by epoch."""
+    """The steps' final figures (the (fold, seed) models' learning curves are in their
+    nested runs)."""
     from mlflow.entities import Metric
 
     report, checks = outputs.ingested.report(), outputs.validated.report()
@@ -94,20 +98,41 @@ def _metric_series(outputs: StepOutputs, now: int) -> list:
                  if isinstance(v, (int, float))},
               "evaluate/wa": metrics["wa"], "evaluate/ua": metrics["ua"],
               "evaluate/wa_std": metrics["wa_std"], "evaluate/ua_std": metrics["ua_std"],
-              "evaluate/n_test": metrics["n_test"],
+              "evaluate/n_test": metrics["n_test"], "evaluate/models": len(metrics["folds"]),
               **{f"evaluate/recall_{c}": v["recall"] for c, v in metrics["per_class"].items()},
               **{f"evaluate/{k}": v for k, v in metrics.get("ablation", {}).items()},
               **{f"evaluate/attention_{k}": v
                  for k, v in metrics.get("attention_alignment", {}).items()
                  if k in ("mass_in_own_word", "uniform_mass", "lift")}}
-    series = [Metric(key, float(value), now, 0) for key, value in values.items()]
-    trained = outputs.trained
-    for history in sorted(outputs.model_dir.glob(f"*/{trained.HISTORY}")):
-        for epoch in trained.history(history.parent):
-            for key in ("loss", "val_ua", "val_wa"):
-                series.append(Metric(f"train/{history.parent.name}/{key}",
-                                     float(epoch[key]), now, epoch["epoch"]))
-    return series
+    return [Metric(key, float(value), now, 0) for key, value in values.items()]
+
+
+def _log_members(client, experiment_id: str, parent_id: str, outputs: StepOutputs,
+                 tags: dict[str, str]) -> dict[str, str]:
+    """One nested run per (fold, seed) model: its scores and its learning curves by epoch.
+    Returns member name -> run id."""
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    trained, now = outputs.trained, int(time.time() * 1000)
+    children = {}
+    for member in outputs.evaluation.metrics()["folds"]:
+        name = member["member"]
+        run = client.create_run(experiment_id, run_name=name, tags={
+            **tags, MLFLOW_PARENT_RUN_ID: parent_id, "fold": member["fold"],
+            "seed": str(member["seed"])})
+        series = [Metric(f"evaluate/{k}", float(member[k]), now, 0)
+                  for k in ("ua", "wa", "n", "best_epoch")]
+        for epoch in trained.history(outputs.model_dir / name):
+            series += [Metric(f"train/{k}", float(epoch[k]), now, epoch["epoch"])
+                       for k in ("loss", "val_ua", "val_wa")]
+        for start in range(0, len(series), LOG_BATCH):
+            client.log_batch(run.info.run_id, metrics=series[start:start + LOG_BATCH],
+                             params=[] if start else [Param("fold", member["fold"]),
+                                                      Param("seed", str(member["seed"]))])
+        client.set_terminated(run.info.run_id)
+        children[name] = run.info.run_id
+    return children
 
 
 def _artifact_groups(outputs: StepOutputs, config: Config, lineage: Lineage,
