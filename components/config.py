@@ -154,6 +154,9 @@ class FeaturesConfig(FeatureSpec):
             raise ConfigError("features.hop_ms must be positive and at most features.win_ms")
         if self.workers < 0:
             raise ConfigError("features.workers must not be negative")
+        if not 20 <= self.f0_min < self.f0_max <= 2000:
+            raise ConfigError("features.f0_min and f0_max must satisfy 20 <= f0_min < f0_max "
+                              f"<= 2000 (Hz), got {self.f0_min} and {self.f0_max}")
 
 
 @dataclass

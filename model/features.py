@@ -1,5 +1,7 @@
-"""Speech frames as the model sees them: MFCCs (+ deltas) from torchaudio, then optional
-frame stacking, then mean/variance normalisation with statistics fitted on training data.
+"""Speech frames as the model sees them: MFCCs from torchaudio, optionally voicing, log-F0
+and log energy per frame (prosody, which MFCCs mostly discard), deltas of all of them, then
+optional frame stacking, then mean/variance normalisation with statistics fitted on
+training data.
 
 Training (through the feature store) and serving (the MLflow pyfunc) both call `extract`
 and `Normalizer.apply`, so the two can never compute features differently.
@@ -37,6 +39,8 @@ class Extractor:
         self.mel_fb = self.reference.MelSpectrogram.mel_scale.fb  # (freq, mels)
         self.dct = self.reference.dct_mat  # (mels, n_mfcc)
         self.top_db = self.reference.top_db
+        self.max_lag = int(spec.sample_rate / spec.f0_min)
+        self.min_lag = max(2, int(spec.sample_rate / spec.f0_max))
 
     def mfcc(self, x: torch.Tensor) -> torch.Tensor:
         """(samples,) -> (T, n_mfcc): torchaudio.transforms.MFCC, transposed."""
@@ -51,6 +55,8 @@ class Extractor:
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
         coefficients = self.mfcc(x)  # (T, n_mfcc)
+        if self.spec.pitch or self.spec.energy:
+            coefficients = torch.cat([coefficients, self.prosody(x)], dim=1)  # (T, base_dim)
         parts = [coefficients]
         if self.spec.deltas or self.spec.delta_deltas:
             d1 = deltas(coefficients)
@@ -60,6 +66,90 @@ class Extractor:
                 parts.append(deltas(d1))
         frames = torch.cat(parts, dim=1).numpy()  # (T, D)
         return stack_frames(frames, self.spec.stack, self.spec.subsample)
+
+
+    def prosody(self, x: torch.Tensor) -> torch.Tensor:
+        """(samples,) -> (T, 2 * pitch + energy): voicing, log-F0, log energy, on the MFCC's
+        frame grid (frame t centred on sample t * hop)."""
+        frames = self._pitch_frames(x)  # (T, win + max_lag)
+        head = frames[:, :self.win]
+        power = head.square().mean(1)  # (T,)
+        columns = []
+        if self.spec.pitch:
+            voicing, log_f0 = yin(frames, self.win, self.min_lag, self.max_lag,
+                                  self.spec.sample_rate, audible=power > SILENCE_POWER)
+            columns += [voicing, log_f0]
+        if self.spec.energy:
+            columns.append(10 * torch.log10(power + 1e-10))
+        return torch.stack(columns, dim=1).float()
+
+    def _pitch_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Windows of win + max_lag samples (the lag search needs the extra max_lag), one per
+        MFCC frame, their first win samples centred as the MFCC's window is; zero padded."""
+        width = self.win + self.max_lag
+        n_frames = 1 + len(x) // self.hop
+        padded = torch.nn.functional.pad(x, (self.win // 2, width))
+        return padded.unfold(0, width, self.hop)[:n_frames]
+
+
+# Mean power below which a frame is silence (-70 dBFS): never voiced.
+SILENCE_POWER = 1e-7
+# YIN's threshold on the cumulative mean normalised difference: a dip below it is a period.
+YIN_THRESHOLD = 0.2
+
+
+def yin(frames: torch.Tensor, win: int, min_lag: int, max_lag: int, sample_rate: int,
+        audible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """De Cheveigné & Kawahara's YIN on each row of frames (T, win + max_lag): per frame a
+    voicing value in [0, 1] (1 - the difference function's dip; 0 when unvoiced) and log-F0
+    (Hz), interpolated across unvoiced frames so the sequence stays smooth."""
+    # No circular wrap-around for lags up to max_lag once n_fft >= win + max_lag.
+    n_fft = 1 << (frames.shape[1] - 1).bit_length()
+    head = frames[:, :win]
+    # d(tau) = sum_j (x_j - x_{j+tau})^2 over the first win samples, from one FFT
+    # cross-correlation and running sums of squares.
+    cross = torch.fft.irfft(torch.fft.rfft(head, n_fft).conj() * torch.fft.rfft(frames, n_fft),
+                            n_fft)[:, :max_lag + 1]
+    squares = torch.nn.functional.pad(frames.square().cumsum(1), (1, 0))
+    lags = torch.arange(max_lag + 1, dtype=frames.dtype)
+    index = torch.arange(max_lag + 1)
+    shifted = squares[:, index + win] - squares[:, index]
+    diff = (head.square().sum(1, keepdim=True) + shifted - 2 * cross).clamp(min=0)
+    # Cumulative mean normalisation: d'(tau) = d(tau) tau / sum_{k<=tau} d(k), d'(0) = 1.
+    running = diff[:, 1:].cumsum(1).clamp(min=1e-12)
+    norm = torch.cat([torch.ones_like(diff[:, :1]), diff[:, 1:] * lags[1:] / running], 1)
+    search = norm[:, min_lag:max_lag + 1]  # (T, lags searched)
+    below = search < YIN_THRESHOLD
+    # The first dip below the threshold (an octave-safe choice), then its lowest point;
+    # frames with no dip are unvoiced.
+    first = below.double().argmax(1, keepdim=True)
+    after = torch.arange(search.shape[1]) >= first
+    in_dip = after & ((after & ~below).cumsum(1) == 0)
+    best = torch.where(in_dip, search, torch.full_like(search, float("inf"))).argmin(1)
+    voiced = below.any(1) & audible
+    lag = best + min_lag
+    # Parabolic interpolation of the dip for a sub-sample period.
+    left = norm.gather(1, (lag - 1)[:, None])[:, 0]
+    mid = norm.gather(1, lag[:, None])[:, 0]
+    right = norm.gather(1, (lag + 1).clamp(max=max_lag)[:, None])[:, 0]
+    curve = left - 2 * mid + right
+    offset = torch.where(curve > 0, 0.5 * (left - right) / curve, torch.zeros_like(curve))
+    period = lag + offset.clamp(-1, 1)
+    voicing = torch.where(voiced, (1 - mid).clamp(0, 1), torch.zeros_like(mid))
+    log_f0 = torch.log(sample_rate / period)
+    return voicing, _bridge_unvoiced(log_f0, voiced, sample_rate / max_lag,
+                                     sample_rate / min_lag)
+
+
+def _bridge_unvoiced(log_f0: torch.Tensor, voiced: torch.Tensor, low: float,
+                     high: float) -> torch.Tensor:
+    """log-F0 of the voiced frames, linearly interpolated across the unvoiced ones (held at
+    the edges); an utterance with no voiced frame gets the middle of the search range."""
+    index = torch.nonzero(voiced)[:, 0].numpy()
+    if len(index) == 0:
+        return torch.full_like(log_f0, 0.5 * float(np.log(low * high)))
+    filled = np.interp(np.arange(len(log_f0)), index, log_f0.numpy()[index])
+    return torch.from_numpy(filled)
 
 
 def deltas(c: torch.Tensor) -> torch.Tensor:

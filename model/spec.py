@@ -25,10 +25,21 @@ class FeatureSpec:
     delta_deltas: bool = True
     stack: int = 1       # consecutive frames concatenated into one
     subsample: int = 1   # keep every k-th (stacked) frame: k times shorter sequences
+    # Prosody beside the spectral shape: voicing and log-F0 per frame (pitch), and log
+    # energy (energy); they get deltas too. F0 is searched between f0_min and f0_max.
+    pitch: bool = False
+    energy: bool = False
+    f0_min: float = 60.0
+    f0_max: float = 500.0
+
+    @property
+    def base_dim(self) -> int:
+        """Values per frame before deltas and stacking."""
+        return self.n_mfcc + 2 * self.pitch + self.energy
 
     @property
     def dim(self) -> int:
-        return self.n_mfcc * (1 + self.deltas + self.delta_deltas) * self.stack
+        return self.base_dim * (1 + self.deltas + self.delta_deltas) * self.stack
 
     def step_seconds(self, pool: int = 1) -> float:
         """Seconds of speech one encoder step covers when `pool` frames are pooled into it."""

@@ -200,3 +200,78 @@ def test_cli_features_reuses(manifest, tmp_path):
     assert "reused the feature store" in second.stdout
     meta = json.loads((tmp_path / "s" / "store.json").read_text())
     assert meta["dtype"] == "float16" and meta["dim"] == 39
+
+
+# ---- prosody: voicing, log-F0, log energy -----------------------------------------------
+
+PROSODY = FeatureSpec(pitch=True, energy=True)
+
+
+def _tone(f0: float, seconds: float = 1.5, sr: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    # A harmonic tone with a slow vibrato-free envelope, as a sustained vowel is.
+    return (0.3 * np.sin(2 * np.pi * f0 * t) + 0.15 * np.sin(2 * np.pi * 2 * f0 * t)
+            + 0.05 * np.sin(2 * np.pi * 3 * f0 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0", [75.0, 118.0, 210.0, 333.0, 470.0])
+def test_a_tones_f0_is_recovered_within_5_percent(f0):
+    frames = extract(_tone(f0), PROSODY)
+    assert frames.shape[1] == PROSODY.dim == (13 + 3) * 3
+    voicing, log_f0 = frames[:, 13], frames[:, 14]
+    inner = slice(5, -5)  # the zero padding at the edges is no tone
+    assert np.all(voicing[inner] > 0.8)
+    np.testing.assert_allclose(np.exp(log_f0[inner]), f0, rtol=0.05)
+
+
+def test_a_gliding_tone_is_tracked_frame_by_frame():
+    sr, seconds = 16000, 2.0
+    t = np.arange(int(sr * seconds)) / sr
+    f = 100 + 100 * t / seconds  # 100 -> 200 Hz
+    audio = (0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr)).astype(np.float32)
+    log_f0 = extract(audio, PROSODY)[:, 14]
+    centres = np.arange(len(log_f0)) * 0.01
+    inner = (centres > 0.1) & (centres < seconds - 0.1)
+    np.testing.assert_allclose(np.exp(log_f0[inner]), np.interp(centres[inner], t, f),
+                               rtol=0.05)
+
+
+def test_silence_and_noise_are_unvoiced_and_energy_follows_loudness():
+    sr = 16000
+    silence = np.zeros(sr, np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.1, sr).astype(np.float32)
+    for audio in (silence, noise):
+        assert np.all(extract(audio, PROSODY)[:, 13] == 0)  # voicing
+    # Unvoiced stretches between two tones take log-F0 interpolated between them.
+    gap = np.concatenate([_tone(100, 0.5), silence[:8000], _tone(200, 0.5)])
+    log_f0 = extract(gap, PROSODY)[:, 14]
+    middle = np.exp(log_f0[70:80])
+    assert np.all((middle > 100) & (middle < 200)) and np.all(np.diff(middle) > 0)
+    loud, soft = (extract(a * _tone(150), PROSODY)[10:-10, 15].mean() for a in (1.0, 0.1))
+    assert loud - soft == pytest.approx(20.0, abs=0.5)  # dB: 10x the amplitude
+    assert extract(silence, PROSODY)[:, 15].max() == pytest.approx(-100.0)
+
+
+def test_prosody_is_appended_and_mfccs_are_unchanged(wavs):
+    audio, _ = soundfile.read(next(iter(wavs.values())), dtype="float32")
+    plain = extract(audio, FeatureSpec(deltas=False, delta_deltas=False))
+    with_prosody = extract(audio, FeatureSpec(deltas=False, delta_deltas=False, pitch=True,
+                                              energy=True))
+    np.testing.assert_array_equal(with_prosody[:, :13], plain)
+    assert with_prosody.shape == (len(plain), 16)
+    only_energy = extract(audio, FeatureSpec(deltas=False, delta_deltas=False, energy=True))
+    np.testing.assert_array_equal(only_energy[:, 13], with_prosody[:, 15])
+
+
+def test_a_prosody_store_serves_the_same_values(manifest, wavs, tmp_path):
+    """Training reads the store; serving calls extract() with the bundle's spec: equal."""
+    features.run(manifest, tmp_path / "s", FeaturesConfig(workers=2, dtype="float32",
+                                                           pitch=True, energy=True, n_mfcc=20))
+    store = outputs.FeatureStore(tmp_path / "s", verify=True)
+    assert store.spec.pitch and store.spec.n_mfcc == 20 and store.spec.dim == 23 * 3
+    for utt in store.index["utt_id"].iloc[:5]:
+        audio, _ = soundfile.read(wavs[utt], dtype="float32")
+        np.testing.assert_array_equal(extract(audio, store.spec), store.get(utt))
+    # The sample corpus' voices are voiced most of the time they speak.
+    voicing = np.concatenate([store.get(u)[:, 20] for u in store.index["utt_id"].iloc[:20]])
+    assert 0.2 < (voicing > 0).mean() < 0.95
