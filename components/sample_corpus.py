@@ -13,6 +13,10 @@ What makes it useful rather than merely well-formed:
 
 Every utterance draws from its own seeded stream, so the bytes written do not depend on the
 number of worker processes or the order in which utterances are synthesised.
+
+The audio is made by a `Renderer`: the built-in synthesiser here by default, or another one
+(components.tts_corpus speaks the same plan with espeak-ng) through `generate(renderer=...)`.
+Planning, annotations, label and transcription files and the truth file do not change with it.
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ class Rendered:
     index: int
     n_samples: int
     word_spans: list[tuple[float, float, str]]
+    info: dict | None = None  # what the renderer wants the truth file to say of the utterance
 
 
 # ---- planning: codes, dialogs, texts ----------------------------------------------------
@@ -442,6 +447,23 @@ def _articulate(rng: np.random.Generator, source: np.ndarray, syllables: list[tu
     return out
 
 
+class Renderer:
+    """Turns a planned utterance into audio. This one is the built-in synthesiser; subclasses
+    (components.tts_corpus) plug into generate(). Instances travel to worker processes, so
+    they hold plain values only."""
+
+    def __call__(self, plan: UtterancePlan, speaker: Speaker, seed: int,
+                 ) -> tuple[np.ndarray, list[tuple[float, float, str]], dict | None]:
+        """int16 samples at SR, the (start_s, end_s, word) span of every spoken word, and what
+        the truth file should record of the utterance (None: nothing)."""
+        samples, spans = render(plan, speaker, seed)
+        return samples, spans, None
+
+    def describe(self, truth: dict, plans: list[UtterancePlan], rendered: list[Rendered],
+                 ) -> None:
+        """Add to the truth file what it should say about this renderer."""
+
+
 def write_wav(path: Path, samples: np.ndarray) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -451,10 +473,10 @@ def write_wav(path: Path, samples: np.ndarray) -> None:
 
 
 def _render_batch(args: tuple) -> list[Rendered]:
-    plans, speakers, seed, root, with_wdseg = args
+    plans, speakers, seed, root, with_wdseg, renderer = args
     done = []
     for plan in plans:
-        samples, spans = render(plan, speakers[f"Ses0{plan.session}{plan.gender}"], seed)
+        samples, spans, info = renderer(plan, speakers[f"Ses0{plan.session}{plan.gender}"], seed)
         session_dir = root / f"Session{plan.session}"
         wav_path = iemocap.wav_dir(session_dir) / plan.dialog / f"{plan.utt_id}.wav"
         write_wav(wav_path, samples)
@@ -465,7 +487,7 @@ def _render_batch(args: tuple) -> list[Rendered]:
             frames.append((int(spans[-1][1] * 100), len(samples) // 160, "</s>"))
             wdseg = iemocap.wdseg_dir(session_dir) / plan.dialog / f"{plan.utt_id}.wdseg"
             wdseg.write_text(iemocap.format_wdseg(frames, plan.index))
-        done.append(Rendered(plan.index, len(samples), spans))
+        done.append(Rendered(plan.index, len(samples), spans, info))
     return done
 
 
@@ -497,8 +519,9 @@ def _annotations(rng: np.random.Generator, plan: UtterancePlan) -> tuple[list[st
 # ---- the whole corpus -------------------------------------------------------------------
 
 def generate(out_dir: Path, utterances: int = 600, seed: int = 0, workers: int = 1,
-             wdseg: bool = True) -> dict:
+             wdseg: bool = True, renderer: Renderer | None = None) -> dict:
     """Write the corpus under out_dir (the release root) and return its ground truth."""
+    renderer = renderer or Renderer()
     plans, speakers, extras = plan_corpus(utterances, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for plan in plans:
@@ -510,7 +533,7 @@ def generate(out_dir: Path, utterances: int = 600, seed: int = 0, workers: int =
         iemocap.transcript_dir(session_dir).mkdir(parents=True, exist_ok=True)
 
     batch = 32
-    jobs = [(plans[i:i + batch], speakers, seed, out_dir, wdseg)
+    jobs = [(plans[i:i + batch], speakers, seed, out_dir, wdseg, renderer)
             for i in range(0, len(plans), batch)]
     rendered: list[Rendered] = []
     if workers > 1:
@@ -525,12 +548,13 @@ def generate(out_dir: Path, utterances: int = 600, seed: int = 0, workers: int =
     truth = _write_dialog_files(out_dir, plans, rendered, extras, seed)
     truth.update(seed=seed, n_utterances=utterances, wdseg=wdseg, speakers={
         k: asdict(v) for k, v in speakers.items()})
+    renderer.describe(truth, plans, rendered)
     (out_dir / TRUTH_FILENAME).write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     return truth
 
 
 def write(out: Path, utterances: int, seed: int, workers: int = 1, wdseg: bool = True,
-          force: bool = False) -> dict:
+          force: bool = False, renderer: Renderer | None = None) -> dict:
     """generate() into `out`, a folder that must be empty or (with `force`) hold a sample
     corpus, which is replaced; return the ground truth. Anything else there is never deleted."""
     out = Path(out)
@@ -543,7 +567,7 @@ def write(out: Path, utterances: int, seed: int, workers: int = 1, wdseg: bool =
         if not (out / TRUTH_FILENAME).is_file():
             raise UserError(f"{out} is not a generated sample corpus; refusing to delete it")
         shutil.rmtree(out)
-    return generate(out, utterances, seed, workers=workers, wdseg=wdseg)
+    return generate(out, utterances, seed, workers=workers, wdseg=wdseg, renderer=renderer)
 
 
 def _write_dialog_files(out_dir: Path, plans: list[UtterancePlan], rendered: list[Rendered],

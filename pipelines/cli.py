@@ -33,12 +33,18 @@ def _load_config(args):
 def cmd_sample_corpus(args) -> int:
     from components import sample_corpus
 
+    renderer = None
+    if args.voice == "tts":
+        from components import tts_corpus
+
+        renderer = tts_corpus.TtsRenderer()  # says how to install espeak-ng when it is missing
     out = Path(args.out_dir)
     truth = sample_corpus.write(out, args.utterances, args.seed, workers=args.workers,
-                                wdseg=not args.no_wdseg, force=args.force)
+                                wdseg=not args.no_wdseg, force=args.force, renderer=renderer)
     hours = truth["total_audio_seconds"] / 3600
-    print(f"wrote {args.utterances} utterances ({hours:.2f} h of audio, seed {args.seed}) "
-          f"to {out}")
+    voice = f", espeak-ng {renderer.version}" if renderer else ""
+    print(f"wrote {args.utterances} utterances ({hours:.2f} h of audio, seed {args.seed}"
+          f"{voice}) to {out}")
     print("codes: " + ", ".join(f"{k} {v}" for k, v in truth["counts"]["code"].items()))
     return 0
 
@@ -354,6 +360,10 @@ def _add_step_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes (the bytes written do not depend on it)")
     p.add_argument("--no-wdseg", action="store_true", help="skip ForcedAlignment .wdseg files")
+    p.add_argument("--voice", choices=("builtin", "tts"), default="builtin",
+                   help="who speaks: the built-in synthesiser (default) or espeak-ng (tts; "
+                        "needs `apt-get install espeak-ng`); the plan, labels and "
+                        "transcriptions are the same")
     p.add_argument("--force", action="store_true",
                    help="replace an existing sample corpus in OUT_DIR")
     p.set_defaults(func=cmd_sample_corpus)
