@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test run data lock compile bench clean
+.PHONY: install test run data lock compile bench clean stack stack-down e2e
 
 install: $(STAMP)
 
@@ -18,6 +18,28 @@ $(STAMP): requirements.lock pyproject.toml
 
 test: install
 	$(PY) -m pytest -q -n 2 tests
+
+# The services infra/k8s deploys, on this machine: PostgreSQL, an S3 server (moto) and
+# `mlflow server` on 127.0.0.1, files and logs in $(STACK_DIR); `source $(STACK_DIR)/env.sh`
+# to use them. Installs PostgreSQL (apt-get) and requirements-e2e.txt when missing.
+STACK_DIR ?= runs/stack
+E2E_STAMP := $(VENV)/.e2e-installed
+
+$(E2E_STAMP): $(STAMP) requirements-e2e.txt infra/requirements-server.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock \
+		-r requirements-e2e.txt
+	@touch $@
+
+stack: $(E2E_STAMP)
+	$(PY) infra/stack.py up --dir $(STACK_DIR)
+
+stack-down:
+	$(PY) infra/stack.py down --dir $(STACK_DIR)
+
+# End-to-end tests against a stack of their own (free ports, a scratch folder; about 5
+# minutes on 2 cores). `make test` does not run them.
+e2e: $(E2E_STAMP)
+	$(PY) -m pytest -q e2e
 
 run: install
 	$(VENV)/bin/emoalign run

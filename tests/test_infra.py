@@ -381,14 +381,15 @@ def test_template_urls_name_the_services_of_the_manifests():
               for k, v in s["stringData"].items()}
     services = objects("Service")
     for (name, key), value in values.items():
-        m = re.match(r"[a-z]+://(?:[^@/]*@)?([a-z0-9-]+)(?:\.emoalign[.a-z]*)?:(\d+)", str(value))
+        m = re.match(r"[a-z0-9+]+://(?:[^@/]*@)?([a-z0-9-]+)(?:\.emoalign[.a-z]*)?:(\d+)",
+                     str(value))
         if m:
             service, port = m.group(1), int(m.group(2))
             assert service in services, f"{name}.{key} names no service: {value}"
             assert port in {p["port"] for p in services[service]["spec"]["ports"]}, value
     pg = {k: v for (n, k), v in values.items() if n == "emoalign-postgres"}
     uri = values[("emoalign-mlflow-server", "backend_store_uri")]
-    assert uri.startswith(f"postgresql://{pg['POSTGRES_USER']}:")
+    assert uri.startswith(f"postgresql+psycopg2://{pg['POSTGRES_USER']}:")
     assert uri.endswith(f"/{pg['POSTGRES_DB']}")
 
 
