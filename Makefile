@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test run data lock compile bench clean stack stack-down e2e
+.PHONY: install test run data lock compile bench clean stack stack-down e2e espeak-ng
 
 install: $(STAMP)
 
@@ -16,8 +16,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-test: install
+test: install espeak-ng
 	$(PY) -m pytest -q -n 2 tests
+
+# The speech synthesiser of `emoalign sample-corpus --voice tts` (its tests skip without it).
+espeak-ng:
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) || \
+		echo "could not install espeak-ng (apt-get install espeak-ng): the TTS tests will skip"
 
 # The services infra/k8s deploys, on this machine: PostgreSQL, an S3 server (moto) and
 # `mlflow server` on 127.0.0.1, files and logs in $(STACK_DIR); `source $(STACK_DIR)/env.sh`

@@ -56,7 +56,8 @@ def configure(task, step: str):
                                   effect="NoSchedule")
     if step in RETRIED:
         # 10 s, 20 s, 40 s: rides out a restarting server or a flaky network, and a dead
-        # one fails the run in about a minute (kfp.local honours this too).
+        # one fails the run in a few minutes (each attempt's MLflow calls retry 3 times,
+        # registry.store.HTTP_RETRIES; kfp.local honours this too).
         task.set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2.0,
                        backoff_max_duration="60s")
     if step in UNCACHED:

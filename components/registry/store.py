@@ -59,6 +59,7 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
+        _limit_http_retries()
         try:
             response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
             response.raise_for_status()
@@ -66,6 +67,7 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
             reason = type(e).__name__ if not isinstance(e, requests.HTTPError) else str(e)
             raise RegistryError(f"MLflow tracking server {redact(uri)} is unreachable "
                                 f"({reason}); {consequence}") from None
+        _probe_backend_store(uri, timeout_s, consequence)
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         try:
@@ -81,7 +83,7 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
             client.search_registered_models(max_results=1)
     except Exception as e:
         raise RegistryError(f"MLflow tracking store {redact(uri)} does not answer: "
-                            f"{str(e).splitlines()[0][:200]}") from None
+                            f"{scrub(str(e).splitlines()[0])[:400]}; {consequence}") from None
     # MLflow's module-level functions (models:/ URIs, downloads) must see the same store.
     # (The registry follows the tracking URI; setting it too would export
     # MLFLOW_REGISTRY_URI to every subprocess started later.)
@@ -89,6 +91,36 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
 
     mlflow.set_tracking_uri(uri)
     return client
+
+
+# MLflow's default (7 retries, doubling waits) spends about 4 minutes on each call to a server
+# whose database is down, and KFP retries the step 3 times on top. A user's own setting wins.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def _limit_http_retries() -> None:
+    for key, value in HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
+
+
+def _probe_backend_store(uri: str, timeout_s: float, consequence: str) -> None:
+    """One request that reaches the server's database, without retries: a server whose
+    /health answers while its backend store (PostgreSQL) is down is named as such."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search",
+                                "POST", max_retries=0, timeout=timeout_s,
+                                raise_on_status=False, json={"max_results": 1})
+    except Exception as e:
+        raise RegistryError(f"MLflow tracking server {redact(uri)} does not answer "
+                            f"({type(e).__name__}); {consequence}") from None
+    if response.status_code >= 500:
+        raise RegistryError(f"MLflow tracking server {redact(uri)} answers, but its backend "
+                            f"store fails (HTTP {response.status_code} on a search; is its "
+                            f"database up?); {consequence}")
 
 
 @contextmanager
