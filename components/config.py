@@ -194,6 +194,11 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine (down to lr/10 at the last epoch) | constant
     patience: int = 8  # epochs without a better validation UA before stopping
     min_epochs: int = 12  # no model is picked, and training never stops, before this
+    # Which weights a fold keeps: "best", those of the epoch with the best validation UA
+    # (early stopping); or "average", the mean of the last `average_epochs` epochs' weights
+    # (every epoch runs; validation is only watched), which no small validation set can sway.
+    selection: str = "best"
+    average_epochs: int = 10
     # Speakers held out of the training sessions for early stopping, one per session.
     validation_speakers: int = 1
     grad_clip: float = 1.0
@@ -224,6 +229,11 @@ class TrainConfig:
     parallelism: int | None = None
 
     def check(self) -> None:
+        if self.selection not in ("best", "average"):
+            raise ConfigError(f"train.selection must be best or average, got {self.selection!r}")
+        if self.average_epochs < 1:  # more than train.epochs: all of them
+            raise ConfigError(f"train.average_epochs must be at least 1, got "
+                              f"{self.average_epochs}")
         if self.seeds is not None:
             if not self.seeds:
                 raise ConfigError("train.seeds is empty; give one seed or more (e.g. "
@@ -328,6 +338,14 @@ class Config:
         task.seed = seed
         task.train.seeds, task.train.parallelism = None, None
         return task
+
+    def for_data_steps(self) -> "Config":
+        """The config ingest, validate and features run with: their sections, defaults
+        elsewhere. On a cluster a task's parameters are its cache key, so a new seed or
+        learning rate leaves the data steps (and, through their unchanged artifacts, every
+        (fold, seed) task already trained) in KFP's cache."""
+        return Config(ingest=copy.deepcopy(self.ingest), validate=copy.deepcopy(self.validate),
+                      features=copy.deepcopy(self.features))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

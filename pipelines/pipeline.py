@@ -33,12 +33,13 @@ def _fan_out(store, validated, config_yaml: str, parallelism: int, tasks_per_mac
 
 def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_machine: int):
     folder, digest = fetched.outputs["corpus"], fetched.outputs["data_hash"]
-    ingest = configure(steps.ingest(corpus=folder, config_yaml=config_yaml, data_hash=digest),
+    data_config = fetched.outputs["data_config_yaml"]  # their sections only: the cache key
+    ingest = configure(steps.ingest(corpus=folder, config_yaml=data_config, data_hash=digest),
                        "ingest")
     validate = configure(steps.validate(manifest=ingest.outputs["manifest"],
-                                        config_yaml=config_yaml), "validate")
+                                        config_yaml=data_config), "validate")
     validated = validate.outputs["validated"]
-    features = configure(steps.features(validated=validated, config_yaml=config_yaml,
+    features = configure(steps.features(validated=validated, config_yaml=data_config,
                                         data_hash=digest), "features")
     summary = _fan_out(features.outputs["store"], validated, config_yaml, parallelism,
                        tasks_per_machine)

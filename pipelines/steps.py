@@ -21,11 +21,11 @@ IMAGE = os.environ.get("EMOALIGN_IMAGE", f"emoalign:{PROJECT_VERSION}")
 def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str,
           git_dirty: bool, config_yaml: str, protocol: str, seed: int
           ) -> NamedTuple("Fetched", corpus=str, data_hash=str, git_sha=str, git_dirty=bool,
-                          config_yaml=str):
+                          config_yaml=str, data_config_yaml=str):
     """The run's inputs and their lineage: the corpus folder (a path, or pulled through DVC
     at a revision) and its hash, the code's commit (when the submitter did not know it: the
-    one baked into this image), and the config with the run's protocol and seed applied
-    (empty / -1: as it says)."""
+    one baked into this image), the config with the run's protocol and seed applied
+    (empty / -1: as it says), and the part of it the data steps use (their cache key)."""
     from collections import namedtuple
 
     from components import fetch as step
@@ -38,8 +38,9 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
     folder, digest = step.run(corpus, dvc_repo, dvc_rev, data_hash)
     if not git_sha:
         git_sha, git_dirty = lineage.code_version()
-    return namedtuple("Fetched", "corpus data_hash git_sha git_dirty config_yaml")(
-        folder, digest, git_sha, git_dirty, config.to_yaml())
+    return namedtuple("Fetched", "corpus data_hash git_sha git_dirty config_yaml "
+                      "data_config_yaml")(folder, digest, git_sha, git_dirty, config.to_yaml(),
+                                          config.for_data_steps().to_yaml())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -210,3 +210,28 @@ def test_the_compiled_fan_out_limits_parallelism_and_gives_each_task_a_gpu(tmp_p
     assert train_platform["tolerations"] and train_platform["nodeSelector"]["labels"]
     collected = ir["components"]["comp-summarize"]["inputDefinitions"]["artifacts"]
     assert collected["models"]["isArtifactList"] and collected["evaluations"]["isArtifactList"]
+
+
+def test_cache_keys_of_trained_tasks_survive_a_new_seed(tmp_path):
+    """On a cluster a task's parameters (and its input artifacts, which come from cached
+    upstream tasks when theirs did not change) are its cache key: adding a seed or changing
+    the learning rate must leave the data steps' and the existing (fold, seed) tasks' alone."""
+    base = load_config(None, ["protocol=loso", "train.seeds=0,1"])
+    more = load_config(None, ["protocol=loso", "train.seeds=0,1,2", "train.lr=0.001",
+                              "train.parallelism=3"])
+    assert base.for_data_steps().to_yaml() == more.for_data_steps().to_yaml()
+    assert base.for_data_steps().to_yaml() != load_config(
+        None, ["features.n_mfcc=20"]).for_data_steps().to_yaml()
+    assert base.for_task(1).to_yaml() == load_config(
+        None, ["protocol=loso", "train.seeds=1,0,5", "train.parallelism=4"]).for_task(1).to_yaml()
+    assert base.for_task(0).to_yaml() != base.for_task(1).to_yaml()
+    # The compiled DAG hands the data steps fetch's data_config_yaml, not the whole config.
+    out = tmp_path / "p.yaml"
+    assert emoalign("compile", "--out", out).returncode == 0
+    ir, _ = yaml.safe_load_all(out.read_text())
+    dags = [c["dag"]["tasks"] for c in ir["components"].values() if "dag" in c]
+    for step in ("ingest", "validate", "features"):
+        (task,) = [tasks[step] for tasks in dags if step in tasks]
+        # Inside the dsl.If the fetch output arrives as a channel of the condition.
+        source = task["inputs"]["parameters"]["config_yaml"]["componentInputParameter"]
+        assert source == "pipelinechannel--fetch-data_config_yaml", (step, source)
