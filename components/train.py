@@ -163,7 +163,7 @@ class FoldTrainer:
         self.scheduler = lr_scheduler(self.optimizer, config)
         self.weight = self._class_weights() if config.train.class_weights else None
         self.state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "best_state": None,
-                      "patience": 0, "history": []}
+                      "patience": 0, "history": [], "averaged": 0}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -192,13 +192,17 @@ class FoldTrainer:
     def fit(self) -> dict:
         train = self.config.train
         for epoch in range(self.state["epoch"] + 1, train.epochs + 1):
-            if self.state["patience"] >= train.patience and epoch > train.min_epochs:
+            if (train.selection == "best" and self.state["patience"] >= train.patience
+                    and epoch > train.min_epochs):
                 break
             started = time.perf_counter()
             loss = self.run_epoch(epoch)
             self.keep_best(epoch, loss, time.perf_counter() - started)
             self.scheduler.step()
             self.checkpoint()
+        if train.selection == "average":  # what is kept is scored, not the last epoch
+            self.model.load_state_dict(self.state["best_state"])
+            self.state["best_ua"] = self.validation_scores()["ua"]
         return self.write_bundle()
 
     def run_epoch(self, epoch: int) -> float:
@@ -252,13 +256,14 @@ class FoldTrainer:
     def keep_best(self, epoch: int, loss: float, seconds: float) -> None:
         """Score the validation speakers; keep the weights when their UA is the best yet."""
         train = self.config.train
-        val = scores([e.label for e in self.val_set],
-                     predict_log_probs(self.model, self.val_set, self.device).argmax(1),
-                     self.classes)
+        val = self.validation_scores()
         # Before min_epochs the weights move too fast for a small validation set to judge:
         # an early lucky score would otherwise win over the converged model.
-        better = epoch >= min(train.min_epochs, train.epochs) and (
-            val["ua"] > self.state["best_ua"])
+        better = train.selection == "best" and epoch >= min(train.min_epochs, train.epochs) \
+            and val["ua"] > self.state["best_ua"]
+        if train.selection == "average" and epoch > train.epochs - min(train.average_epochs,
+                                                                        train.epochs):
+            self._add_to_average(epoch, val["ua"])
         if better:
             self.state.update(best_ua=val["ua"], best_epoch=epoch, patience=0,
                               best_state=copy.deepcopy(self.model.state_dict()))
@@ -269,6 +274,23 @@ class FoldTrainer:
                                       "val_wa": val["wa"], "seconds": round(seconds, 3)})
         print(f"{self.fold.member} epoch {epoch:2d}: loss {loss:.4f}  val UA {val['ua']:.3f}  "
               f"WA {val['wa']:.3f}{'  (best)' if better else ''}", flush=True)
+
+    def validation_scores(self) -> dict:
+        return scores([e.label for e in self.val_set],
+                      predict_log_probs(self.model, self.val_set, self.device).argmax(1),
+                      self.classes)
+
+    def _add_to_average(self, epoch: int, val_ua: float) -> None:
+        """Fold this epoch's weights into the running mean kept as best_state."""
+        n = self.state["averaged"] + 1
+        current = self.model.state_dict()
+        mean = self.state["best_state"] or {k: torch.zeros_like(v) for k, v in current.items()}
+        for key, value in current.items():
+            if value.is_floating_point():
+                mean[key] = mean[key] + (value.detach() - mean[key]) / n
+            else:
+                mean[key] = value.detach().clone()
+        self.state.update(best_state=mean, averaged=n, best_epoch=epoch, best_ua=val_ua)
 
     def checkpoint(self) -> None:
         _save_atomic({"fingerprint": self.fingerprint, "model": self.model.state_dict(),

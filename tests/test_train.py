@@ -241,3 +241,28 @@ def test_alignment_fusion_beats_each_modality_alone(tmp_path):
     # Measured: lift 1.17 free, 3.53 guided; UA 0.850 guided.
     assert lift["guided"] >= lift["free"] + 1.0
     assert guided["ua"] >= ua["speech"] + 0.06
+
+
+def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(prepared, tmp_path,
+                                                                     monkeypatch):
+    """train.selection=average: every epoch runs (no early stopping), and the bundle holds
+    the element-wise mean of the last average_epochs epochs' weights."""
+    cfg = load_config(None, [*TINY, "train.epochs=4", "train.selection=average",
+                             "train.average_epochs=2", "train.patience=1", "model.kind=text"])
+    snapshots = {}
+    real_checkpoint = train.FoldTrainer.checkpoint
+
+    def keep_weights(self):
+        real_checkpoint(self)
+        snapshots[self.state["epoch"]] = {k: v.clone() for k, v in
+                                          self.model.state_dict().items()}
+
+    monkeypatch.setattr(train.FoldTrainer, "checkpoint", keep_weights)
+    summary = train.run(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
+    (fold,) = summary["folds"]
+    assert fold["epochs_run"] == 4 and sorted(snapshots) == [1, 2, 3, 4]
+    kept = torch.load(tmp_path / "m" / fold["member"] / "model.pt",
+                      weights_only=True)["state_dict"]
+    for key, value in kept.items():
+        torch.testing.assert_close(value, (snapshots[3][key] + snapshots[4][key]) / 2)
+    assert any(not torch.equal(kept[k], snapshots[4][k]) for k in kept)
