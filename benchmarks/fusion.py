@@ -1,18 +1,22 @@
-"""Fusion: the four model kinds on one generated corpus, scored overall and by where the
-emotion is.
+"""Fusion: the four model kinds against each other and against straightforward references,
+on the generated corpus and on espeak-ng speech, over folds and seeds.
 
-    .venv/bin/python benchmarks/fusion.py [--utterances 2000] [--seeds 0 1 2]
-        [--kinds align speech text late_fusion] [--set key=value ...] [--workers 2]
+    .venv/bin/python benchmarks/fusion.py [--voices builtin tts] [--utterances 2000]
+        [--protocol holdout|loso] [--seeds 0 1 2] [--kinds align speech text late_fusion]
+        [--references speech text late_fusion align] [--set key=value ...] [--workers 2]
 
-It generates a corpus (corpus seed 3, like tests/test_train.py), takes it through ingest,
-validate and features, then trains and evaluates each kind at each training seed with the
-test's settings (hidden 32, 30 epochs, one thread per training, `--workers` trainings at a
-time), holdout on session 5. It prints test UA, the modality ablation, the attention's lift
-(mass on each word's own speech against an even spread), and accuracy by cue from the
-corpus' truth file: `voice` utterances carry their emotion only in the voice, `text` only
-in the words, `both` in both, `neutral` are neutral. An accuracy figure, not a timing: it
-backs the table in the README, and a changed model or loss is compared here at three seeds
-rather than on one test run.
+For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, or espeak-ng
+with `--voice tts`), takes it through ingest, validate and features, then trains and
+evaluates every (kind, fold, seed) with emoalign's recipe at the benchmark's settings (hidden
+32, 30 epochs, one thread per training, `--workers` at a time), and the same folds and seeds
+with benchmarks/reference.py's straightforward implementations (40 MFCCs, BiLSTM-64 over
+every frame, 25 epochs, last epoch). It prints, per corpus:
+- UA and WA, mean ± std over the (fold, seed) models, for each kind and each reference;
+- paired comparisons over the same (fold, seed): align minus each other kind, and each of
+  our kinds minus its reference (mean ± std of the difference, wins, paired t-test p);
+- accuracy by cue from the corpus' truth file (`voice`: emotion only in the voice, `text`:
+  only in the words, `both`, `neutral`) and, for align, the modality ablation.
+An accuracy figure, not a timing: it backs the README's fusion table.
 """
 
 import argparse
@@ -27,82 +31,177 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
+import reference  # noqa: E402
 from components import evaluate, features, ingest, sample_corpus, train, validate  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
 
-# The settings of tests/test_train.py's fusion test.
+# The benchmark's model size (the fusion test's): small enough for 2 cores.
 SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32", "model.embed_dim=32",
             "model.attention_dim=32", "model.frame_pool=10", "train.threads=1"]
 CUES = ("both", "voice", "text", "neutral")
 
 
-def prepare(scratch: Path, utterances: int) -> None:
-    corpus = scratch / "IEMOCAP_full_release"
-    sample_corpus.generate(corpus, utterances, seed=3, workers=2)
-    config = load_config(None, SETTINGS)
-    ingest.run(corpus, scratch / "ingest")
-    validate.run(scratch / "ingest", scratch / "validated", config.ingest.classes,
+def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str]) -> Path:
+    """The corpus, its validated manifest, our feature store and the reference's."""
+    folder = scratch / voice
+    corpus = folder / "IEMOCAP_full_release"
+    renderer = None
+    if voice == "tts":
+        from components import tts_corpus
+
+        renderer = tts_corpus.TtsRenderer()
+    sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer)
+    config = load_config(None, [*SETTINGS, *overrides])
+    ingest.run(corpus, folder / "ingest")
+    validate.run(folder / "ingest", folder / "validated", config.ingest.classes,
                  config.validate)
-    features.run(scratch / "validated", scratch / "store", config.features)
+    features.run(folder / "validated", folder / "store", config.features)
+    features.run(folder / "validated", folder / "refstore",
+                 reference.reference_store_config(workers=2))
+    return folder
 
 
-def train_and_score(job: tuple) -> dict:
-    scratch, kind, seed, overrides = job
-    config = load_config(None, [*SETTINGS, *overrides, f"model.kind={kind}", f"seed={seed}"])
-    model_dir, eval_dir = scratch / f"model_{kind}_{seed}", scratch / f"eval_{kind}_{seed}"
+def ours(job: tuple) -> dict:
+    folder, kind, fold, seed, overrides, protocol = job
+    config = load_config(None, [*SETTINGS, *overrides, f"model.kind={kind}", f"seed={seed}",
+                                f"protocol={protocol}"])
+    name = f"{kind}_{fold}_{seed}"
     with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines
-        train.run(scratch / "store", scratch / "validated", model_dir, config)
-        metrics = evaluate.run(model_dir, scratch / "store", scratch / "validated", eval_dir,
-                               config)
-    return {"kind": kind, "seed": seed, "metrics": metrics,
-            "predictions": pd.read_csv(eval_dir / Evaluation.PREDICTIONS)}
+        train.run_task(folder / "store", folder / "validated", folder / "m" / name, config,
+                       fold)
+        metrics = evaluate.run(folder / "m" / name, folder / "store", folder / "validated",
+                               folder / "e" / name, config)
+    table = pd.read_csv(folder / "e" / name / Evaluation.PREDICTIONS)
+    return {"who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
+            "ablation": metrics.get("ablation"), "utt_ids": table["utt_id"].tolist(),
+            "correct": (table["label"] == table["predicted"]).to_numpy()}
+
+
+def theirs(job: tuple) -> dict:
+    import torch
+
+    folder, kind, fold, seed, protocol = job
+    torch.set_num_threads(1)
+    r = reference.run_fold(folder / "refstore", folder / "validated", kind, protocol, fold,
+                           seed)
+    return _as_result(f"ref_{kind}", fold, seed, r)
+
+
+def _as_result(who: str, fold: str, seed: int, r: dict) -> dict:
+    return {"who": who, "fold": fold, "seed": seed, "ua": r["ua"], "wa": r["wa"],
+            "ablation": None, "utt_ids": r["utt_ids"], "correct": r["labels"] == r["predicted"],
+            "labels": r["labels"], "probabilities": r["probabilities"]}
+
+
+def late_fusion_references(results: list[dict]) -> list[dict]:
+    """The reference late fusion: the speech and text references' probabilities averaged
+    (the same models, so it costs no training)."""
+    by = {(r["who"], r["fold"], r["seed"]): r for r in results}
+    fused = []
+    for (who, fold, seed), speech in by.items():
+        text = by.get(("ref_text", fold, seed))
+        if who == "ref_speech" and text is not None:
+            probabilities = 0.5 * (speech["probabilities"] + text["probabilities"])
+            predicted = probabilities.argmax(1)
+            fused.append(_as_result("ref_late_fusion", fold, seed, {
+                **reference.scores(speech["labels"], predicted, probabilities.shape[1]),
+                "utt_ids": speech["utt_ids"], "labels": speech["labels"],
+                "predicted": predicted, "probabilities": probabilities}))
+    return fused
+
+
+def paired(results: list[dict], a: str, b: str) -> str:
+    by = {(r["who"], r["fold"], r["seed"]): r["ua"] for r in results}
+    keys = sorted((f, s) for w, f, s in by if w == a and (b, f, s) in by)
+    if not keys:
+        return ""
+    d = np.array([by[(a, *k)] - by[(b, *k)] for k in keys])
+    p = stats.ttest_rel([by[(a, *k)] for k in keys], [by[(b, *k)] for k in keys]).pvalue \
+        if len(keys) > 1 and d.std() > 0 else float("nan")
+    return (f"{a:>14} - {b:<14} {d.mean():+.3f} ± {d.std():.3f}  wins {int((d > 0).sum())}/"
+            f"{len(d)}  p {p:.3f}")
+
+
+def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> None:
+    truth = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
+                       .read_text())["utterances"]
+    print(f"-- {voice} corpus: UA and WA mean ± std over (fold, seed) models; accuracy by cue")
+    print(f"{'':<16}{'UA':>13}  {'WA':>13}   " + "  ".join(f"{c:>7}" for c in CUES))
+    for who in dict.fromkeys(r["who"] for r in results):
+        mine = [r for r in results if r["who"] == who]
+        ua, wa = np.array([r["ua"] for r in mine]), np.array([r["wa"] for r in mine])
+        cue = np.concatenate([[truth[u]["cue"] for u in r["utt_ids"]] for r in mine])
+        correct = np.concatenate([r["correct"] for r in mine])
+        by_cue = "  ".join(f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else
+                           f"{'-':>7}" for c in CUES)
+        print(f"{who:<16}{ua.mean():.3f} ± {ua.std():.3f}  {wa.mean():.3f} ± {wa.std():.3f}"
+              f"   {by_cue}   (n={len(mine)})")
+    ablations = [r["ablation"] for r in results if r["who"] == "align" and r["ablation"]]
+    if ablations:
+        print("align ablation (mean UA): " + ", ".join(
+            f"{k} {np.mean([a[k] for a in ablations]):.3f}" for k in ablations[0]))
+    print("paired UA differences over the same (fold, seed):")
+    for other in kinds:
+        if other != "align":
+            print("  " + paired(results, "align", other))
+    for kind in kinds:
+        line = paired(results, kind, f"ref_{kind}")
+        if line:
+            print("  " + line)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voices", nargs="+", default=["builtin", "tts"],
+                        choices=["builtin", "tts"])
     parser.add_argument("--utterances", type=int, default=2000)
+    parser.add_argument("--protocol", default="holdout", choices=["holdout", "loso"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kinds", nargs="+", default=["align", "speech", "text", "late_fusion"])
+    parser.add_argument("--references", nargs="*", default=["speech", "text", "late_fusion",
+                                                             "align"])
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config overrides for every training")
+                        metavar="KEY=VALUE", help="config overrides for our trainings")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    folds = ["session5"] if args.protocol == "holdout" else [f"session{s}" for s in range(1, 6)]
+    print(f"{args.utterances} utterances per corpus (corpus seed 3), {args.protocol} "
+          f"({len(folds)} folds) x seeds {args.seeds}; ours: "
+          f"{' '.join(SETTINGS + args.overrides)}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="emoalign-fusion-"))
     try:
-        prepare(scratch, args.utterances)
-        truth = json.loads((scratch / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
-                           .read_text())["utterances"]
-        jobs = [(scratch, kind, seed, args.overrides)
-                for kind, seed in itertools.product(args.kinds, args.seeds)]
-        with ProcessPoolExecutor(args.workers) as pool:
-            results = list(pool.map(train_and_score, jobs))
+        for voice in args.voices:
+            folder = prepare(scratch, voice, args.utterances, args.overrides)
+            cells = list(itertools.product(folds, args.seeds))
+            trained = [k for k in args.references if k != "late_fusion"]
+            if "late_fusion" in args.references:
+                trained = list(dict.fromkeys([*trained, "speech", "text"]))
+            # The slowest (frame-level LSTMs) first, so the pool ends together.
+            jobs = [(theirs, (folder, k, f, s, args.protocol)) for k in
+                    sorted(trained, key=["align", "speech", "text"].index) for f, s in cells]
+            jobs += [(ours, (folder, k, f, s, args.overrides, args.protocol))
+                     for k in args.kinds for f, s in cells]
+            with ProcessPoolExecutor(args.workers) as pool:
+                results = list(pool.map(_call, jobs))
+            if "late_fusion" in args.references:
+                results += late_fusion_references(results)
+            results.sort(key=lambda r: (r["who"].startswith("ref_"), r["who"]))
+            report(voice, folder, results, args.kinds)
+            shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"{args.utterances} generated utterances (corpus seed 3), holdout session 5; "
-          f"settings {' '.join(SETTINGS + args.overrides)}")
-    print(f"{'kind':<12}{'seed':>4}  {'UA':>5}  {'-speech':>7} {'-text':>6}  {'lift':>5}  "
-          + "  ".join(f"{c:>7}" for c in CUES) + "   (accuracy by cue)")
-    for r in results:
-        m, p = r["metrics"], r["predictions"]
-        cue = p["utt_id"].map(lambda u: truth[u]["cue"])
-        correct = p["label"] == p["predicted"]
-        by_cue = "  ".join(f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else
-                           f"{'-':>7}" for c in CUES)
-        ablation = m.get("ablation")
-        lift = m.get("attention_alignment", {}).get("lift")
-        print(f"{r['kind']:<12}{r['seed']:>4}  {m['ua']:.3f}  "
-              + (f"{ablation['ua_without_speech']:7.3f} {ablation['ua_without_text']:6.3f}"
-                 if ablation else f"{'-':>7} {'-':>6}")
-              + (f"  {lift:5.2f}" if lift else f"  {'-':>5}") + f"  {by_cue}")
-    print("mean UA over seeds: " + ", ".join(
-        f"{kind} {np.mean([r['metrics']['ua'] for r in results if r['kind'] == kind]):.3f}"
-        for kind in args.kinds))
+
+def _call(job):
+    fn, arguments = job
+    return fn(arguments)
 
 
 if __name__ == "__main__":
