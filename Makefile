@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test run data lock compile bench clean stack stack-down e2e espeak-ng
+.PHONY: install test run data lock compile bench clean stack stack-down e2e espeak-ng image \
+	e2e-image
 
 install: $(STAMP)
 
@@ -46,6 +47,19 @@ stack-down:
 # minutes on 2 cores). `make test` does not run them.
 e2e: $(E2E_STAMP)
 	$(PY) -m pytest -q e2e
+
+# The project image (infra/Dockerfile), built with buildah on this machine by infra/image.py:
+# buildah/debootstrap from apt-get when missing, a wheelhouse downloaded once per lock, the
+# python base or, where it cannot be pulled, a Debian-made one (infra/README.md, section 11).
+# IMAGE_CACHE holds the wheelhouse (about 4 GB) and the build records.
+IMAGE_CACHE ?= runs/image-cache
+image: install
+	$(PY) infra/image.py build --cache $(IMAGE_CACHE)
+
+# The pipeline run inside that image (e2e/test_image.py: builds it first; `make e2e` leaves
+# this module out). Skips when buildah cannot be installed or the disk is short of 25 GB.
+e2e-image: install
+	EMOALIGN_IMAGE_CACHE=$(IMAGE_CACHE) $(PY) -m pytest -q e2e/test_image.py --image
 
 run: install
 	$(VENV)/bin/emoalign run

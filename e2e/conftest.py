@@ -2,7 +2,8 @@
 `mlflow server`, started by infra/stack.py in a scratch folder on free ports, and the
 `emoalign` CLI run against them as a user would. No mocks.
 
-`make e2e` runs this folder (`make test` does not: it only collects tests/).
+`make e2e` runs this folder (`make test` does not: it only collects tests/), except
+test_image.py, which builds the project image and runs only with --image (`make e2e-image`).
 """
 
 import json
@@ -29,6 +30,27 @@ TINY = ["train.epochs=3", "model.hidden=16", "model.embed_dim=16", "model.attent
 UTTERANCES = 200  # every class in every training fold
 GIT_ENV = {"GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.org",
            "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.org"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--image", action="store_true",
+                     help="run test_image.py: build the project image with buildah and run the "
+                          "pipeline in it (make e2e-image)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "image: builds and runs the project image (--image)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --image, the image tests are deselected (not skipped): `make e2e` runs the
+    same tests as before they existed."""
+    if config.getoption("--image"):
+        return
+    dropped = [item for item in items if item.get_closest_marker("image")]
+    if dropped:
+        items[:] = [item for item in items if not item.get_closest_marker("image")]
+        config.hook.pytest_deselected(items=dropped)
 
 
 def sh(*args, cwd=None, env=None, timeout=300) -> str:
