@@ -43,22 +43,25 @@ stack: $(E2E_STAMP)
 stack-down:
 	$(PY) infra/stack.py down --dir $(STACK_DIR)
 
-# End-to-end tests against a stack of their own (free ports, a scratch folder; about 5
-# minutes on 2 cores). `make test` does not run them.
+# End-to-end tests: the pipeline against a stack of their own (free ports, a scratch folder)
+# and the project image built and run (e2e/test_image.py; it skips, saying why, without
+# buildah or 25 GB free). About 15 minutes on 2 cores with the image cache warm, 25 cold.
+# `make test` does not run them.
 e2e: $(E2E_STAMP)
-	$(PY) -m pytest -q e2e
+	EMOALIGN_IMAGE_CACHE=$(IMAGE_CACHE) $(PY) -m pytest -q -rs e2e --image
 
 # The project image (infra/Dockerfile), built with buildah on this machine by infra/image.py:
 # buildah/debootstrap from apt-get when missing, a wheelhouse downloaded once per lock, the
 # python base or, where it cannot be pulled, a Debian-made one (infra/README.md, section 11).
-# IMAGE_CACHE holds the wheelhouse (about 4 GB) and the build records.
-IMAGE_CACHE ?= runs/image-cache
+# IMAGE_CACHE holds the wheelhouse (about 4 GB) and the build records; outside the checkout,
+# so fresh clones on one machine (CI) reuse it.
+IMAGE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/emoalign/image
 image: install
 	$(PY) infra/image.py build --cache $(IMAGE_CACHE)
 
-# The pipeline run inside that image (e2e/test_image.py: builds it first; `make e2e` leaves
-# this module out). Skips when buildah cannot be installed or the disk is short of 25 GB.
-e2e-image: install
+# The image tests alone (e2e/test_image.py, part of `make e2e`: builds it first). Skips when
+# buildah cannot be installed or the disk is short of 25 GB.
+e2e-image: $(E2E_STAMP)
 	EMOALIGN_IMAGE_CACHE=$(IMAGE_CACHE) $(PY) -m pytest -q e2e/test_image.py --image
 
 run: install

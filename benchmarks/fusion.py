@@ -4,6 +4,7 @@ on the generated corpus and on espeak-ng speech, over folds and seeds.
     .venv/bin/python benchmarks/fusion.py [--voices builtin tts] [--utterances 2000]
         [--protocol holdout|loso] [--seeds 0 1 2] [--kinds align speech text late_fusion]
         [--references speech text late_fusion align] [--set key=value ...] [--workers 2]
+        [--cache DIR]
 
 For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, or espeak-ng
 with `--voice tts`), takes it through ingest, validate and features, then trains and
@@ -48,23 +49,35 @@ SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32", "model.
 CUES = ("both", "voice", "text", "neutral")
 
 
-def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str]) -> Path:
-    """The corpus, its validated manifest, our feature store and the reference's."""
+def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
+            cache: Path | None = None) -> Path:
+    """The corpus, its validated manifest, our feature store and the reference's. With
+    `cache`, the corpus, manifest and stores are kept there and reused by later runs (the
+    stores keyed by their feature settings); `scratch` then links to them."""
     folder = scratch / voice
-    corpus = folder / "IEMOCAP_full_release"
-    renderer = None
-    if voice == "tts":
-        from components import tts_corpus
+    kept = cache / f"{voice}-{utterances}" if cache else folder
+    corpus = kept / "IEMOCAP_full_release"
+    if not (corpus / sample_corpus.TRUTH_FILENAME).is_file():
+        renderer = None
+        if voice == "tts":
+            from components import tts_corpus
 
-        renderer = tts_corpus.TtsRenderer()
-    sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer)
+            renderer = tts_corpus.TtsRenderer()
+        shutil.rmtree(corpus, ignore_errors=True)
+        sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer)
     config = load_config(None, [*SETTINGS, *overrides])
-    ingest.run(corpus, folder / "ingest")
-    validate.run(folder / "ingest", folder / "validated", config.ingest.classes,
-                 config.validate)
-    features.run(folder / "validated", folder / "store", config.features)
+    if not (kept / "validated").is_dir():
+        ingest.run(corpus, kept / "ingest")
+        validate.run(kept / "ingest", kept / "validated", config.ingest.classes,
+                     config.validate)
+    folder.mkdir(parents=True, exist_ok=True)
+    if cache:
+        for name in ("IEMOCAP_full_release", "validated"):
+            (folder / name).symlink_to(kept / name)
+    stores = kept / "stores" if cache else None
+    features.run(folder / "validated", folder / "store", config.features, stores)
     features.run(folder / "validated", folder / "refstore",
-                 reference.reference_store_config(workers=2))
+                 reference.reference_store_config(workers=2), stores)
     return folder
 
 
@@ -170,6 +183,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config overrides for our trainings")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", type=Path,
+                        help="keep the corpora and feature stores here and reuse them")
     args = parser.parse_args()
     folds = ["session5"] if args.protocol == "holdout" else [f"session{s}" for s in range(1, 6)]
     print(f"{args.utterances} utterances per corpus (corpus seed 3), {args.protocol} "
@@ -178,7 +193,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="emoalign-fusion-"))
     try:
         for voice in args.voices:
-            folder = prepare(scratch, voice, args.utterances, args.overrides)
+            folder = prepare(scratch, voice, args.utterances, args.overrides,
+                             args.cache)
             cells = list(itertools.product(folds, args.seeds))
             trained = [k for k in args.references if k != "late_fusion"]
             if "late_fusion" in args.references:

@@ -2,8 +2,8 @@
 base or a Debian-made one where it cannot be pulled), and the pipeline run inside it as uid
 10001 with `buildah run --isolation chroot` (podman/crun cannot start containers here).
 
-`make e2e-image` runs this module (`pytest e2e/test_image.py --image`); `make e2e` leaves it
-out. It skips when buildah cannot be installed or the disk has less than 25 GB free.
+`make e2e` runs it with the rest of e2e/ (`--image`); `make e2e-image` runs it alone. It
+skips, saying why, when buildah cannot be installed or the disk has less than 25 GB free.
 EMOALIGN_E2E_IMAGE_REUSE=1 tests the image already built instead of building it again
 (the check that no build-time secret reached the image then skips: it needs its own build).
 """
@@ -24,7 +24,9 @@ from conftest import ROOT, TINY, UTTERANCES, sets
 pytestmark = pytest.mark.image
 
 IMAGE_SCRIPT = ROOT / "infra" / "image.py"
-CACHE = ROOT / os.environ.get("EMOALIGN_IMAGE_CACHE", "runs/image-cache")
+CACHE = Path(os.environ.get("EMOALIGN_IMAGE_CACHE") or
+             (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") /
+              "emoalign" / "image"))
 TAG = "emoalign:0.1.0"
 MIN_FREE_GB = 25
 UID = 10001

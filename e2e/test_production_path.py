@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from components.registry import LOCK_TAG
 from conftest import SENTINELS, TINY, sets, sh
 
 MODEL = "emoalign"
@@ -51,25 +52,23 @@ def first_run(cli, stack, corpus, tmp_path_factory):
             "output": done.stdout + done.stderr}
 
 
-@pytest.fixture(scope="module")
-def fault_and_rerun(cli, stack, corpus, first_run, tmp_path_factory):
-    """A run whose PostgreSQL stops when its register step starts, then (PostgreSQL back)
-    the same run again."""
-    work = tmp_path_factory.mktemp("fault")
+def _fault_then_rerun(cli, stack, corpus, work: Path, service: str) -> dict:
+    """A run whose `service` (postgres or s3) stops when its register step starts, then,
+    with the service back, the same run again."""
     before = _versions(stack)
-    # Production retry settings: the register step's probe fails at once, kfp retries the
-    # step (10 s, 20 s, 40 s), so the run ends in about a minute and a half.
-    quick = {"PYTHONUNBUFFERED": "1"}
+    # Production retry settings: the register step fails at once (or after MLflow's three
+    # quick HTTP retries), kfp retries the step (10 s, 20 s, 40 s), so the run ends in
+    # about two minutes.
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "run", "--corpus", str(corpus), "--workdir",
-         str(work / "runs"), *sets(TINY)], cwd=cli.cwd, env={**cli.env, **quick},
+         str(work / "runs"), *sets(TINY)], cwd=cli.cwd, env={**cli.env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopped_at, seen = None, []
     try:
         for line in proc.stdout:
             seen.append(line)
             if stopped_at is None and "Executing task 'register'" in line:
-                down = stack.script("postgres", "stop")
+                down = stack.script(service, "stop")
                 assert down.returncode == 0, down.stderr
                 stopped_at = time.monotonic()
         stderr = proc.stderr.read()
@@ -78,7 +77,7 @@ def fault_and_rerun(cli, stack, corpus, first_run, tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
         if stopped_at is not None:
-            up = stack.script("postgres", "start")
+            up = stack.script(service, "start")
             assert up.returncode == 0, up.stderr
     failed = {"returncode": proc.returncode, "stderr": stderr, "stdout": "".join(seen),
               "stopped": stopped_at is not None}
@@ -88,6 +87,44 @@ def fault_and_rerun(cli, stack, corpus, first_run, tmp_path_factory):
     return {"failed": failed, "before": before, "after_fault": after_fault,
             "after_rerun": _versions(stack),
             "summary": json.loads((work / "summary.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def fault_and_rerun(cli, stack, corpus, first_run, tmp_path_factory):
+    """PostgreSQL stops when the register step starts."""
+    return _fault_then_rerun(cli, stack, corpus, tmp_path_factory.mktemp("fault"), "postgres")
+
+
+@pytest.fixture(scope="module")
+def s3_fault_and_rerun(cli, stack, corpus, fault_and_rerun, tmp_path_factory):
+    """The S3 endpoint stops when the register step starts (while it logs the model)."""
+    return _fault_then_rerun(cli, stack, corpus, tmp_path_factory.mktemp("fault_s3"), "s3")
+
+
+def _assert_one_line_naming(failed: dict, stack, *phrases: str) -> str:
+    assert failed["stopped"], "the run never reached its register step:\n" + failed["stdout"]
+    assert failed["returncode"] == 2, failed["stderr"] + failed["stdout"][-3000:]
+    assert "Traceback" not in failed["stderr"]
+    lines = failed["stderr"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emoalign: error: "), failed["stderr"]
+    assert "'register'" in lines[0] and stack.server in lines[0], lines[0]
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    print(lines[0])  # what the user reads (pytest -rP shows it)
+    return lines[0]
+
+
+def _assert_rerun_registered_exactly_one(fault: dict, stack) -> None:
+    before, after = fault["before"], fault["after_rerun"]
+    assert len(after) == len(before) + 1
+    new_version, run_id = after[-1]
+    assert str(new_version) == fault["summary"]["model_version"]
+    assert run_id == fault["summary"]["mlflow_run_id"]
+    # Every version carries the gate's decision: none was left half-registered.
+    decided = dict(stack.sql("SELECT version, value FROM model_version_tags WHERE name = %s "
+                             "AND key = 'gate.decision'", MODEL))
+    assert set(decided) == {v for v, _ in after}
+    assert set(decided.values()) <= {"promoted", "rejected"}
 
 
 # ---- a: the whole CLI through the server ------------------------------------------------
@@ -160,32 +197,41 @@ def test_audit_rebuilds_the_registered_model_from_what_the_server_holds(first_ru
 
 def test_a_run_whose_database_dies_fails_in_one_line_and_registers_nothing(fault_and_rerun,
                                                                            stack):
-    failed = fault_and_rerun["failed"]
-    assert failed["stopped"], "the run never reached its register step:\n" + failed["stdout"]
-    assert failed["returncode"] == 2, failed["stderr"] + failed["stdout"][-3000:]
-    assert "Traceback" not in failed["stderr"]
-    lines = failed["stderr"].strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("emoalign: error: "), failed["stderr"]
-    assert "'register'" in lines[0] and stack.server in lines[0], lines[0]
-    assert "answers, but its backend store fails (HTTP 5" in lines[0], lines[0]
-    assert "is its database up?" in lines[0], lines[0]
-    print(lines[0])  # what the user reads (pytest -rP shows it)
+    _assert_one_line_naming(fault_and_rerun["failed"], stack,
+                            "answers, but its backend store fails (HTTP 5",
+                            "is its database up?")
     # No version was registered, half or whole, while the database was down.
     assert fault_and_rerun["after_fault"] == fault_and_rerun["before"]
 
 
 def test_after_postgres_restarts_a_rerun_registers_exactly_one_version(fault_and_rerun,
                                                                        stack):
-    before, after = fault_and_rerun["before"], fault_and_rerun["after_rerun"]
-    assert len(after) == len(before) + 1
-    new_version, run_id = after[-1]
-    assert str(new_version) == fault_and_rerun["summary"]["model_version"]
-    assert run_id == fault_and_rerun["summary"]["mlflow_run_id"]
-    # Every version carries the gate's decision: none was left half-registered.
-    decided = dict(stack.sql("SELECT version, value FROM model_version_tags WHERE name = %s "
-                             "AND key = 'gate.decision'", MODEL))
-    assert set(decided) == {v for v, _ in after}
-    assert set(decided.values()) <= {"promoted", "rejected"}
+    _assert_rerun_registered_exactly_one(fault_and_rerun, stack)
+
+
+# ---- c: the S3 endpoint stops while the model is logged -----------------------------------
+
+def test_a_run_whose_s3_dies_fails_in_one_line_and_registers_nothing(s3_fault_and_rerun,
+                                                                     stack):
+    line = _assert_one_line_naming(s3_fault_and_rerun["failed"], stack,
+                                   "answers, but its artifact store fails (HTTP 5",
+                                   "is its S3 endpoint up?", "nothing was registered")
+    assert "could not store the model's files" in line or "could not read back" in line
+    assert s3_fault_and_rerun["after_fault"] == s3_fault_and_rerun["before"]
+
+
+def test_after_s3_restarts_a_rerun_registers_exactly_one_version_that_serves(
+        s3_fault_and_rerun, stack, cli, corpus):
+    _assert_rerun_registered_exactly_one(s3_fault_and_rerun, stack)
+    # The new version's files are in S3 and it serves; so does the first one, whose files
+    # lived through the S3 restart.
+    wav = sorted(corpus.glob("Session5/sentences/wav/*/*.wav"))[0]
+    for version in (1, s3_fault_and_rerun["after_rerun"][-1][0]):
+        assert stack.objects("mlflow", _model_prefix(stack, version))
+        done = cli("predict", "--model", f"models:/{MODEL}/{version}", "--wav", wav,
+                   "--text", "fine")
+        assert done.returncode == 0, done.stderr
+        assert f"{MODEL} version {version}" in done.stdout, done.stdout
 
 
 # ---- a (cont.): promote, rollback, history ----------------------------------------------
@@ -212,10 +258,49 @@ def test_promote_rollback_and_history_move_aliases_in_postgres(fault_and_rerun, 
     assert "rollback" in shown.stdout and "e2e: changed my mind" in shown.stdout
 
 
+# ---- c (cont.): two runs at once --------------------------------------------------------
+
+def test_two_concurrent_runs_register_two_versions_one_champion_and_a_chained_history(
+        fault_and_rerun, s3_fault_and_rerun, stack, cli, corpus, tmp_path):
+    before = _versions(stack)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--corpus", str(corpus), "--workdir",
+         str(tmp_path / name / "runs"), "--summary-json", str(tmp_path / f"{name}.json"),
+         *sets(TINY)], cwd=cli.cwd, env=cli.env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    outputs = [proc.communicate(timeout=900) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err + out[-3000:]
+    summaries = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b")]
+    after = _versions(stack)
+    assert after[:len(before)] == before and len(after) == len(before) + 2
+    assert sorted(str(v) for v, _ in after[len(before):]) == \
+        sorted(s["model_version"] for s in summaries)
+    # One champion, one challenger, each pointing at a registered version.
+    aliases = _aliases(stack)
+    assert set(aliases) == {"champion", "challenger"}
+    assert {aliases["champion"], aliases["challenger"]} <= {v for v, _ in after}
+    # The gates took turns: every move of an alias starts where the one before it ended.
+    history = cli("history", "--json")
+    assert history.returncode == 0, history.stderr
+    entries = json.loads(history.stdout)
+    for alias in ("champion", "challenger"):
+        moves = [(e["from"], e["to"]) for e in entries if e["alias"] == alias]
+        assert moves[0][0] is None
+        for (_, previous_to), (next_from, _) in zip(moves, moves[1:]):
+            assert next_from == previous_to, (alias, moves)
+        assert moves[-1][1] == str(aliases[alias])
+    new_versions = {str(v) for v, _ in after[len(before):]}
+    assert new_versions <= {e["to"] for e in entries if e["alias"] == "challenger"}
+    # The registered model's lock was released.
+    assert not stack.sql("SELECT key FROM registered_model_tags WHERE name = %s AND key = %s",
+                         MODEL, LOCK_TAG)
+
+
 # ---- d: no credential anywhere MLflow keeps -----------------------------------------------
 
 def test_no_credential_reaches_params_tags_artifacts_or_logs(first_run, fault_and_rerun,
-                                                            stack):
+                                                            s3_fault_and_rerun, stack):
     client = MlflowClient(tracking_uri=stack.tracking_uri)
     texts = {}
     for experiment in client.search_experiments():
@@ -233,8 +318,9 @@ def test_no_credential_reaches_params_tags_artifacts_or_logs(first_run, fault_an
             texts[str(log)] = log.read_text(errors="replace")
     for log in (stack.dir / "logs").iterdir():
         texts[str(log)] = log.read_text(errors="replace")
-    texts["failed run's output"] = fault_and_rerun["failed"]["stdout"] + \
-        fault_and_rerun["failed"]["stderr"]
+    for name, fault in (("postgres", fault_and_rerun), ("s3", s3_fault_and_rerun)):
+        texts[f"output of the run whose {name} stopped"] = fault["failed"]["stdout"] + \
+            fault["failed"]["stderr"]
     s3 = stack.s3()
     for key in stack.objects("mlflow"):
         texts[f"s3://mlflow/{key}"] = s3.get_object(Bucket="mlflow", Key=key)["Body"] \

@@ -3,7 +3,9 @@
     python infra/image.py build [--cache DIR] [--tag emoalign:0.1.0] [--base auto|debootstrap]
     python infra/image.py tools      # install buildah when missing (exit 3: cannot)
 
-What a build does, and what it reuses from the cache folder (default runs/image-cache):
+What a build does, and what it reuses from the cache folder (default
+~/.cache/emoalign/image, outside the checkout, so that a fresh clone on the same machine, as
+in CI, reuses it):
 
 1. buildah (and debootstrap when the base must be made) from apt-get when missing.
 2. The wheelhouse: `pip download` of requirements.lock, infra/requirements-server.txt and
@@ -39,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
 DEFAULT_TAG = "emoalign:0.1.0"
-DEFAULT_CACHE = ROOT / "runs" / "image-cache"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+    "emoalign" / "image"
 # The wheelhouse: the lock, what `mlflow server` needs, and what `pip install --no-deps .`
 # builds with (pyproject.toml's build-system).
 REQUIREMENTS = [ROOT / "requirements.lock", ROOT / "infra" / "requirements-server.txt"]
@@ -386,7 +389,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="build the image (reusing wheelhouse and base)")
     p.add_argument("--cache", default=os.environ.get("EMOALIGN_IMAGE_CACHE", DEFAULT_CACHE),
-                   help="wheelhouse, build records (default: runs/image-cache, or "
+                   help="wheelhouse, build records (default: ~/.cache/emoalign/image, or "
                         "$EMOALIGN_IMAGE_CACHE)")
     p.add_argument("--tag", default=DEFAULT_TAG)
     p.add_argument("--dockerfile", default=DOCKERFILE)

@@ -4,12 +4,14 @@ an S3 endpoint (moto's standalone server standing in for MinIO or S3: buckets `m
 
     python infra/stack.py up   [--dir runs/stack] [--pg-port N] [--s3-port N] [--mlflow-port N]
     python infra/stack.py down [--dir runs/stack]
-    python infra/stack.py postgres stop|start [--dir runs/stack]   (fault drills)
+    python infra/stack.py postgres|s3 stop|start [--dir runs/stack]   (fault drills)
 
 `up` writes DIR/env.sh (what a client needs: MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL,
 AWS_*) and DIR/stack.json (ports, pids, paths). A port of 0 means any free port. Each stack
 starts empty: moto keeps its objects in memory, so a registry kept across stacks would point
-at artifacts that are gone. Every failure is one line naming the service and its log.
+at artifacts that are gone. For the same reason `s3 stop` saves every object to DIR/s3-saved
+before it stops moto, and `s3 start` puts them back, as MinIO or S3 would have kept them.
+Every failure is one line naming the service and its log.
 
 Only the Python standard library, except boto3 for creating the buckets (`make stack`
 installs requirements-e2e.txt first).
@@ -347,15 +349,54 @@ def start_s3(stack: Stack, env: dict) -> None:
                                "-p", str(stack.s3_port)], log, env)
     _wait_until(lambda: _http_ok(f"{stack.s3_endpoint}/moto-api/"), "the S3 server (moto)",
                 stack.pids["s3"], log, START_TIMEOUT_S["s3"])
+    s3 = _s3_client(stack)
+    for bucket in BUCKETS:
+        s3.create_bucket(Bucket=bucket)
+
+
+def _s3_client(stack: Stack):
     try:
         import boto3
     except ImportError:
         raise StackError("boto3 is not installed: install requirements-e2e.txt") from None
-    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=stack.region,
-                      aws_access_key_id=stack.access_key,
-                      aws_secret_access_key=stack.secret_key)
+    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=stack.region,
+                        aws_access_key_id=stack.access_key,
+                        aws_secret_access_key=stack.secret_key)
+
+
+def stop_s3(stack: Stack) -> int:
+    """Save every object to DIR/s3-saved (moto would lose them), then stop moto; the number
+    of objects saved."""
+    saved = Path(stack.dir) / "s3-saved"
+    shutil.rmtree(saved, ignore_errors=True)
+    s3, count = _s3_client(stack), 0
     for bucket in BUCKETS:
-        s3.create_bucket(Bucket=bucket)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                target = saved / bucket / item["Key"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, item["Key"], str(target))
+                count += 1
+    if _ours("s3", stack.pids.get("s3")):
+        _stop_group(stack.pids["s3"], "the S3 server (moto)")
+    stack.pids.pop("s3", None)
+    stack.save()
+    return count
+
+
+def restart_s3(stack: Stack) -> int:
+    """Start moto again on its port and put back what `stop_s3` saved; the objects restored."""
+    env = {**os.environ, **stack.client_env()}
+    env.pop("MLFLOW_TRACKING_URI")
+    start_s3(stack, env)
+    stack.save()
+    saved, s3, count = Path(stack.dir) / "s3-saved", _s3_client(stack), 0
+    for path in sorted(p for p in saved.rglob("*") if p.is_file()):
+        bucket, *key = path.relative_to(saved).parts
+        s3.upload_file(str(path), bucket, "/".join(key))
+        count += 1
+    shutil.rmtree(saved, ignore_errors=True)
+    return count
 
 
 def start_mlflow(stack: Stack, env: dict) -> None:
@@ -398,7 +439,8 @@ def up(folder: Path, ports: dict[str, str | None]) -> Stack:
     (folder / "logs").mkdir(exist_ok=True)
     binaries = pg_bin()
     _ensure_pg_user()
-    shutil.rmtree(folder / "postgres", ignore_errors=True)  # each stack starts empty
+    for leftover in ("postgres", "s3-saved"):  # each stack starts empty
+        shutil.rmtree(folder / leftover, ignore_errors=True)
     stack = Stack(dir=str(folder), pg_port=chosen["pg"], s3_port=chosen["s3"],
                   mlflow_port=chosen["mlflow"], pg_bin=str(binaries),
                   pg_home=str(_pg_home(folder)),
@@ -472,11 +514,25 @@ def down(folder: Path) -> bool:
 
 # ---- command line -------------------------------------------------------------------------
 
+def _service(folder: Path, service: str, action: str | None) -> str:
+    """Stop or start one service of a running stack (fault drills); what was done."""
+    stack = Stack.load(folder.resolve())
+    if stack is None or action is None:
+        raise StackError(f"no stack in {folder}" if stack is None
+                         else f"{service} needs stop or start")
+    if service == "postgres":
+        (stop_postgres if action == "stop" else start_postgres)(stack)
+        return f"PostgreSQL {action}{'ped' if action == 'stop' else 'ed'}"
+    if action == "stop":
+        return f"the S3 server stopped ({stop_s3(stack)} objects saved)"
+    return f"the S3 server started ({restart_s3(stack)} objects restored)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "postgres"])
+    parser.add_argument("command", choices=["up", "down", "postgres", "s3"])
     parser.add_argument("action", nargs="?", choices=["stop", "start"],
-                        help="with `postgres`: stop or start it alone")
+                        help="with `postgres` or `s3`: stop or start that service alone")
     parser.add_argument("--dir", default=os.environ.get("STACK_DIR") or DEFAULT_DIR)
     for name in PORTS:
         parser.add_argument(f"--{name}-port",
@@ -495,12 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped the stack in {folder}" if down(folder)
                   else f"no stack running from {folder}")
         else:
-            stack = Stack.load(folder.resolve())
-            if stack is None or args.action is None:
-                raise StackError(f"no stack in {folder}" if stack is None
-                                 else "postgres needs stop or start")
-            (stop_postgres if args.action == "stop" else start_postgres)(stack)
-            print("PostgreSQL stopped" if args.action == "stop" else "PostgreSQL started")
+            print(_service(folder, args.command, args.action))
     except StackError as e:
         print(f"stack: error: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import pandas as pd
 
 from components.config import Config
 from components.outputs import StepOutputs
-from components.registry.store import RegistryError
+from components.registry.store import RegistryError, store_outage
 from model.metrics import unweighted_accuracy
 
 
@@ -76,6 +76,12 @@ def model_input(frame: pd.DataFrame) -> pd.DataFrame:
                          "speaker": frame["speaker"].astype(str)})
 
 
+def _store_down() -> bool:
+    import mlflow
+
+    return store_outage(mlflow.get_tracking_uri()) is not None
+
+
 def infra_check(model_uri: str, data: pd.DataFrame, classes: list[str], n: int,
                 compare_probabilities: bool) -> dict:
     """Load the registered version through MLflow and score a few test utterances, as
@@ -87,6 +93,8 @@ def infra_check(model_uri: str, data: pd.DataFrame, classes: list[str], n: int,
         loaded = load(model_uri)
         out = loaded.predict(model_input(sample))
     except Exception as e:
+        if _store_down():
+            raise  # the store is down: no verdict on the model (registration says which)
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     probs = out[[f"p_{c}" for c in classes]].to_numpy()
     ok = bool(np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-4)
@@ -161,6 +169,8 @@ def challenge(champion_uri: str, champion_version: str, data: pd.DataFrame,
         champion["ci_low"], champion["ci_high"] = paired_bootstrap(
             labels, mine, theirs, len(classes), config.registry.bootstrap_samples, config.seed)
     except Exception as e:
+        if _store_down():
+            raise  # an outage must not promote the challenger by default
         champion["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         return champion, None
     return champion, challenger_ua

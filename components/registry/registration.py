@@ -13,7 +13,7 @@ from components.registry.gate import (challenge, decide, gate_data, gate_numbers
                                       infra_check, recorded_predictions)
 from components.registry.history import (CHALLENGER, CHAMPION, alias_version, gate_lock,
                                           move_alias)
-from components.registry.store import connect, scrub
+from components.registry.store import artifact_access, connect, scrub
 
 DESCRIPTION = ("IEMOCAP speech + text emotion recognition (emoalign). Aliases: champion = "
                "in service, challenger = newest candidate. history.* tags record every move.")
@@ -22,7 +22,7 @@ DESCRIPTION = ("IEMOCAP speech + text emotion recognition (emoalign). Aliases: c
 def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -> dict:
     """Log the pyfunc into the pipeline's MLflow run, register it as a new version (alias
     challenger), run the gate and move `champion` when it passes."""
-    client = connect()
+    client = connect(consequence="nothing was registered (the run is tracked)")
     name = config.registry.model_name
     tags = {k: v for k, v in client.get_run(run_id).data.tags.items()
             if not k.startswith("mlflow.")}
@@ -31,33 +31,26 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     data = gate_data(outputs)
     version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
     try:
-        move_alias(client, name, CHALLENGER, version, "candidate",
-                   f"pipeline run {tags.get('pipeline_run')}", actor="emoalign register")
-        challenger_ua = float(metrics["ua"])
-        infra = infra_check(f"models:/{name}/{version}", data, classes,
-                            config.registry.infra_check_utterances,
-                            compare_probabilities=config.protocol == "holdout")
+        with artifact_access(client, f"read back the files of version {version}",
+                             "nothing was registered"):
+            infra = infra_check(f"models:/{name}/{version}", data, classes,
+                                config.registry.infra_check_utterances,
+                                compare_probabilities=config.protocol == "holdout")
         with gate_lock(client, name):
             champion_version = alias_version(client, name, CHAMPION)
-            champion = None
+            champion, challenger_ua = None, float(metrics["ua"])
             if champion_version is not None:
-                recorded = recorded_predictions(
-                    client, client.get_model_version(name, champion_version).run_id, classes
-                ) if config.protocol == "loso" else None
-                champion, same_utterances_ua = challenge(
-                    f"models:/{name}/{champion_version}", champion_version, data, classes,
-                    config, recorded)
+                with artifact_access(client, f"score champion version {champion_version}",
+                                     "nothing was registered"):
+                    champion, same_utterances_ua = _challenge(client, name, champion_version,
+                                                              data, classes, config)
                 challenger_ua = same_utterances_ua or challenger_ua
             promoted, reason = decide(config, challenger_ua, infra, champion)
             numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)
             _record_decision(client, name, version, promoted, reason, numbers, infra, tags)
             champion_now = alias_version(client, name, CHAMPION)
     except BaseException:
-        # Never leave a version that looks usable but was never judged.
-        try:
-            client.set_model_version_tag(name, version, "gate.decision", "incomplete")
-        except Exception:
-            pass
+        _withdraw(client, name, version)
         raise
     result = {"model_name": name, "model_version": str(version), "promoted": promoted,
               "reason": reason, "champion_version": champion_now, "mlflow_run_id": run_id,
@@ -82,7 +75,8 @@ def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], da
         .sort_values(["size", "utt_id"]).iloc[0]
     example = wav_example(shortest["wav_path"], shortest["transcript"], shortest["speaker"])
     mlflow.set_tracking_uri(client.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with artifact_access(client, "store the model's files", "nothing was registered"), \
+            mlflow.start_run(run_id=run_id):
         info = log_model(outputs.trained.bundles(), classes, example)
     try:
         client.create_registered_model(name, description=DESCRIPTION)
@@ -92,9 +86,36 @@ def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], da
     return mlflow.register_model(info.model_uri, name, tags=tags).version, swept
 
 
+def _challenge(client, name: str, champion_version: str, data, classes: list[str],
+               config: Config):
+    """The champion scored on the challenger's utterances (under loso from its own recorded
+    out-of-fold predictions where they cover them)."""
+    recorded = recorded_predictions(
+        client, client.get_model_version(name, champion_version).run_id, classes
+    ) if config.protocol == "loso" else None
+    return challenge(f"models:/{name}/{champion_version}", champion_version, data, classes,
+                     config, recorded)
+
+
+def _withdraw(client, name: str, version: str) -> None:
+    """A version whose registration failed before the gate decided is deleted, so none is
+    left half-registered (its run keeps the logged model). If the registry cannot even do
+    that, the version is marked incomplete, and the next register step sweeps it."""
+    try:
+        client.delete_model_version(name, version)
+        return
+    except Exception:
+        pass
+    try:
+        client.set_model_version_tag(name, version, "gate.decision", "incomplete")
+    except Exception:
+        pass
+
+
 def _record_decision(client, name: str, version: str, promoted: bool, reason: str,
                      numbers: dict, infra: dict, tags: dict) -> None:
-    """The decision as tags and description on the version; champion moves if it passed."""
+    """The decision as tags and description on the version; it becomes the challenger, and
+    the champion when it passed."""
     decision_tags = {"gate.decision": "promoted" if promoted else "rejected",
                      "gate.reason": reason, "gate.numbers": json.dumps(numbers),
                      "gate.infra_check": json.dumps(infra)}
@@ -104,6 +125,8 @@ def _record_decision(client, name: str, version: str, promoted: bool, reason: st
         f"{'Promoted to champion' if promoted else 'Not promoted'}: {reason}. "
         f"Pipeline run {tags.get('pipeline_run')}, data {tags.get('data_hash')}, "
         f"code {tags.get('git_sha')}."))
+    move_alias(client, name, CHALLENGER, version, "candidate",
+               f"pipeline run {tags.get('pipeline_run')}", actor="emoalign register")
     if promoted:
         move_alias(client, name, CHAMPION, version, "auto", reason, numbers,
                    actor="emoalign gate")

@@ -74,7 +74,8 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RegistryError(f"cannot create the MLflow store folder {path.parent}: "
-                                f"{e.strerror}") from None
+                                f"{e.strerror} (set MLFLOW_TRACKING_URI to a store you can "
+                                "write)") from None
     try:
         with _store_creation_lock(uri):
             # Both stores create and migrate their tables when first opened.
@@ -107,20 +108,63 @@ def _limit_http_retries() -> None:
 def _probe_backend_store(uri: str, timeout_s: float, consequence: str) -> None:
     """One request that reaches the server's database, without retries: a server whose
     /health answers while its backend store (PostgreSQL) is down is named as such."""
+    problem = _backend_store_problem(uri, timeout_s)
+    if problem:
+        raise RegistryError(f"MLflow tracking server {redact(uri)} {problem}; {consequence}")
+
+
+def _backend_store_problem(uri: str, timeout_s: float = 10.0) -> str | None:
+    return _problem(uri, "/api/2.0/mlflow/experiments/search", "POST", timeout_s,
+                    "backend store", "on a search", "is its database up?",
+                    json={"max_results": 1})
+
+
+def _artifact_store_problem(uri: str, timeout_s: float = 10.0) -> str | None:
+    """The artifact store a tracking server proxies (S3 behind --artifacts-destination)."""
+    return _problem(uri, "/api/2.0/mlflow-artifacts/artifacts", "GET", timeout_s,
+                    "artifact store", "listing it", "is its S3 endpoint up?",
+                    params={"path": ""})
+
+
+def _problem(uri: str, endpoint: str, method: str, timeout_s: float, store: str, doing: str,
+             hint: str, **request) -> str | None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search",
-                                "POST", max_retries=0, timeout=timeout_s,
-                                raise_on_status=False, json={"max_results": 1})
+        response = http_request(get_default_host_creds(uri), endpoint, method, max_retries=0,
+                                timeout=timeout_s, raise_on_status=False, **request)
     except Exception as e:
-        raise RegistryError(f"MLflow tracking server {redact(uri)} does not answer "
-                            f"({type(e).__name__}); {consequence}") from None
+        return f"does not answer ({type(e).__name__})"
     if response.status_code >= 500:
-        raise RegistryError(f"MLflow tracking server {redact(uri)} answers, but its backend "
-                            f"store fails (HTTP {response.status_code} on a search; is its "
-                            f"database up?); {consequence}")
+        return (f"answers, but its {store} fails (HTTP {response.status_code} {doing}; "
+                f"{hint})")
+    return None
+
+
+def store_outage(uri: str) -> str | None:
+    """Why a tracking server cannot serve or store files right now (its artifact store or
+    its database is down), or None: an outage, not something wrong with a model."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    problem = _artifact_store_problem(uri) or _backend_store_problem(uri)
+    return f"MLflow tracking server {redact(uri)} {problem}" if problem else None
+
+
+@contextmanager
+def artifact_access(client, what: str, consequence: str):
+    """Reading or writing the store's files (`what`): when the server's artifact store (S3)
+    or database is down, one RegistryError saying which, instead of MLflow's multi-line
+    retry report. Any other failure is raised as it is."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception:
+        outage = store_outage(client.tracking_uri)
+        if outage is None:
+            raise
+        raise RegistryError(f"could not {what}: {outage}; {consequence}") from None
 
 
 @contextmanager

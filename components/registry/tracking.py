@@ -11,8 +11,8 @@ from pathlib import Path
 from components.config import Config
 from components.lineage import DEFAULT_DATA, DVC_POINTER, Lineage, file_sha256
 from components.outputs import Evaluation, StepOutputs, Tracked
-from components.registry.store import (connect, ensure_experiment, redact, scrub,
-                                       scrubbed_copy, secret_values)
+from components.registry.store import (artifact_access, connect, ensure_experiment, redact,
+                                       scrub, scrubbed_copy, secret_values)
 
 # Where in the run's artifacts `audit` finds what the run was made from and scored.
 CONFIG_ARTIFACT = "run/config.resolved.yaml"
@@ -69,7 +69,9 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
         series = _metric_series(outputs, int(time.time() * 1000))
         for start in range(0, len(series), LOG_BATCH):
             client.log_batch(run_id, metrics=series[start:start + LOG_BATCH])
-        with tempfile.TemporaryDirectory() as scratch:
+        with tempfile.TemporaryDirectory() as scratch, artifact_access(
+                client, "store the run's files", "the run is marked failed; nothing was "
+                "registered"):
             _log_artifacts(_artifact_groups(outputs, config, lineage, Path(scratch)),
                            outputs.model_dir, Path(scratch))
         _log_dataset(outputs, lineage)
