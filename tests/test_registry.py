@@ -481,3 +481,29 @@ def test_processes_opening_a_new_store_at_once_take_turns(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert all(out.strip() == "ok" for out, _ in outs)
+
+
+def test_a_store_outage_is_named_and_anything_else_is_raised_as_it_is(tmp_path):
+    """artifact_access: a tracking server that does not answer is an outage, reported in one
+    line with what could not be done; a failure beside a healthy (SQLite) store is not, and
+    keeps its own exception."""
+    from components.registry.store import artifact_access, store_outage
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens
+    client = MlflowClient(tracking_uri=dead)
+    assert store_outage(dead).startswith(f"MLflow tracking server {dead} does not answer")
+    with pytest.raises(registry.RegistryError) as failed:
+        with artifact_access(client, "store the model's files", "nothing was registered"):
+            raise OSError("upload failed\nwith a long retry report")
+    message = str(failed.value)
+    assert message.startswith(f"could not store the model's files: MLflow tracking server "
+                              f"{dead} does not answer (")
+    assert message.endswith("; nothing was registered") and "\n" not in message
+
+    local = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert store_outage(local.tracking_uri) is None
+    with pytest.raises(OSError, match="upload failed"):
+        with artifact_access(local, "store the model's files", "nothing was registered"):
+            raise OSError("upload failed")
