@@ -142,6 +142,40 @@ def paired(results: list[dict], a: str, b: str) -> str:
             f"{len(d)}  p {p:.3f}")
 
 
+def prosody_ceiling(folder: Path, folds: list[str], seeds: list[int]) -> str | None:
+    """What the voice alone can tell at best on a TTS corpus: a classifier given the
+    generator's own prosody values (rate, pitch, range, amplitude; the speaker's base F0 and
+    rate) instead of audio, on the same folds. A context for the speech scores, not a
+    model: no audio model can hear these values more exactly than they were set."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    truth = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
+                       .read_text())
+    if not all("prosody" in u for u in truth["utterances"].values()):
+        return None
+    kept = pd.read_parquet(folder / "validated" / "manifest.parquet").dropna(subset=["label"])
+
+    def values(row) -> list[float]:
+        p, speaker = truth["utterances"][row.utt_id]["prosody"], truth["speakers"][row.speaker]
+        return [p["rate"], p["pitch"], p["range"], p["amplitude"], speaker["f0"],
+                speaker["rate"]]
+
+    x = np.array([values(r) for r in kept.itertuples()])
+    y, cues = kept["label"].to_numpy(), np.array([truth["utterances"][u]["cue"]
+                                                  for u in kept["utt_id"]])
+    uas, by_cue = [], {c: [] for c in CUES}
+    for fold, seed in itertools.product(folds, seeds):
+        test = (kept["session"] == int(fold.removeprefix("session"))).to_numpy()
+        model = GradientBoostingClassifier(random_state=seed).fit(x[~test], y[~test])
+        right = model.predict(x[test]) == y[test]
+        uas.append(np.mean([right[y[test] == c].mean() for c in np.unique(y[test])]))
+        for c in CUES:
+            by_cue[c].append(right[cues[test] == c].mean() if (cues[test] == c).any() else 0)
+    return (f"{'prosody ceiling':<16}{np.mean(uas):.3f} ± {np.std(uas):.3f}  {'':>13}   "
+            + "  ".join(f"{np.mean(by_cue[c]):7.3f}" for c in CUES)
+            + "   (the generator's prosody values, not audio: the best the voice can tell)")
+
+
 def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> None:
     truth = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
                        .read_text())["utterances"]
@@ -156,6 +190,10 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
                            f"{'-':>7}" for c in CUES)
         print(f"{who:<16}{ua.mean():.3f} ± {ua.std():.3f}  {wa.mean():.3f} ± {wa.std():.3f}"
               f"   {by_cue}   (n={len(mine)})")
+    ceiling = prosody_ceiling(folder, sorted({r["fold"] for r in results}),
+                              sorted({r["seed"] for r in results}))
+    if ceiling:
+        print(ceiling)
     ablations = [r["ablation"] for r in results if r["who"] == "align" and r["ablation"]]
     if ablations:
         print("align ablation (mean UA): " + ", ".join(
