@@ -198,6 +198,22 @@ class Normalizer:
         var = np.maximum(total_sq / count - mean * mean, floor)
         return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
+    def with_speakers_from(self, frames: list[np.ndarray], speakers: list[str | None],
+                           min_frames: int) -> "Normalizer":
+        """Per-speaker normalisation for speakers it has not seen: each one's statistics from
+        `frames` (a request's utterances), when they hold at least `min_frames` frames of it.
+        Global normalisation (no `speakers`) is left as it is."""
+        if not self.speakers:
+            return self
+        new = {}
+        for speaker in {s for s in speakers if s and s not in self.speakers}:
+            mine = [f.astype(np.float64) for f, s in zip(frames, speakers) if s == speaker]
+            count = sum(len(f) for f in mine)
+            if count >= min_frames:
+                new[speaker] = self.from_moments(sum(f.sum(0) for f in mine),
+                                                 sum((f * f).sum(0) for f in mine), count)
+        return Normalizer(self.mean, self.std, {**self.speakers, **new}) if new else self
+
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(),
                 "speakers": {k: [m.tolist(), s.tolist()] for k, (m, s) in

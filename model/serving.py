@@ -7,7 +7,7 @@ leave-one-session-out there are five; their probabilities are averaged, a plain 
 """
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,11 @@ from model.data import Example, batch_indices, collate
 from model.features import Extractor, FeatureSpec, Normalizer
 from model.network import ModelSpec, build_model, log_probs
 from model.vocab import Vocabulary
+
+
+# Frames of a new speaker's own speech (10 ms each) before serving normalises that speaker
+# with its own statistics, as training did: 30 s.
+ENROL_MIN_FRAMES = 3000
 
 
 class InputError(ValueError):
@@ -100,12 +105,18 @@ class Predictor:
 
     def predict_proba(self, wavs: list, transcripts: list[str],
                       speakers: list[str | None] | None = None) -> np.ndarray:
-        """(N, C) class probabilities, averaged over the folds."""
+        """(N, C) class probabilities, averaged over the folds. Under per-speaker
+        normalisation a speaker the model has not seen is normalised with the statistics of
+        its own utterances in this request when they are long enough (ENROL_MIN_FRAMES),
+        otherwise with the global ones."""
         raw = [self.frames(w) for w in wavs]
         speakers = speakers or [None] * len(raw)
         total = np.zeros((len(raw), len(self.classes)))
         for fold in self.folds:
-            examples = [fold.inputs.example(str(i), f, t, s)
+            normalizer = fold.inputs.normalizer.with_speakers_from(raw, speakers,
+                                                                   ENROL_MIN_FRAMES)
+            inputs = replace(fold.inputs, normalizer=normalizer)
+            examples = [inputs.example(str(i), f, t, s)
                         for i, (f, t, s) in enumerate(zip(raw, transcripts, speakers))]
             total += np.exp(predict_log_probs(fold.model, examples, self.device))
         return total / len(self.folds)

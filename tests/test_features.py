@@ -275,3 +275,27 @@ def test_a_prosody_store_serves_the_same_values(manifest, wavs, tmp_path):
     # The sample corpus' voices are voiced most of the time they speak.
     voicing = np.concatenate([store.get(u)[:, 20] for u in store.index["utt_id"].iloc[:20]])
     assert 0.2 < (voicing > 0).mean() < 0.95
+
+
+def test_serving_normalises_a_new_speaker_with_its_own_statistics_once_it_has_enough():
+    from model.features import Normalizer
+
+    rng = np.random.default_rng(0)
+    known = Normalizer(np.zeros(3, np.float32), np.ones(3, np.float32),
+                       {"Ses01F": (np.full(3, 5, np.float32), np.full(3, 2, np.float32))})
+    new = [rng.normal(10, 3, (400, 3)).astype(np.float32) for _ in range(3)]
+    frames = [*new, rng.normal(0, 1, (50, 3)).astype(np.float32)]
+    speakers = ["guest", "guest", "guest", "Ses01F"]
+    enrolled = known.with_speakers_from(frames, speakers, min_frames=1000)
+    pooled = np.concatenate(new).astype(np.float64)
+    mean, std = enrolled.speakers["guest"]
+    np.testing.assert_allclose(mean, pooled.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, pooled.std(0), rtol=1e-4)
+    normalised = np.concatenate([enrolled.apply(f, "guest") for f in new])
+    np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-4)
+    # A speaker the model knows keeps its own statistics; too little speech, or global
+    # normalisation, changes nothing.
+    np.testing.assert_array_equal(enrolled.speakers["Ses01F"][0], np.full(3, 5))
+    assert known.with_speakers_from(frames, speakers, min_frames=1201) is known
+    plain = Normalizer(np.zeros(3, np.float32), np.ones(3, np.float32))
+    assert plain.with_speakers_from(frames, speakers, min_frames=1) is plain
