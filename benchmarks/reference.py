@@ -44,7 +44,8 @@ EPOCHS, BATCH, LR, HIDDEN, EMBED, DROPOUT = 25, 32, 1e-3, 64, 100, 0.3
 
 
 def reference_store_config(**storage) -> FeaturesConfig:
-    return FeaturesConfig(n_mfcc=40, n_mels=40, deltas=False, delta_deltas=False, **storage)
+    return FeaturesConfig(n_mfcc=40, n_mels=40, deltas=False, delta_deltas=False, pitch=False,
+                          energy=False, normalization="global", **storage)
 
 
 class LSTM(nn.Module):

@@ -130,10 +130,16 @@ class FeaturesConfig(FeatureSpec):
     """The MFCC settings (model/spec.py's FeatureSpec, whose fields come first here) and how
     the feature store keeps the frames."""
 
+    # The pipeline's defaults for prosody (FeatureSpec's stay off: they are what a model
+    # bundle saved before these settings existed was trained with). Pitch and energy, each
+    # speaker normalised with their own statistics, were chosen on the generated and the
+    # espeak-ng corpus at three seeds (benchmarks/RESULTS.md, "Choosing the speech features").
+    pitch: bool = True
+    energy: bool = True
     dtype: str = "float16"
-    # global: one mean/std from the training sessions; speaker: each speaker's own
-    # statistics (from their audio only); none.
-    normalization: str = "global"
+    # speaker: each speaker's own statistics (from their audio only; serving enrols a new
+    # speaker from its own utterances); global: one mean/std from the training sessions; none.
+    normalization: str = "speaker"
     # The cache key covers each wav's size and mtime; true hashes the bytes instead.
     content_hash: bool = False
     workers: int = 0  # extraction processes; 0 = one per core

@@ -26,7 +26,9 @@ def manifest(small_corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def store(manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("features") / "store"
-    features.run(manifest, out, FeaturesConfig(workers=1, dtype="float32"))
+    # MFCCs alone, to compare with torchaudio directly (pitch and energy: their own tests).
+    features.run(manifest, out, FeaturesConfig(workers=1, dtype="float32", pitch=False,
+                                               energy=False))
     return outputs.FeatureStore(out, verify=True)
 
 
@@ -199,7 +201,8 @@ def test_cli_features_reuses(manifest, tmp_path):
     second = emoalign("features", "--manifest", manifest, "--out", tmp_path / "s")
     assert "reused the feature store" in second.stdout
     meta = json.loads((tmp_path / "s" / "store.json").read_text())
-    assert meta["dtype"] == "float16" and meta["dim"] == 39
+    # 13 MFCCs, voicing, log-F0 and log energy, each with deltas and delta-deltas.
+    assert meta["dtype"] == "float16" and meta["dim"] == (13 + 3) * 3
 
 
 # ---- prosody: voicing, log-F0, log energy -----------------------------------------------
