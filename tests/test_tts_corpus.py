@@ -287,6 +287,8 @@ def test_alignment_fusion_uses_the_voice_and_the_words_of_synthesized_speech(tmp
         cue = table["utt_id"].map(cues).to_numpy()
         by_cue[kind] = {c: float(right[cue == c].mean()) for c in ("voice", "text")}
     print("UA:", ua, "accuracy by cue:", by_cue)
+    # Measured here: UA align 0.685, speech 0.480, text 0.564; voice-only utterances align
+    # 0.538, text 0.154 (26 of them); words-only utterances align 0.640, speech 0.160 (25).
     assert by_cue["align"]["voice"] >= by_cue["text"]["voice"] + 0.25
     assert by_cue["align"]["text"] >= by_cue["speech"]["text"] + 0.25
     assert ua["align"] >= ua["speech"] + 0.08
