@@ -131,9 +131,10 @@ def load(model_uri: str):
 
 # ---- emoalign predict --------------------------------------------------------------------
 
-def read_requests(batch: str | None, wav: str | None, text: str | None) -> pd.DataFrame:
+def read_requests(batch: str | None, wav: str | None, text: str | None,
+                  speaker: str | None = None) -> pd.DataFrame:
     """The requests to score: a CSV of wav, transcript (and speaker) whose relative wav
-    paths are read from the CSV's folder, or one wav with its transcript."""
+    paths are read from the CSV's folder, or one wav with its transcript (and speaker)."""
     if batch:
         path = Path(batch)
         if not path.is_file():
@@ -154,7 +155,8 @@ def read_requests(batch: str | None, wav: str | None, text: str | None) -> pd.Da
         raise UserError("give --wav and --text, or --batch CSV")
     if not Path(wav).is_file():
         raise UserError(f"wav file not found: {wav}")
-    return pd.DataFrame({"wav": [str(Path(wav).resolve())], "transcript": [text]})
+    request = pd.DataFrame({"wav": [str(Path(wav).resolve())], "transcript": [text]})
+    return request.assign(speaker=[speaker]) if speaker else request
 
 
 def predict_registered(uri: str, requests: pd.DataFrame):

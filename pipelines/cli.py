@@ -193,7 +193,7 @@ def cmd_register(args) -> int:
 def cmd_predict(args) -> int:
     from components import pyfunc
 
-    requests = pyfunc.read_requests(args.batch, args.wav, args.text)
+    requests = pyfunc.read_requests(args.batch, args.wav, args.text, args.speaker)
     version, table = pyfunc.predict_registered(args.model, requests)
     if args.out:
         table.to_csv(args.out, index=False)
@@ -405,6 +405,8 @@ def _add_registry_commands(sub) -> None:
                    help="models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
     p.add_argument("--wav", help="a 16 kHz mono WAV file")
     p.add_argument("--text", help="its transcript")
+    p.add_argument("--speaker", help="who speaks (the model normalises each speaker it "
+                                     "knows with that speaker's own statistics)")
     p.add_argument("--batch", help="CSV with columns wav, transcript (and optionally speaker)")
     p.add_argument("--out", help="also write the predictions as CSV")
     p.set_defaults(func=cmd_predict)
