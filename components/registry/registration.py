@@ -30,6 +30,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     classes = metrics["classes"]
     data = gate_data(outputs)
     version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
+    decided = False
     try:
         with artifact_access(client, f"read back the files of version {version}",
                              "nothing was registered"):
@@ -48,9 +49,11 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
             promoted, reason = decide(config, challenger_ua, infra, champion)
             numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)
             _record_decision(client, name, version, promoted, reason, numbers, infra, tags)
+            decided = True
             champion_now = alias_version(client, name, CHAMPION)
     except BaseException:
-        _withdraw(client, name, version)
+        if not decided:  # a judged version (perhaps the champion now) is never taken back
+            _withdraw(client, name, version)
         raise
     result = {"model_name": name, "model_version": str(version), "promoted": promoted,
               "reason": reason, "champion_version": champion_now, "mlflow_run_id": run_id,
