@@ -35,6 +35,11 @@ UID = 10001
 SENTINEL = f"e2e-image-secret-{secrets.token_hex(12)}"
 # Where the mounts sit in the container.
 CORPUS, OUT = "/corpus", "/out"
+# containers/storage re-executes buildah from a sealed memfd copy of itself; under load the
+# kernel can refuse the seal (EBUSY while the copy's pages are still pinned) and the command
+# fails before anything runs in the container. Nothing ran, so running it again is safe.
+REEXEC_RACE = "sealing memfd copy"
+ATTEMPTS = 3
 
 
 def _free_gb() -> float:
@@ -44,9 +49,16 @@ def _free_gb() -> float:
     return min(shutil.disk_usage(place).free, shutil.disk_usage(ROOT).free) / 1e9
 
 
+def _run_buildah(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    for _ in range(ATTEMPTS):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0 or REEXEC_RACE not in done.stderr:
+            break
+    return done
+
+
 def _buildah(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
-    done = subprocess.run(["buildah", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    done = _run_buildah(["buildah", *map(str, args)], timeout)
     if check:
         assert done.returncode == 0, f"buildah {' '.join(map(str, args))}: {done.stderr}"
     return done
@@ -161,8 +173,7 @@ def inside(image, corpus, out):
                 "-v", f"{corpus}:{CORPUS}:ro", "-v", f"{out}:{OUT}"]
         for key, value in (env or {}).items():
             args += ["-e", f"{key}={value}"]
-        return subprocess.run([*args, container, "--", *map(str, cmd)], capture_output=True,
-                              text=True, timeout=timeout)
+        return _run_buildah([*args, container, "--", *map(str, cmd)], timeout)
 
     yield run
     _buildah("rm", container, check=False)

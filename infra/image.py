@@ -27,6 +27,7 @@ It prints, and appends to CACHE/builds.jsonl, the time of each part and the imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -61,6 +62,11 @@ BASE_EXCLUDE = ["./dev/*"]
 MIN_FREE_GB = 25
 STORAGE = Path("/var/lib/containers")  # buildah's store, as root
 TOOLS_MISSING = 3  # exit status: buildah (or debootstrap) cannot be installed
+# containers/storage re-executes buildah from a sealed memfd copy of itself; under load the
+# kernel can refuse the seal (EBUSY while pages are still pinned) and buildah exits before
+# doing anything, so building again is safe.
+REEXEC_RACE = "sealing memfd copy"
+BUILDAH_ATTEMPTS = 2
 
 
 class ImageError(RuntimeError):
@@ -77,8 +83,11 @@ def log(message: str) -> None:
 
 def run(*args, check=True, capture=False, timeout=None, **kwargs) -> subprocess.CompletedProcess:
     args = [str(a) for a in args]
-    done = subprocess.run(args, text=True, timeout=timeout,
-                          capture_output=capture, **kwargs)
+    for _ in range(BUILDAH_ATTEMPTS):
+        done = subprocess.run(args, text=True, timeout=timeout,
+                              capture_output=capture, **kwargs)
+        if done.returncode == 0 or REEXEC_RACE not in (done.stderr or ""):
+            break
     if check and done.returncode != 0:
         detail = (done.stderr or "").strip()[-2000:] if capture else ""
         raise ImageError(f"{shlex.join(args[:6])}{' ...' if len(args) > 6 else ''} "
@@ -127,6 +136,20 @@ def ensure_tools(*names: str) -> None:
 
 
 # ---- buildah store ------------------------------------------------------------------------
+
+def run_bud(command: list[str], log_path: str | None) -> tuple[int, bool]:
+    """Run `buildah bud`, its output to `log_path` or else the terminal; return its exit
+    status and whether it failed on the re-exec race (REEXEC_RACE)."""
+    raced = False
+    with (open(log_path, "w") if log_path else contextlib.nullcontext(sys.stdout)) as sink:
+        with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as bud:
+            for line in bud.stdout:
+                sink.write(line)
+                raced = raced or REEXEC_RACE in line
+        sink.flush()
+    return bud.returncode, raced
+
 
 def image_id(name: str) -> str | None:
     done = run("buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", name,
@@ -346,15 +369,15 @@ def build(args) -> dict:
     log(f"building {args.tag} from {from_image or base_record['name']} "
         f"(commit {sha[:12]}{', dirty' if dirty else ''}) ...")
     build_started = time.monotonic()
-    # buildah's output goes to --log, else to the terminal.
     command = [*map(str, bud), str(ROOT)]
-    if args.log:
-        with open(args.log, "w") as sink:
-            done = subprocess.run(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    else:
-        done = subprocess.run(command, cwd=ROOT)
-    if done.returncode != 0:
-        raise ImageError(f"buildah bud failed ({done.returncode})"
+    for attempt in range(1, BUILDAH_ATTEMPTS + 1):
+        returncode, raced = run_bud(command, args.log)
+        if returncode == 0 or not raced or attempt == BUILDAH_ATTEMPTS:
+            break
+        log(f"buildah could not re-execute itself ({REEXEC_RACE}: a kernel race under "
+            "load, nothing was built); building again")
+    if returncode != 0:
+        raise ImageError(f"buildah bud failed ({returncode})"
                          + (f"; see {args.log}" if args.log else ""))
     build_seconds = time.monotonic() - build_started
     new = image_id(args.tag)
