@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
+from torch.nn.utils.rnn import pad_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,6 +38,7 @@ from components.config import FeaturesConfig, load_config  # noqa: E402
 from components.outputs import FeatureStore  # noqa: E402
 from components.train import make_folds  # noqa: E402
 from model.metrics import unweighted_accuracy  # noqa: E402
+from model.network import BiLSTM  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
 
 EPOCHS, BATCH, LR, HIDDEN, EMBED, DROPOUT = 25, 32, 1e-3, 64, 100, 0.3
@@ -48,15 +49,12 @@ def reference_store_config(**storage) -> FeaturesConfig:
                           energy=False, normalization="global", **storage)
 
 
-class LSTM(nn.Module):
-    def __init__(self, inputs: int):
-        super().__init__()
-        self.lstm = nn.LSTM(inputs, HIDDEN, batch_first=True, bidirectional=True)
+class LSTM(BiLSTM):
+    """BiLSTM-64 with a packed run's outputs (model.network.BiLSTM computes them without
+    packing, which costs 10x or more on CPU over 650-frame utterances)."""
 
-    def forward(self, x, lengths):
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        return pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
-                                   total_length=x.shape[1])[0]  # (B, L, 2H)
+    def __init__(self, inputs: int):
+        super().__init__(inputs, HIDDEN)
 
 
 def mask_of(lengths, size):

@@ -8,7 +8,7 @@ import torchaudio
 from model.data import Example, batch_indices, collate
 from model.features import deltas
 from model.metrics import attention_in_own_word, scores
-from model.network import (KINDS, ModelSpec, build_model, log_probs, loss_fn,
+from model.network import (KINDS, BiLSTM, ModelSpec, build_model, log_probs, loss_fn,
                            off_diagonal_attention)
 from model.vocab import Vocabulary, load_word_vectors
 
@@ -57,6 +57,36 @@ def test_padding_never_changes_an_utterance_score(kind):
             single = log_probs(model(alone.frames, alone.frame_lengths, alone.words,
                                      alone.word_lengths))
             torch.testing.assert_close(single[0], batched[i], atol=1e-5, rtol=1e-5)
+
+
+def test_bilstm_equals_a_packed_bidirectional_lstm_and_loads_its_weights():
+    """The split BiLSTM gives a packed nn.LSTM(bidirectional=True)'s outputs and gradients,
+    starts from the same weights for a seed, and loads a state dict saved from one."""
+    lengths = torch.tensor([7, 3, 1, 5])
+    x = torch.randn(4, 7, 6, requires_grad=True)
+    torch.manual_seed(3)
+    packed_lstm = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    torch.manual_seed(3)
+    ours = BiLSTM(6, 5)
+    torch.testing.assert_close(ours.backward_lstm.weight_hh_l0, packed_lstm.weight_hh_l0_reverse)
+
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                     enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_lstm(packed)[0],
+                                                         batch_first=True, total_length=7)
+    expected_grad, = torch.autograd.grad(expected.square().sum(), x)
+    out = ours(x, lengths)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad(out.square().sum(), x)[0], expected_grad)
+
+    torch.manual_seed(4)
+    saved = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    holder = torch.nn.Module()
+    holder.lstm = saved
+    loaded = BiLSTM(6, 5)
+    loaded.load_state_dict(holder.state_dict())  # strict: every key renamed, none left
+    torch.testing.assert_close(loaded.backward_lstm.bias_ih_l0, saved.bias_ih_l0_reverse)
+    torch.testing.assert_close(loaded.forward_lstm.weight_ih_l0, saved.weight_ih_l0)
 
 
 @pytest.mark.parametrize("attention", ["additive", "dot"])
