@@ -203,10 +203,10 @@ FUSION_SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32",
 def test_alignment_fusion_beats_each_modality_alone(tmp_path):
     """On a generated corpus where a share of utterances carries emotion only in the voice
     and a share only in the words, the alignment model beats speech-only and text-only by
-    a wide margin and uses both modalities (ablations). One seed here; with these settings
-    UA align / speech / text was 0.864 / 0.738 / 0.639, 0.866 / 0.740 / 0.584 and
-    0.877 / 0.726 / 0.659 at seeds 0, 1 and 2 (README). Guided attention then makes words
-    attend to their own speech without losing the margin."""
+    a margin and uses both modalities (ablations). One seed here; at three seeds the same
+    settings give align - speech +0.101 ± 0.031 and align - text +0.289 ± 0.023
+    (benchmarks/RESULTS.md, the references run). Guided attention then makes words attend
+    to their own speech without losing the margin."""
     corpus = tmp_path / "IEMOCAP_full_release"
     sample_corpus.generate(corpus, 2000, seed=3, workers=2)
     cfg = load_config(None, FUSION_SETTINGS)
@@ -224,9 +224,11 @@ def test_alignment_fusion_beats_each_modality_alone(tmp_path):
             ablation = metrics["ablation"]
             free_lift = metrics["attention_alignment"]["lift"]
     print("UA by kind:", ua, "ablation:", ablation)
-    # Measured on this machine: align 0.864, speech 0.738, text 0.639; without speech
-    # 0.575, without text 0.745. The bounds leave room for other CPUs' arithmetic.
-    assert ua["align"] >= ua["speech"] + 0.06
+    # Measured on this machine: align 0.907, speech 0.835, text 0.639; without speech
+    # 0.632, without text 0.817. Since speech hears pitch and energy per speaker, speech-only
+    # is close behind (0.07 here, 0.10 ± 0.03 over seeds): the bound sits two spreads under
+    # that, and the bounds leave room for other CPUs' arithmetic.
+    assert ua["align"] >= ua["speech"] + 0.03
     assert ua["align"] >= ua["text"] + 0.12
     assert min(ua.values()) >= 0.5  # chance is 0.25
     assert ablation["ua_without_speech"] <= ua["align"] - 0.15
@@ -238,9 +240,9 @@ def test_alignment_fusion_beats_each_modality_alone(tmp_path):
                           tmp_path / "eval_guided", guided_cfg)
     lift = {"free": free_lift, "guided": guided["attention_alignment"]["lift"]}
     print("UA guided:", guided["ua"], "attention lift:", lift)
-    # Measured: lift 1.17 free, 3.53 guided; UA 0.850 guided.
+    # Measured: lift 1.16 free, 3.24 guided; UA 0.911 guided.
     assert lift["guided"] >= lift["free"] + 1.0
-    assert guided["ua"] >= ua["speech"] + 0.06
+    assert guided["ua"] >= ua["speech"] + 0.03
 
 
 def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(prepared, tmp_path,
