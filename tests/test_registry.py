@@ -513,3 +513,37 @@ def test_a_store_outage_is_named_and_anything_else_is_raised_as_it_is(tmp_path):
     with pytest.raises(OSError, match="upload failed"):
         with artifact_access(local, "store the model's files", "nothing was registered"):
             raise OSError("upload failed")
+
+
+def test_a_server_too_slow_on_its_artifact_store_is_named_as_answering():
+    """A tracking server whose /health answers but whose artifact listing outlasts the probe
+    (it is retrying a dead S3 endpoint) is named as answering, with its artifact store at
+    fault; one that answers nothing at all does not answer."""
+    import http.server
+    import threading
+    import time
+
+    from components.registry.store import _artifact_store_problem
+
+    class SlowOnArtifacts(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/api/2.0/mlflow-artifacts/"):
+                time.sleep(3)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowOnArtifacts)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        problem = _artifact_store_problem(uri, timeout_s=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert problem == ("answers, but its artifact store fails (no answer in 1 s listing it; "
+                       "is its S3 endpoint up?)")
+    assert _artifact_store_problem(uri, timeout_s=1).startswith("does not answer (")

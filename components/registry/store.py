@@ -131,15 +131,29 @@ def _problem(uri: str, endpoint: str, method: str, timeout_s: float, store: str,
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
+    creds = get_default_host_creds(uri)
     try:
-        response = http_request(get_default_host_creds(uri), endpoint, method, max_retries=0,
-                                timeout=timeout_s, raise_on_status=False, **request)
+        response = http_request(creds, endpoint, method, max_retries=0, timeout=timeout_s,
+                                raise_on_status=False, **request)
     except Exception as e:
+        # A server whose S3 endpoint is down can spend longer than the timeout on its own
+        # retries to S3 before it answers 500: slow, not gone, if its /health answers.
+        if _answers_health(creds, http_request):
+            return (f"answers, but its {store} fails (no answer in {timeout_s:.0f} s "
+                    f"{doing}; {hint})")
         return f"does not answer ({type(e).__name__})"
     if response.status_code >= 500:
         return (f"answers, but its {store} fails (HTTP {response.status_code} {doing}; "
                 f"{hint})")
     return None
+
+
+def _answers_health(creds, http_request) -> bool:
+    try:
+        return http_request(creds, "/health", "GET", max_retries=0, timeout=5,
+                            raise_on_status=False).status_code == 200
+    except Exception:
+        return False
 
 
 def store_outage(uri: str) -> str | None:
