@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,11 +58,13 @@ BASE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 # What the import leaves out of the debootstrap tree: the device nodes debootstrap made (a
 # container runtime mounts its own /dev). Part of the base's cache key, with the above.
 BASE_EXCLUDE = ["./dev/*"]
-# A build holds the image twice at its peak (the working container and the committed layer),
-# plus the wheelhouse.
-MIN_FREE_GB = 25
+# Free space a build takes at its peak, measured (benchmarks/RESULTS.md, "The project
+# image"): 34 GB for the 8.8 GB image, as the commit holds the working container's tree,
+# the layer's tar and the layer unpacked in the store at once; plus room for other writers.
+MIN_FREE_GB = 40
 STORAGE = Path("/var/lib/containers")  # buildah's store, as root
 TOOLS_MISSING = 3  # exit status: buildah (or debootstrap) cannot be installed
+NO_ROOM = 4  # exit status: too little free disk, even without the image this build replaces
 # containers/storage re-executes buildah from a sealed memfd copy of itself; under load the
 # kernel can refuse the seal (EBUSY while pages are still pinned) and buildah exits before
 # doing anything, so building again is safe.
@@ -74,6 +77,10 @@ class ImageError(RuntimeError):
 
 
 class ToolsMissing(ImageError):
+    pass
+
+
+class NoRoom(ImageError):
     pass
 
 
@@ -111,6 +118,52 @@ def free_gb(path: Path) -> float:
     while not path.exists():
         path = path.parent
     return shutil.disk_usage(path).free / 1e9
+
+
+class LowestFree:
+    """The least free space under `path` while the `with` block runs, sampled each second."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.at_start = self.lowest = free_gb(path)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            self.lowest = min(self.lowest, free_gb(self.path))
+
+    def __enter__(self) -> "LowestFree":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.lowest = min(self.lowest, free_gb(self.path))
+
+    @property
+    def peak_use_gb(self) -> float:
+        return self.at_start - self.lowest
+
+
+def make_room(previous: str | None, min_free_gb: float) -> str | None:
+    """Check that a build fits; when it fits only without the image it replaces, remove that
+    image first (the build would remove it anyway). Returns the image still to replace."""
+    short = [(place, free_gb(place)) for place in (STORAGE,) if free_gb(place) < min_free_gb]
+    if not short:
+        return previous
+    place, free = short[0]
+    reclaimable = image_size(previous) / 1e9 if previous else 0.0
+    if free + reclaimable < min_free_gb:
+        raise NoRoom(f"{free:.0f} GB free under {place}"
+                     + (f" ({free + reclaimable:.0f} GB without the image this build replaces)"
+                        if previous else "")
+                     + f"; a build needs about {min_free_gb:.0f} GB (--min-free-gb)")
+    log(f"{free:.0f} GB free under {place}, {min_free_gb:.0f} GB needed: removing the image "
+        f"this build replaces ({previous[:12]}, {reclaimable:.1f} GB) first")
+    remove_image(previous)
+    return None
 
 
 # ---- tools --------------------------------------------------------------------------------
@@ -344,20 +397,8 @@ def git_state(dockerfile: Path) -> tuple[str, bool]:
     return sha, bool(status.strip())
 
 
-def build(args) -> dict:
-    cache = Path(args.cache).resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    dockerfile = Path(args.dockerfile).resolve()
-    started = time.monotonic()
-    ensure_tools("buildah")
-    for place in (cache, STORAGE):
-        if free_gb(place) < args.min_free_gb:
-            raise ImageError(f"{free_gb(place):.0f} GB free under {place}; a build needs "
-                             f"about {args.min_free_gb} GB (--min-free-gb)")
-    wheels, wheel_record = wheelhouse(cache)
-    from_image, base_record = base_image(cache, dockerfile_base(dockerfile), args.base)
-    sha, dirty = git_state(dockerfile)
-    previous = image_id(args.tag)
+def bud_command(args, dockerfile: Path, wheels: Path, from_image: str | None, sha: str,
+                dirty: bool) -> list[str]:
     bud = ["buildah", "bud", "--isolation", "chroot", "--pull=never", "--force-rm",
            "--layers=false", "-f", dockerfile, "-t", args.tag,
            "-v", f"{wheels}:/wheels:ro",
@@ -366,19 +407,40 @@ def build(args) -> dict:
            "--label", f"emoalign.git-dirty={str(dirty).lower()}"]
     if from_image:
         bud += ["--from", from_image]
+    return [*map(str, bud), str(ROOT)]
+
+
+def run_build(command: list[str], log_path: str | None) -> LowestFree:
+    """Run `buildah bud` (again once, on the re-exec race); return how low free disk went."""
+    with LowestFree(STORAGE) as disk:
+        for attempt in range(1, BUILDAH_ATTEMPTS + 1):
+            returncode, raced = run_bud(command, log_path)
+            if returncode == 0 or not raced or attempt == BUILDAH_ATTEMPTS:
+                break
+            log(f"buildah could not re-execute itself ({REEXEC_RACE}: a kernel race under "
+                "load, nothing was built); building again")
+    if returncode != 0:
+        filled = (f" with the disk full ({disk.at_start:.0f} GB were free under {STORAGE}; "
+                  "raise --min-free-gb)" if disk.lowest < 1 else "")
+        raise ImageError(f"buildah bud failed ({returncode}){filled}"
+                         + (f"; see {log_path}" if log_path else ""))
+    return disk
+
+
+def build(args) -> dict:
+    cache = Path(args.cache).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    dockerfile = Path(args.dockerfile).resolve()
+    started = time.monotonic()
+    ensure_tools("buildah")
+    wheels, wheel_record = wheelhouse(cache)
+    from_image, base_record = base_image(cache, dockerfile_base(dockerfile), args.base)
+    sha, dirty = git_state(dockerfile)
+    previous = make_room(image_id(args.tag), args.min_free_gb)
     log(f"building {args.tag} from {from_image or base_record['name']} "
         f"(commit {sha[:12]}{', dirty' if dirty else ''}) ...")
     build_started = time.monotonic()
-    command = [*map(str, bud), str(ROOT)]
-    for attempt in range(1, BUILDAH_ATTEMPTS + 1):
-        returncode, raced = run_bud(command, args.log)
-        if returncode == 0 or not raced or attempt == BUILDAH_ATTEMPTS:
-            break
-        log(f"buildah could not re-execute itself ({REEXEC_RACE}: a kernel race under "
-            "load, nothing was built); building again")
-    if returncode != 0:
-        raise ImageError(f"buildah bud failed ({returncode})"
-                         + (f"; see {args.log}" if args.log else ""))
+    disk = run_build(bud_command(args, dockerfile, wheels, from_image, sha, dirty), args.log)
     build_seconds = time.monotonic() - build_started
     new = image_id(args.tag)
     if previous and previous != new:
@@ -394,7 +456,8 @@ def build(args) -> dict:
         "seconds": {"wheelhouse": wheel_record["seconds"], "base": base_record["seconds"],
                     "build": round(build_seconds, 1), "total": round(total, 1)},
         "wheelhouse": {k: wheel_record[k] for k in ("key", "files", "bytes", "reused")},
-        "base": base_record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base": base_record, "disk_peak_gb": round(disk.peak_use_gb, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with open(cache / "builds.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -403,7 +466,8 @@ def build(args) -> dict:
     s = record["seconds"]
     log(f"{args.tag} ({new[:12]}): {human(size)}; {record['kind']} build {s['total']:.0f} s "
         f"(wheelhouse {s['wheelhouse']:.0f} s, base {s['base']:.0f} s, buildah bud "
-        f"{s['build']:.0f} s); recorded in {cache / 'builds.jsonl'}")
+        f"{s['build']:.0f} s), {record['disk_peak_gb']:.0f} GB of disk at its peak; "
+        f"recorded in {cache / 'builds.jsonl'}")
     return record
 
 
@@ -432,7 +496,8 @@ def main(argv=None) -> int:
         build(args)
     except ImageError as e:
         print(f"infra/image.py: {e}", file=sys.stderr)
-        return TOOLS_MISSING if isinstance(e, ToolsMissing) else 1
+        return TOOLS_MISSING if isinstance(e, ToolsMissing) else NO_ROOM \
+            if isinstance(e, NoRoom) else 1
     return 0
 
 
