@@ -221,6 +221,14 @@ class TrainConfig:
     guided_attention_width: float = 0.2
     # Share of the epochs over which that weight fades to nothing (0 = full weight throughout).
     guided_attention_fade: float = 0.5
+    # SpecAugment-style masking of the speech features in training, for every kind that hears
+    # speech: `time_masks` spans of up to `time_mask_share` of each utterance's frames, and
+    # `feature_masks` bands of up to `feature_mask_width` adjacent feature channels, set to
+    # the speaker's mean (0 after normalisation). 0 masks: off.
+    time_masks: int = 0
+    time_mask_share: float = 0.1
+    feature_masks: int = 0
+    feature_mask_width: int = 4
     bucketing: bool = True
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast on CUDA
@@ -260,6 +268,11 @@ class TrainConfig:
             raise ConfigError("train.guided_attention_width must be in (0, 1]")
         if not 0 <= self.guided_attention_fade <= 1:
             raise ConfigError("train.guided_attention_fade must be in [0, 1]")
+        if not (0 <= self.time_masks <= 10 and 0 <= self.feature_masks <= 10):
+            raise ConfigError("train.time_masks and train.feature_masks must be in [0, 10]")
+        if not (0 < self.time_mask_share <= 0.5 and self.feature_mask_width >= 1):
+            raise ConfigError("train.time_mask_share must be in (0, 0.5] and "
+                              "train.feature_mask_width at least 1")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1")

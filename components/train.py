@@ -230,6 +230,9 @@ class FoldTrainer:
         """Forward, backward and an optimizer step on one batch: (loss, labels, logits)."""
         config = self.config
         batch = collate([self.train_set[i] for i in idx])
+        if config.model.kind != "text" and (config.train.time_masks
+                                            or config.train.feature_masks):
+            batch = mask_features(batch, config.train)
         if config.model.kind == "align" and config.train.modality_dropout:
             batch = drop_modalities(batch, config.train.modality_dropout)
         batch = batch.to(self.device)
@@ -390,6 +393,29 @@ def drop_modalities(batch, p: float):
     batch.frames[no_speech] = 0.0
     batch.words[no_text] = torch.where(batch.words[no_text] != PAD_ID, UNK_ID, PAD_ID)
     return batch
+
+
+def mask_features(batch, train):
+    """SpecAugment-style: in each utterance, up to `train.time_masks` spans of frames and
+    `train.feature_masks` bands of feature channels set to 0, the speaker's mean after
+    normalisation; widths drawn up to `time_mask_share` of its frames and
+    `feature_mask_width` channels. The padded frames are never touched."""
+    n_features = batch.frames.shape[2]
+    for row, length in enumerate(batch.frame_lengths.tolist()):
+        for _ in range(train.time_masks):
+            width = _up_to(int(length * train.time_mask_share))
+            start = _up_to(length - width)
+            batch.frames[row, start:start + width] = 0.0
+        for _ in range(train.feature_masks):
+            width = _up_to(min(train.feature_mask_width, n_features))
+            start = _up_to(n_features - width)
+            batch.frames[row, :length, start:start + width] = 0.0
+    return batch
+
+
+def _up_to(high: int) -> int:
+    """A whole number from 0 to `high`, from torch's seeded generator."""
+    return int(torch.randint(0, max(high, 0) + 1, ()))
 
 
 def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec) -> None:

@@ -151,6 +151,37 @@ def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
             rows.loc[info["test_ids"] + info["val_ids"], "speaker"])
 
 
+def test_feature_masks_cover_only_real_frames_within_their_widths():
+    from model.data import Example, collate
+
+    lengths = [40, 25, 10]
+    examples = [Example(f"u{i}", np.ones((n, 12), np.float32), [1, 2], 0)
+                for i, n in enumerate(lengths)]
+    cfg = config("train.time_masks=2", "train.time_mask_share=0.1", "train.feature_masks=1",
+                 "train.feature_mask_width=3").train
+    torch.manual_seed(0)
+    masked_any = False
+    for _ in range(50):
+        frames = train.mask_features(collate(examples), cfg).frames
+        for row, n in enumerate(lengths):
+            assert (frames[row, n:] == 0).all()  # padding stays padding
+            real = frames[row, :n]
+            frames_cut = int((real == 0).all(dim=1).sum())
+            channels_cut = int((real == 0).all(dim=0).sum())
+            assert frames_cut <= 2 * int(n * 0.1) and channels_cut <= 3
+            masked_any = masked_any or frames_cut > 0 or channels_cut > 0
+            assert (real == 0).sum() <= frames_cut * 12 + channels_cut * n
+    assert masked_any
+    torch.manual_seed(1)
+    first = train.mask_features(collate(examples), cfg).frames
+    torch.manual_seed(1)
+    assert torch.equal(first, train.mask_features(collate(examples), cfg).frames)
+    for bad in ("train.time_masks=-1", "train.time_mask_share=0.9",
+                "train.feature_mask_width=0"):
+        with pytest.raises(Exception, match="train.time_mask|train.feature_mask"):
+            config(bad)
+
+
 def test_training_errors_name_the_problem(prepared, tmp_path, monkeypatch):
     manifest = outputs.read_manifest(prepared["validated"] / "manifest.parquet")
     only_five = manifest[manifest["session"] == 5]
