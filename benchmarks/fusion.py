@@ -142,6 +142,20 @@ def paired(results: list[dict], a: str, b: str) -> str:
             f"{len(d)}  p {p:.3f}")
 
 
+def seed_spread(results: list[dict]) -> str | None:
+    """Each kind's std over seeds within a fold, averaged over the folds: the spread a
+    retrain on the same data shows, apart from how the folds differ."""
+    folds = sorted({r["fold"] for r in results})
+    if len(folds) < 2 or len({r["seed"] for r in results}) < 2:
+        return None
+    spreads = []
+    for who in dict.fromkeys(r["who"] for r in results):
+        per_fold = [np.std([r["ua"] for r in results if r["who"] == who and r["fold"] == f])
+                    for f in folds]
+        spreads.append(f"{who} {np.mean(per_fold):.3f} (max {np.max(per_fold):.3f})")
+    return "UA std over seeds within a fold, mean over folds: " + ", ".join(spreads)
+
+
 def prosody_ceiling(folder: Path, folds: list[str], seeds: list[int]) -> str | None:
     """What the voice alone can tell at best on a TTS corpus: a classifier given the
     generator's own prosody values (rate, pitch, range, amplitude; the speaker's base F0 and
@@ -194,6 +208,9 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
                               sorted({r["seed"] for r in results}))
     if ceiling:
         print(ceiling)
+    spread = seed_spread(results)
+    if spread:
+        print(spread)
     ablations = [r["ablation"] for r in results if r["who"] == "align" and r["ablation"]]
     if ablations:
         print("align ablation (mean UA): " + ", ".join(
