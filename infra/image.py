@@ -150,17 +150,16 @@ class LowestFree:
 def make_room(previous: str | None, min_free_gb: float) -> str | None:
     """Check that a build fits; when it fits only without the image it replaces, remove that
     image first (the build would remove it anyway). Returns the image still to replace."""
-    short = [(place, free_gb(place)) for place in (STORAGE,) if free_gb(place) < min_free_gb]
-    if not short:
+    free = free_gb(STORAGE)
+    if free >= min_free_gb:
         return previous
-    place, free = short[0]
     reclaimable = image_size(previous) / 1e9 if previous else 0.0
     if free + reclaimable < min_free_gb:
-        raise NoRoom(f"{free:.0f} GB free under {place}"
+        raise NoRoom(f"{free:.0f} GB free under {STORAGE}"
                      + (f" ({free + reclaimable:.0f} GB without the image this build replaces)"
                         if previous else "")
                      + f"; a build needs about {min_free_gb:.0f} GB (--min-free-gb)")
-    log(f"{free:.0f} GB free under {place}, {min_free_gb:.0f} GB needed: removing the image "
+    log(f"{free:.0f} GB free under {STORAGE}, {min_free_gb:.0f} GB needed: removing the image "
         f"this build replaces ({previous[:12]}, {reclaimable:.1f} GB) first")
     remove_image(previous)
     return None
