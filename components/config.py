@@ -205,7 +205,9 @@ class TrainConfig:
     # (every epoch runs; validation is only watched), which no small validation set can sway.
     selection: str = "best"
     average_epochs: int = 10
-    # Speakers held out of the training sessions for early stopping, one per session.
+    # Speakers held out of the training sessions for early stopping, one per session; 0
+    # trains on every training speaker, with selection "average" (nothing to pick a best
+    # epoch on).
     validation_speakers: int = 1
     grad_clip: float = 1.0
     class_weights: bool = False  # weight the loss by inverse class frequency
@@ -245,6 +247,12 @@ class TrainConfig:
     def check(self) -> None:
         if self.selection not in ("best", "average"):
             raise ConfigError(f"train.selection must be best or average, got {self.selection!r}")
+        if self.validation_speakers < 0:
+            raise ConfigError(f"train.validation_speakers must be 0 or more, got "
+                              f"{self.validation_speakers}")
+        if self.validation_speakers == 0 and self.selection != "average":
+            raise ConfigError("train.validation_speakers=0 leaves no speaker to pick the best "
+                              "epoch on; set train.selection=average with it")
         if self.average_epochs < 1:  # more than train.epochs: all of them
             raise ConfigError(f"train.average_epochs must be at least 1, got "
                               f"{self.average_epochs}")

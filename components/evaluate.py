@@ -283,12 +283,15 @@ def _plot_curves(histories: dict, path: Path) -> None:
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
         left.plot(epochs, [h["loss"] for h in history], label=name)
-        right.plot(epochs, [h["val_ua"] for h in history], label=name)
+        if any(h["val_ua"] is not None for h in history):
+            right.plot(epochs, [h["val_ua"] for h in history], label=name)
     left.set_title("training loss")
-    right.set_title("validation UA")
+    right.set_title("validation UA" if right.lines else
+                    "validation UA: none (train.validation_speakers=0)")
     for ax in (left, right):
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """Train: feature store + validated manifest -> one model per cross-validation fold.
 
 Each fold holds out one session for testing; one speaker of the training sessions is held
-out for validation (early stopping on its UA), so no test speaker ever shapes training.
+out for validation (early stopping on its UA), so no test speaker ever shapes training; or,
+with `train.validation_speakers=0`, none, and the last epochs' weights are averaged.
 Every epoch ends with a checkpoint (weights, optimizer, early-stopping state, RNG state);
 each epoch's shuffling and dropout are seeded from (seed, fold, epoch), so a run resumed
 after a crash finishes with the same weights, bit for bit on CPU, as one never stopped.
@@ -75,8 +76,10 @@ def make_folds(labelled: pd.DataFrame, config: Config) -> list[FoldSplit]:
             raise TrainError(f"fold session{test}: no training utterances (only session "
                              f"{test} has labelled data)")
         # Validation: speakers of the training sessions (one per session, the sessions after
-        # the test one), so early stopping never sees a test speaker.
-        n_val = min(config.train.validation_speakers, len(train_sessions) - 1) or 1
+        # the test one), so early stopping never sees a test speaker; none at all when
+        # validation_speakers is 0.
+        wanted = config.train.validation_speakers
+        n_val = min(wanted, len(train_sessions) - 1) or (1 if wanted else 0)
         val_speakers = [f"Ses0{train_sessions[(test + k) % len(train_sessions)]}"
                         f"{'FM'[(config.seed + k) % 2]}" for k in range(n_val)]
         in_train = labelled["session"] != test
@@ -92,7 +95,7 @@ def make_folds(labelled: pd.DataFrame, config: Config) -> list[FoldSplit]:
 def _check_fold(fold: FoldSplit, labels: dict[str, str], classes: list[str]) -> None:
     if not fold.train_ids:
         raise TrainError(f"fold {fold.name} seed {fold.seed}: the training set is empty")
-    if not fold.val_ids:
+    if fold.val_speaker and not fold.val_ids:
         raise TrainError(f"fold {fold.name} seed {fold.seed}: validation speaker(s) "
                          f"{fold.val_speaker} have no labelled utterances")
     present = {labels[u] for u in fold.train_ids}
@@ -275,15 +278,20 @@ class FoldTrainer:
         self.state["epoch"] = epoch
         self.state["history"].append({"epoch": epoch, "loss": loss, "val_ua": val["ua"],
                                       "val_wa": val["wa"], "seconds": round(seconds, 3)})
-        print(f"{self.fold.member} epoch {epoch:2d}: loss {loss:.4f}  val UA {val['ua']:.3f}  "
-              f"WA {val['wa']:.3f}{'  (best)' if better else ''}", flush=True)
+        watched = (f"val UA {val['ua']:.3f}  WA {val['wa']:.3f}" if val["ua"] is not None
+                   else "no validation speaker")
+        print(f"{self.fold.member} epoch {epoch:2d}: loss {loss:.4f}  {watched}"
+              f"{'  (best)' if better else ''}", flush=True)
 
     def validation_scores(self) -> dict:
+        """UA and WA on the validation speakers; None for both when there are none."""
+        if not self.val_set:
+            return {"ua": None, "wa": None}
         return scores([e.label for e in self.val_set],
                       predict_log_probs(self.model, self.val_set, self.device).argmax(1),
                       self.classes)
 
-    def _add_to_average(self, epoch: int, val_ua: float) -> None:
+    def _add_to_average(self, epoch: int, val_ua: float | None) -> None:
         """Fold this epoch's weights into the running mean kept as best_state."""
         n = self.state["averaged"] + 1
         current = self.model.state_dict()

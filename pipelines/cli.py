@@ -111,9 +111,11 @@ def cmd_train(args) -> int:
     summary = train.run(Path(args.store), Path(args.manifest), Path(args.out), config,
                         resume=args.resume)
     for fold in summary["folds"]:
-        print(f"{fold['member']}: best validation UA {fold['best_val_ua']:.3f} at epoch "
-              f"{fold['best_epoch']} ({fold['n_train']} train, {fold['n_val']} validation, "
-              f"{fold['n_test']} test utterances)")
+        kept = (f"best validation UA {fold['best_val_ua']:.3f} at epoch {fold['best_epoch']}"
+                if fold["best_val_ua"] is not None
+                else f"weights averaged up to epoch {fold['best_epoch']}")
+        print(f"{fold['member']}: {kept} ({fold['n_train']} train, {fold['n_val']} "
+              f"validation, {fold['n_test']} test utterances)")
     print(f"trained {summary['model_kind']} ({summary['protocol']}) on {summary['device']} in "
           f"{summary['seconds']:.1f} s; models under {args.out}")
     return 0

@@ -44,6 +44,8 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
     (["validate.drift.oov_warn=0.5"], "above its _fail threshold"),
     (["validate.min_class_share=0.3"], "more than the classes can all have"),
     (["validate.drift.nope=1"], "unknown config key 'validate.drift.nope'"),
+    (["train.validation_speakers=-1"], "train.validation_speakers must be 0 or more"),
+    (["train.validation_speakers=0"], "set train.selection=average with it"),
 ])
 def test_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

@@ -299,3 +299,46 @@ def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(prepared, t
     for key, value in kept.items():
         torch.testing.assert_close(value, (snapshots[3][key] + snapshots[4][key]) / 2)
     assert any(not torch.equal(kept[k], snapshots[4][k]) for k in kept)
+
+
+def test_training_on_every_speaker_keeps_no_validation_set(prepared, tmp_path):
+    """train.validation_speakers=0: each fold trains on every utterance of its training
+    sessions, keeps the mean of the last epochs' weights, and the CLI, the learning-curve
+    plot and the MLflow member runs say there was no validation, not a crash or a 0."""
+    from components.registry import tracking
+    from components.registry.store import connect, ensure_experiment
+
+    overrides = [*TINY, "train.selection=average", "train.validation_speakers=0",
+                 "model.kind=text"]
+    result = emoalign("train", "--store", prepared["store"], "--manifest",
+                      prepared["validated"], "--out", tmp_path / "m",
+                      *sum((["--set", o] for o in overrides), []))
+    assert result.returncode == 0, result.stderr
+    assert "session5-seed0: weights averaged up to epoch 3" in result.stdout
+    assert "0 validation" in result.stdout
+    info = json.loads((tmp_path / "m" / "session5-seed0" / "fold.json").read_text())
+    rows = outputs.labelled_rows(prepared["validated"] / "manifest.parquet",
+                                 config().ingest.classes)
+    assert info["val_ids"] == [] and info["val_speaker"] == ""
+    assert sorted(info["train_ids"]) == sorted(rows.loc[rows["session"] != 5, "utt_id"])
+    history = json.loads((tmp_path / "m" / "session5-seed0" / "history.json").read_text())
+    assert [h["val_ua"] for h in history] == [None] * 3
+
+    cfg = config(*overrides[len(TINY):])
+    evaluate.run(tmp_path / "m", prepared["store"], prepared["validated"], tmp_path / "e", cfg)
+    assert (tmp_path / "e" / outputs.Evaluation.CURVES_PNG).stat().st_size > 0
+    client = connect()
+    experiment = ensure_experiment(client, "no-validation")
+    parent = client.create_run(experiment).info.run_id
+    steps = outputs.StepOutputs(manifest_dir=tmp_path / "unused",
+                                validated_dir=prepared["validated"],
+                                model_dir=tmp_path / "m", evaluation_dir=tmp_path / "e")
+    children = tracking._log_members(client, experiment, parent, steps, {})
+    child = children["session5-seed0"]
+    assert len(client.get_metric_history(child, "train/loss")) == 3
+    assert client.get_metric_history(child, "train/val_ua") == []
+
+    assert_one_line_error(emoalign("train", "--store", prepared["store"], "--manifest",
+                                   prepared["validated"], "--out", tmp_path / "m2",
+                                   "--set", "train.validation_speakers=0"),
+                          "train.validation_speakers=0", "train.selection=average")

@@ -126,8 +126,9 @@ def _log_members(client, experiment_id: str, parent_id: str, outputs: StepOutput
         series = [Metric(f"evaluate/{k}", float(member[k]), now, 0)
                   for k in ("ua", "wa", "n", "best_epoch")]
         for epoch in trained.history(outputs.model_dir / name):
+            # val_ua and val_wa are None when no speaker was held out for validation.
             series += [Metric(f"train/{k}", float(epoch[k]), now, epoch["epoch"])
-                       for k in ("loss", "val_ua", "val_wa")]
+                       for k in ("loss", "val_ua", "val_wa") if epoch[k] is not None]
         for start in range(0, len(series), LOG_BATCH):
             client.log_batch(run.info.run_id, metrics=series[start:start + LOG_BATCH],
                              params=[] if start else [Param("fold", member["fold"]),
