@@ -4,7 +4,7 @@ on the generated corpus and on espeak-ng speech, over folds and seeds.
     .venv/bin/python benchmarks/fusion.py [--voices builtin tts] [--utterances 2000]
         [--protocol holdout|loso] [--seeds 0 1 2] [--kinds align speech text late_fusion]
         [--references speech text late_fusion align] [--set key=value ...] [--workers 2]
-        [--cache DIR]
+        [--cache DIR] [--save FILE] [--against FILE]
 
 For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, or espeak-ng
 with `--voice tts`), takes it through ingest, validate and features, then trains and
@@ -17,6 +17,9 @@ every frame, 25 epochs, last epoch). It prints, per corpus:
   our kinds minus its reference (mean ± std of the difference, wins, paired t-test p);
 - accuracy by cue from the corpus' truth file (`voice`: emotion only in the voice, `text`:
   only in the words, `both`, `neutral`) and, for align, the modality ablation.
+With `--save FILE` every model's UA and WA go to FILE (JSON); `--against FILE` compares this
+run with such a file, kind by kind over the same (fold, seed): how two recipes differ,
+paired, with each one's seed spread.
 An accuracy figure, not a timing: it backs the README's fusion table.
 """
 
@@ -225,6 +228,31 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
             print("  " + line)
 
 
+def saved_form(voice: str, results: list[dict], settings: list[str]) -> list[dict]:
+    return [{"voice": voice, "who": r["who"], "fold": r["fold"], "seed": r["seed"],
+             "ua": float(r["ua"]), "wa": float(r["wa"]), "settings": settings}
+            for r in results]
+
+
+def compare_runs(voice: str, results: list[dict], saved: list[dict]) -> None:
+    """This run against a saved one, kind by kind: the paired difference over the (fold,
+    seed) models both have, and each one's seed spread within a fold."""
+    earlier = [{**r, "who": f"{r['who']}@saved"} for r in saved if r["voice"] == voice]
+    if not earlier:
+        print(f"-- {voice} corpus: the saved run has no models of it")
+        return
+    print(f"-- {voice} corpus, this run - the saved one "
+          f"({' '.join(earlier[0]['settings'])}):")
+    for who in dict.fromkeys(r["who"] for r in results):
+        line = paired(results + earlier, who, f"{who}@saved")
+        if line:
+            print("  " + line)
+    spread = seed_spread([r for r in earlier if r["who"].removesuffix("@saved") in
+                          {x["who"] for x in results}])
+    if spread:
+        print("  saved run's " + spread)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voices", nargs="+", default=["builtin", "tts"],
@@ -240,7 +268,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path,
                         help="keep the corpora and feature stores here and reuse them")
+    parser.add_argument("--save", type=Path, help="write every model's UA and WA here (JSON)")
+    parser.add_argument("--against", type=Path,
+                        help="a file --save wrote: compare this run with it, paired")
     args = parser.parse_args()
+    saved = json.loads(args.against.read_text()) if args.against else None
+    kept = []
     folds = ["session5"] if args.protocol == "holdout" else [f"session{s}" for s in range(1, 6)]
     print(f"{args.utterances} utterances per corpus (corpus seed 3), {args.protocol} "
           f"({len(folds)} folds) x seeds {args.seeds}; ours: "
@@ -265,6 +298,11 @@ def main() -> None:
                 results += late_fusion_references(results)
             results.sort(key=lambda r: (r["who"].startswith("ref_"), r["who"]))
             report(voice, folder, results, args.kinds)
+            if saved is not None:
+                compare_runs(voice, results, saved)
+            if args.save:
+                kept += saved_form(voice, results, SETTINGS + args.overrides)
+                args.save.write_text(json.dumps(kept, indent=1))
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
