@@ -45,7 +45,7 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
     (["validate.min_class_share=0.3"], "more than the classes can all have"),
     (["validate.drift.nope=1"], "unknown config key 'validate.drift.nope'"),
     (["train.validation_speakers=-1"], "train.validation_speakers must be 0 or more"),
-    (["train.validation_speakers=0"], "set train.selection=average with it"),
+    (["train.selection=best"], "train.validation_speakers is 0; set it to 1 or more"),
 ])
 def test_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

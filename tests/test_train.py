@@ -129,7 +129,8 @@ def test_word_spans_follow_the_forced_alignment(tmp_path):
 
 
 def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
-    cfg = config("protocol=loso", "train.epochs=1", "model.kind=text")
+    cfg = config("protocol=loso", "train.epochs=1", "model.kind=text",
+                 "train.selection=best", "train.validation_speakers=1")
     summary = train.run(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
     assert [f["fold"] for f in summary["folds"]] == [f"session{s}" for s in range(1, 6)]
     metrics = evaluate.run(tmp_path / "m", prepared["store"], prepared["validated"],
@@ -145,6 +146,7 @@ def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
         info = json.loads((tmp_path / "m" / fold["member"] / "fold.json").read_text())
         rows = outputs.read_manifest(prepared["validated"] / "manifest.parquet").set_index(
             "utt_id")
+        assert info["val_ids"]
         assert set(rows.loc[info["train_ids"] + info["val_ids"], "session"]) == (
             {1, 2, 3, 4, 5} - {info["test_session"]})
         assert not set(rows.loc[info["train_ids"], "speaker"]) & set(
@@ -204,9 +206,10 @@ def test_training_errors_name_the_problem(prepared, tmp_path, monkeypatch):
 
 
 def test_cli_train_and_evaluate(prepared, tmp_path):
+    early_stopping = [*TINY, "train.selection=best", "train.validation_speakers=1"]
     result = emoalign("train", "--store", prepared["store"], "--manifest",
                       prepared["validated"], "--out", tmp_path / "m",
-                      *sum((["--set", o] for o in TINY), []))
+                      *sum((["--set", o] for o in early_stopping), []))
     assert result.returncode == 0, result.stderr
     assert "session5-seed0: best validation UA" in result.stdout
     result = emoalign("evaluate", "--model", tmp_path / "m", "--store", prepared["store"],
@@ -302,9 +305,10 @@ def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(prepared, t
 
 
 def test_training_on_every_speaker_keeps_no_validation_set(prepared, tmp_path):
-    """train.validation_speakers=0: each fold trains on every utterance of its training
-    sessions, keeps the mean of the last epochs' weights, and the CLI, the learning-curve
-    plot and the MLflow member runs say there was no validation, not a crash or a 0."""
+    """train.validation_speakers=0 (the default): each fold trains on every utterance of
+    its training sessions, keeps the mean of the last epochs' weights, and the CLI, the
+    learning-curve plot and the MLflow member runs say there was no validation, not a crash
+    or a 0."""
     from components.registry import tracking
     from components.registry.store import connect, ensure_experiment
 
@@ -340,5 +344,5 @@ def test_training_on_every_speaker_keeps_no_validation_set(prepared, tmp_path):
 
     assert_one_line_error(emoalign("train", "--store", prepared["store"], "--manifest",
                                    prepared["validated"], "--out", tmp_path / "m2",
-                                   "--set", "train.validation_speakers=0"),
-                          "train.validation_speakers=0", "train.selection=average")
+                                   "--set", "train.selection=best"),
+                          "train.validation_speakers is 0", "train.selection=average")
