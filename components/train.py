@@ -1,9 +1,10 @@
 """Train: feature store + validated manifest -> one model per cross-validation fold.
 
-Each fold holds out one session for testing; one speaker of the training sessions is held
-out for validation (early stopping on its UA), so no test speaker ever shapes training; or,
-with `train.validation_speakers=0`, none, and the last epochs' weights are averaged.
-Every epoch ends with a checkpoint (weights, optimizer, early-stopping state, RNG state);
+Each fold holds out one session for testing and by default trains on every speaker of the
+others, keeping the mean of the last epochs' weights; with `train.validation_speakers`,
+speakers of the training sessions are held out for validation (early stopping on their UA
+under `train.selection=best`), so no test speaker ever shapes training either way.
+Every epoch ends with a checkpoint (weights, optimizer, selection state, RNG state);
 each epoch's shuffling and dropout are seeded from (seed, fold, epoch), so a run resumed
 after a crash finishes with the same weights, bit for bit on CPU, as one never stopped.
 """
@@ -383,7 +384,8 @@ def align_loss(model, batch, weight, config: Config,
 
 def lr_scheduler(optimizer, config: Config):
     """Cosine decay from train.lr to a tenth of it at the last epoch, stepped once an epoch:
-    the late epochs, where early stopping picks a model, move less."""
+    the late epochs, whose weights are averaged (or where early stopping picks a model),
+    move less."""
     train = config.train
     if train.lr_schedule == "constant" or train.epochs == 1:
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
