@@ -152,7 +152,9 @@ def run_fold(store_dir: Path, manifest: Path, kind: str, protocol: str, fold: st
     rows = outputs.labelled_rows(manifest, classes)
     split = next(f for f in make_folds(rows, config) if f.name == fold)
     store = FeatureStore(store_dir)
-    train_ids = split.train_ids + split.val_ids
+    # Every utterance of the other sessions, in manifest order, whatever our recipe holds
+    # out for validation: the reference must not move when our defaults do.
+    train_ids = rows.loc[rows["session"] != split.test_session, "utt_id"].tolist()
     stacked = np.concatenate([store.get(u) for u in train_ids]).astype(np.float64)
     mean, std = stacked.mean(0), stacked.std(0) + 1e-5
     vocab = Vocabulary.build(rows.loc[train_ids, "transcript"])
