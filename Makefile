@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test run data lock compile bench clean stack stack-down e2e espeak-ng image \
+.PHONY: install test test-fast run data lock compile bench clean stack stack-down e2e espeak-ng image \
 	e2e-image
 
 install: $(STAMP)
@@ -17,8 +17,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# Every test, on 2 workers; the tests sharing a whole pipeline run stay on one worker
+# (--dist loadgroup), so each such run is made once. About 3 minutes on 2 cores.
 test: install espeak-ng
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The edit-run loop's tier: everything but the whole pipeline runs (90 s or less on 2 cores).
+test-fast: install espeak-ng
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 # The speech synthesiser of `emoalign sample-corpus --voice tts` (its tests skip without it).
 espeak-ng:
@@ -78,11 +84,13 @@ bench: install
 compile: install
 	$(VENV)/bin/emoalign compile --out pipelines/emoalign_pipeline.yaml
 
-# Re-resolve the lock from pyproject.toml in a scratch venv (needs the package index).
+# Re-resolve the lock from pyproject.toml in a scratch venv (needs the package index), and
+# the image's lock (infra/requirements-runtime.lock: its runtime part) from it.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	.venv-lock/bin/pip freeze --exclude-editable --disable-pip-version-check | sort > requirements.lock
+	.venv-lock/bin/python infra/runtime_lock.py
 	rm -rf .venv-lock
 
 clean:

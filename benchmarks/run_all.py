@@ -33,6 +33,8 @@ BENCHMARKS = {
     "train": ("train.py", ["--corpus", "{corpus}"]),
     # Both corpora, holdout x 3 seeds, every reference (about 45 min on 2 cores).
     "fusion": ("fusion.py", []),
+    # The fusion checks with bounds (exit 1 when one breaks): once unit tests, now here.
+    "quality": ("quality.py", []),
     "orchestration": ("orchestration.py", []),
     "iemocap_size": ("iemocap_size.py", ["--corpus", "{corpus}"]),
     "faults": ("faults.py", []),

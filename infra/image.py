@@ -8,8 +8,8 @@ What a build does, and what it reuses from the cache folder (default
 in CI, reuses it):
 
 1. buildah (and debootstrap when the base must be made) from apt-get when missing.
-2. The wheelhouse: `pip download` of requirements.lock, infra/requirements-server.txt and
-   what `pip install .` builds with, on this machine, into wheelhouse-<hash of those inputs>;
+2. The wheelhouse: `pip download` of infra/requirements-runtime.lock (the image's lock),
+   infra/requirements-server.txt and what `pip install .` builds with, on this machine, into wheelhouse-<hash of those inputs>;
    reused while they do not change. The build mounts it read-only at /wheels and pip installs
    from it alone (`--no-index`), so the build itself needs no package index.
 3. The base: the Dockerfile's FROM (python:3.11.7-slim-bookworm) when it is in buildah's
@@ -45,9 +45,11 @@ DOCKERFILE = ROOT / "infra" / "Dockerfile"
 DEFAULT_TAG = "emoalign:0.1.0"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
     "emoalign" / "image"
-# The wheelhouse: the lock, what `mlflow server` needs, and what `pip install --no-deps .`
-# builds with (pyproject.toml's build-system).
-REQUIREMENTS = [ROOT / "requirements.lock", ROOT / "infra" / "requirements-server.txt"]
+# The wheelhouse: the image's lock (the runtime part of requirements.lock: no test or bench
+# packages), what `mlflow server` needs, and what `pip install --no-deps .` builds with
+# (pyproject.toml's build-system).
+REQUIREMENTS = [ROOT / "infra" / "requirements-runtime.lock",
+                ROOT / "infra" / "requirements-server.txt"]
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
 # The stand-in base: Debian bookworm's Python 3.11, venv, pip, git and CA certificates.
 DEBOOTSTRAP = ["debootstrap", "--variant=minbase",

@@ -111,7 +111,11 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False,
         result.ok("config", f"resolved config matches config_sha256 "
                             f"{recorded.config.sha256()[:12]}; seed {recorded.config.seed}")
     else:
-        result.fail("config", "the logged config does not hash to the recorded config_sha256")
+        # Whatever a re-run gave, it would not be the recorded settings' model.
+        result.fail("config", "the logged config does not hash to the recorded config_sha256; "
+                              "nothing was re-run")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return result
     rerun = _rerun(result, sha, corpus.resolve(), recorded.config, scratch,
                    recorded.environment.get("env.threads", ""))
     if rerun is None:

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from components import evaluate, features, ingest, train, validate
+from components import evaluate, features, folds, ingest, train, validate
 from components.config import Config
 from components.outputs import StepOutputs
 
@@ -32,7 +32,7 @@ def run_steps(corpus: Path, config: Config, out_dir: Path) -> dict:
     features.run(out.validated_dir, out.store_dir, config.features)
     lap("features")
     members = []
-    for task in train.plan(out.validated_dir, config):
+    for task in folds.plan(out.validated_dir, config):
         task_config, member = config.for_task(task["seed"]), out_dir / "tasks" / task["member"]
         members.append(member)
         result = train.run_task(out.store_dir, out.validated_dir, member / "train",

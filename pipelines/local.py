@@ -172,10 +172,12 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
 
 def ensure_default_corpus(config: Config) -> Path:
     """data/ holds the DVC-tracked sample corpus; regenerate it (same bytes) when absent."""
-    from components import iemocap, sample_corpus
+    from components import iemocap
 
     release = DEFAULT_DATA / iemocap.RELEASE_DIRNAME
     if not release.exists() or not any(release.iterdir()):
+        from components import sample_corpus  # scipy.signal: a second to import
+
         print(f"{release} is empty: generating the default sample corpus "
               f"({config.sample_corpus.utterances} utterances, seed {config.sample_corpus.seed})")
         sample_corpus.generate(release, config.sample_corpus.utterances,

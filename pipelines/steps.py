@@ -150,11 +150,11 @@ def plan(validated: Input[Dataset], config_yaml: str, tasks_per_machine: int) ->
     cluster, where each is its own pod)."""
     from pathlib import Path
 
-    from components import train as step
+    from components import folds
     from components.config import config_from_yaml
 
     config = config_from_yaml(config_yaml)
-    tasks = step.plan(Path(validated.path), config)
+    tasks = folds.plan(Path(validated.path), config)
     concurrent = max(1, min(len(tasks), tasks_per_machine))
     print(f"{len(tasks)} (fold, seed) tasks, {concurrent} sharing a machine's cores")
     return [{**task, "config_yaml": config.for_task(task["seed"]).to_yaml(),

@@ -14,6 +14,21 @@ from components import sample_corpus
 SMALL = 60  # utterances: every code at least once, every session, seconds to make
 
 
+# Fixtures that take a whole pipeline run (or two) through kfp.local. A test reading one is
+# `slow` (left out of `make test-fast`), and the tests sharing one run on the same xdist
+# worker (`--dist loadgroup`), so each run is made once per `make test`, not once per worker.
+WHOLE_RUN_FIXTURES = ("two_runs", "fanned_out")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = [name for name in WHOLE_RUN_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A pristine generated release root. Tests that break it must copy it first."""

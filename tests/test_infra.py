@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -430,7 +432,8 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile):
     assert steps_[users[-1]][1] == "10001"
     assert any(w == "RUN" and "--uid 10001" in args for w, args in steps_)
     assert steps_[-1] == ("ENTRYPOINT", '["emoalign"]')
-    assert any("-r requirements.lock" in args for w, args in steps_ if w == "RUN")
+    # The image's lock: what runs the pipeline, no test or bench packages.
+    assert any("-r requirements-runtime.lock" in args for w, args in steps_ if w == "RUN")
     # The commit, baked in: there is no .git in the image.
     assert ("ARG", 'GIT_SHA=""') in steps_ and ("ARG", "GIT_DIRTY=false") in steps_
     envs = " ".join(args for w, args in steps_ if w == "ENV")
@@ -461,9 +464,28 @@ def test_cuda_image_declares_the_nvidia_runtime_and_checks_torch():
     assert [a for w, a in steps_ if w == "FROM"] == [a for w, a in cpu if w == "FROM"]
     assert [(w, a) for w, a in steps_ if w in ("COPY", "USER", "ENTRYPOINT")] == \
         [(w, a) for w, a in cpu if w in ("COPY", "USER", "ENTRYPOINT")]
-    lock = (ROOT / "requirements.lock").read_text()
+    lock = (INFRA / "requirements-runtime.lock").read_text()
     assert re.search(r"^nvidia-cuda-runtime-cu12==", lock, re.M), \
-        "requirements.lock no longer brings the CUDA runtime: the cuda image needs a new base"
+        "the image's lock no longer brings the CUDA runtime: the cuda image needs a new base"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return {name.lower().replace("_", "-").replace(".", "-"): version for name, version in
+            re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", path.read_text(), re.M)}
+
+
+def test_the_image_lock_is_the_runtime_part_of_the_development_lock():
+    """infra/requirements-runtime.lock is what the project's own dependencies reach (walked
+    through the installed packages' metadata), each pinned as requirements.lock pins it, and
+    none of the test or bench extras' packages."""
+    done = subprocess.run([sys.executable, str(INFRA / "runtime_lock.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    runtime, development = _pins(INFRA / "requirements-runtime.lock"), _pins(
+        ROOT / "requirements.lock")
+    assert {k: development.get(k) for k in runtime} == runtime
+    assert {"torch", "torchaudio", "kfp", "mlflow", "dvc", "great-expectations"} <= set(runtime)
+    assert not {"pytest", "pytest-xdist", "librosa", "numba"} & set(runtime)
 
 
 def test_server_requirements_are_pinned_and_agree_with_the_lock():

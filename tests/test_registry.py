@@ -132,6 +132,39 @@ def test_history_records_every_alias_move_consistently(two_runs):
     assert shown.returncode == 0 and shown.stdout.count("challenger") == 2
 
 
+def test_retrain_stops_early_when_nothing_changed_since_the_champion(two_runs, tmp_path,
+                                                                    monkeypatch):
+    """`emoalign retrain` with the champion's own data, code and config stops after its check
+    task; a change to any of them is a reason to train (the check step's answer, asked
+    directly: what a whole run does with it is every other run's test)."""
+    sha, dirty = lineage.git_sha(Path(__file__).resolve().parents[1])
+    if sha is None or dirty:
+        pytest.skip("the code of an uncommitted checkout always counts as changed")
+    client, summaries = two_runs["client"], two_runs["summaries"]
+    champion = client.get_model_version_by_alias("emoalign", "champion").tags
+    (n,) = [i for i, s in enumerate(summaries) if (s["data_hash"], s["config_sha256"]) ==
+            (champion["data_hash"], champion["config_sha256"])]
+    again = emoalign("retrain", "--corpus", two_runs["corpora"][n], "--workdir",
+                     two_runs["work"] / "runs", "--summary-json", tmp_path / "again.json",
+                     *_sets(GATE + [f"seed={n}"]), env=two_runs["env"])
+    assert again.returncode == 0, again.stderr
+    assert "nothing to retrain" in again.stdout
+    assert "Executing task 'check'" in again.stdout
+    assert "Executing task 'ingest'" not in again.stdout
+    assert json.loads((tmp_path / "again.json").read_text())["retrained"] is False
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", two_runs["uri"])
+    same = Lineage(str(two_runs["corpora"][n]), summaries[n]["data_hash"], sha, False)
+    config = load_config(None, GATE + [f"seed={n}"])
+    assert registry.retrain_reason(config, same) is None
+    assert registry.retrain_reason(load_config(None, GATE + ["seed=3"]), same) == \
+        "config changed"
+    other_data = Lineage(same.corpus, "0" * 32 + ".dir", sha, False)
+    assert registry.retrain_reason(config, other_data).startswith("data changed: ")
+    assert registry.retrain_reason(config, Lineage(same.corpus, same.data_hash, sha, True)) \
+        .startswith("code changed: ")
+
+
 def test_promote_by_hand_rollback_and_their_history(two_runs, tmp_path):
     env = two_runs["env"]
     client = two_runs["client"]
@@ -277,8 +310,9 @@ def test_audit_says_not_reproduced_when_the_config_differs(two_runs, tmp_path):
     finally:
         client.set_tag(run_id, "config_sha256", recorded)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "MISMATCH  config:" in result.stdout
+    assert "MISMATCH  config:" in result.stdout and "nothing was re-run" in result.stdout
     assert "VERDICT: NOT REPRODUCED (config)" in result.stdout
+    assert "weights" not in result.stdout and not any(tmp_path.iterdir())
 
 
 def test_audit_says_mismatch_on_other_data(two_runs, tmp_path):
