@@ -94,3 +94,37 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     validate.run(work / "ingest", work / "validated", config.ingest.classes, config.validate)
     features.run(work / "validated", work / "store", config.features)
     return {"corpus": corpus, "validated": work / "validated", "store": work / "store"}
+
+
+SENTINEL = "s3nt1nel-Secret-Value"  # a credential in the environment: never to be stored
+GATE = TINY + ["registry.ua_floor=0.0", "registry.bootstrap_samples=200"]
+
+
+@pytest.fixture(scope="session")  # kept while other modules' tests run on this worker
+def two_runs(prepared, tmp_path_factory) -> dict:
+    """Two `emoalign run`s into one registry (the second on another version of the data),
+    for every test that reads a whole run: what it printed, its summary, its files, the
+    registry after it."""
+    from mlflow import MlflowClient
+
+    work = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "AWS_SECRET_ACCESS_KEY": SENTINEL,
+           "MLFLOW_TRACKING_PASSWORD": SENTINEL + "2"}
+    second = work / "v2" / "IEMOCAP_full_release"
+    shutil.copytree(prepared["corpus"], second)
+    # A new data version: one transcript line changes.
+    script = next(second.glob("Session1/dialog/transcriptions/*.txt"))
+    script.write_text(script.read_text().replace("]: ", "]: well ", 1))
+    summaries, stdouts = [], []
+    for n, corpus in enumerate((prepared["corpus"], second)):
+        path = work / f"summary{n}.json"
+        overrides = sum((["--set", o] for o in GATE + [f"seed={n}"]), [])
+        result = emoalign("run", "--corpus", corpus, "--workdir", work / "runs",
+                          "--summary-json", path, *overrides, env=env)
+        assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+        summaries.append(json.loads(path.read_text()))
+        stdouts.append(result.stdout)
+    return {"uri": uri, "env": env, "work": work, "summaries": summaries, "stdouts": stdouts,
+            "corpora": [prepared["corpus"], second],
+            "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}

@@ -18,8 +18,10 @@ from conftest import TINY, assert_one_line_error, emoalign
 from model.metrics import unweighted_accuracy
 from pipelines.inprocess import run_steps
 
+# A floor no such model reaches: the register task is skipped under its dsl.If, and
+# `emoalign register` registers the finished run afterwards.
 FOLDS_X_SEEDS = [*TINY, "train.epochs=2", "model.kind=text", "protocol=loso",
-                 "train.seeds=0,1", "train.parallelism=2", "registry.ua_floor=0.0"]
+                 "train.seeds=0,1", "train.parallelism=2", "registry.ua_floor=0.99"]
 EXPECTED = {(f"session{s}", seed) for s in range(1, 6) for seed in (0, 1)}
 
 
@@ -27,7 +29,7 @@ def sets(overrides):
     return sum((["--set", o] for o in overrides), [])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while other modules' tests run on this worker
 def fanned_out(prepared, tmp_path_factory):
     work = tmp_path_factory.mktemp("fanout")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
@@ -35,8 +37,19 @@ def fanned_out(prepared, tmp_path_factory):
                       "--summary-json", work / "summary.json", *sets(FOLDS_X_SEEDS), env=env)
     assert result.returncode == 0, result.stderr + result.stdout[-3000:]
     summary = json.loads((work / "summary.json").read_text())
+    registered = emoalign("register", "--pipeline-run", summary["run_dir"], env=env)
+    assert registered.returncode == 0, registered.stderr
     return {"summary": summary, "stdout": result.stdout, "env": env, "work": work,
-            "run_dir": Path(summary["run_dir"])}
+            "run_dir": Path(summary["run_dir"]), "registered": registered.stdout}
+
+
+def test_below_the_floor_the_register_task_is_skipped_and_said_so(fanned_out):
+    stdout, summary = fanned_out["stdout"], fanned_out["summary"]
+    assert "Task 'track' finished with status SUCCESS" in stdout
+    assert "Executing task 'register'" not in stdout
+    assert "not registered: UA" in stdout and "below registry.ua_floor 0.99" in stdout
+    assert summary["model_version"] is None and summary["promoted"] is False
+    assert summary["retrained"] is True and summary["mlflow_run_id"]
 
 
 def test_each_fold_and_seed_is_its_own_task_run_two_at_a_time(fanned_out):
@@ -92,7 +105,8 @@ def test_one_version_serves_every_model_and_each_task_is_a_nested_run(fanned_out
     summary = fanned_out["summary"]
     client = MlflowClient(fanned_out["env"]["MLFLOW_TRACKING_URI"])
     versions = client.search_model_versions("name='emoalign'")
-    assert [str(v.version) for v in versions] == [summary["model_version"]] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
+    assert fanned_out["registered"].startswith("emoalign version 1: promoted to champion")
     served = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=client.get_model_version_download_uri("emoalign", "1"),
         dst_path=str(tmp_path)))
