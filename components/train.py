@@ -24,6 +24,7 @@ from components import environment, outputs
 from components.config import Config
 from components.folds import FoldSplit, TrainError, check_fold, make_folds, plan
 from components.outputs import FeatureStore, TrainedModel
+from components.reporting import write_train_summary
 from model.data import batch_indices, collate
 from model.metrics import scores
 from model.network import (ModelSpec, build_model, log_probs, loss_fn,
@@ -412,34 +413,4 @@ def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
     results = [run_task(store_dir, manifest_path, out_dir, config.for_task(task["seed"]),
                         task["fold"], resume=resume)
                for task in plan(manifest_path, config)]
-    return write_summary(results, out_dir, config)
-
-
-def write_summary(results: list[dict], out_dir: Path, config: Config) -> dict:
-    """train_summary.json over the run's (fold, seed) models."""
-    summary = {"protocol": config.protocol, "model_kind": config.model.kind,
-               "seeds": config.seeds, "device": results[0]["device"],
-               "folds": [{k: v for k, v in r.items() if k != "environment"} for r in results],
-               "seconds": round(sum(r["seconds"] for r in results), 2),
-               "environment": results[0]["environment"]}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / TrainedModel.SUMMARY).write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def collect(model_dirs: list[Path], out_dir: Path, config: Config) -> dict:
-    """The fanned-out tasks' models gathered into one model folder (what registration
-    serves: every member, averaged), without their resume checkpoints."""
-    import shutil
-
-    results = []
-    for part in map(TrainedModel, map(Path, model_dirs)):
-        for member in part.fold_dirs():
-            target = Path(out_dir) / member.name
-            shutil.copytree(member, target, ignore=shutil.ignore_patterns(
-                TrainedModel.CHECKPOINT), dirs_exist_ok=True)
-        summary = part.summary()
-        results.extend({**r, "environment": summary["environment"]} for r in summary["folds"])
-    if len({r["member"] for r in results}) != len(results):
-        raise TrainError("two tasks trained the same (fold, seed); nothing was collected")
-    return write_summary(results, out_dir, config)
+    return write_train_summary(results, out_dir, config)

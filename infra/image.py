@@ -9,9 +9,10 @@ in CI, reuses it):
 
 1. buildah (and debootstrap when the base must be made) from apt-get when missing.
 2. The wheelhouse: `pip download` of infra/requirements-runtime.lock (the image's lock),
-   infra/requirements-server.txt and what `pip install .` builds with, on this machine, into wheelhouse-<hash of those inputs>;
-   reused while they do not change. The build mounts it read-only at /wheels and pip installs
-   from it alone (`--no-index`), so the build itself needs no package index.
+   infra/requirements-server.txt and what `pip install .` builds with, on this machine,
+   into wheelhouse-<hash of those inputs>; reused while they do not change. The build
+   mounts it read-only at /wheels and pip installs from it alone (`--no-index`), so the
+   build itself needs no package index.
 3. The base: the Dockerfile's FROM (python:3.11.7-slim-bookworm) when it is in buildah's
    store or can be pulled; otherwise (air-gapped, or public container registries out of
    reach, as here) a Debian bookworm base made with debootstrap and imported into buildah as

@@ -122,12 +122,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from components import evaluate
+    from components import evaluate, reporting
 
     config = _load_config(args)
     metrics = evaluate.run(Path(args.model), Path(args.store), Path(args.manifest),
                            Path(args.out), config)
-    for line in evaluate.report_lines(metrics):
+    for line in reporting.report_lines(metrics):
         print(line)
     print(f"metrics, predictions and plots under {args.out}")
     return 0

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from components import evaluate, features, folds, ingest, train, validate
+from components import evaluate, features, folds, ingest, reporting, train, validate
 from components.config import Config
 from components.outputs import StepOutputs
 
@@ -37,13 +37,13 @@ def run_steps(corpus: Path, config: Config, out_dir: Path) -> dict:
         members.append(member)
         result = train.run_task(out.store_dir, out.validated_dir, member / "train",
                                 task_config, task["fold"])
-        train.write_summary([result], member / "train", task_config)
+        reporting.write_train_summary([result], member / "train", task_config)
         lap("train")
         evaluate.run(member / "train", out.store_dir, out.validated_dir, member / "evaluate",
                      task_config)
         lap("evaluate")
-    train.collect([m / "train" for m in members], out.model_dir, config)
-    metrics = evaluate.collect([m / "evaluate" for m in members], out.model_dir,
+    reporting.collect_models([m / "train" for m in members], out.model_dir, config)
+    metrics = reporting.collect([m / "evaluate" for m in members], out.model_dir,
                                out.evaluation_dir, config)
     lap("summarize")
     seconds["total"] = time.perf_counter() - started

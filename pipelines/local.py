@@ -271,7 +271,7 @@ def _data_summary(out: StepOutputs) -> dict:
 
 
 def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
-    from components import evaluate, ingest, validate
+    from components import ingest, reporting, validate
 
     out = run.outputs
     store = run.artifact_metadata("features", "store")
@@ -280,7 +280,7 @@ def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
              f"features: {'reused' if store['reused'] else 'built'} "
              f"{int(store['utterances'])} utterances, {int(store['frames']):,} frames "
              f"({store['cache_entry']})",
-             *evaluate.report_lines(out.evaluation.metrics()),
+             *reporting.report_lines(out.evaluation.metrics()),
              "", f"MLflow run {summary['mlflow_run_id']} in experiment "
                  f"{config.registry.experiment!r}"]
     if summary["model_version"] is not None:

@@ -175,11 +175,12 @@ def train(
 
     from components import train as step
     from components.config import config_from_yaml
+    from components.reporting import write_train_summary
 
     config = config_from_yaml(config_yaml)
     result = step.run_task(Path(store.path), Path(validated.path), Path(model.path), config,
                            fold, concurrent)
-    step.write_summary([result], Path(model.path), config)
+    write_train_summary([result], Path(model.path), config)
     model.metadata.update(fold=fold, seed=config.seed, kind=config.model.kind,
                           device=result["device"], seconds=result["seconds"],
                           best_epoch=result["best_epoch"])
@@ -229,12 +230,12 @@ def summarize(
     registry.ua_floor (the register step runs only then), else why not."""
     from pathlib import Path
 
-    from components import evaluate, train
+    from components import reporting
     from components.config import config_from_yaml
 
     config = config_from_yaml(config_yaml)
-    summary = train.collect([Path(m.path) for m in models], Path(model.path), config)
-    metrics = evaluate.collect([Path(e.path) for e in evaluations], Path(model.path),
+    summary = reporting.collect_models([Path(m.path) for m in models], Path(model.path), config)
+    metrics = reporting.collect([Path(e.path) for e in evaluations], Path(model.path),
                                Path(evaluation.path), config)
     model.metadata.update(kind=summary["model_kind"], protocol=summary["protocol"],
                           members=len(summary["folds"]), seeds=summary["seeds"])
@@ -242,7 +243,7 @@ def summarize(
         scores.log_metric(key, metrics[key])
     confusion.log_confusion_matrix(metrics["classes"], metrics["confusion"])
     Path(report.path).write_text("# Evaluation\n\n```\n"
-                                 + "\n".join(evaluate.report_lines(metrics)) + "\n```\n")
+                                 + "\n".join(reporting.report_lines(metrics)) + "\n```\n")
     floor = config.registry.ua_floor
     if metrics["ua"] >= floor:
         return "passed"
