@@ -4,6 +4,7 @@ model version and one MLflow run with a nested run per task."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,10 @@ from pipelines.inprocess import run_steps
 # `emoalign register` registers the finished run afterwards.
 FOLDS_X_SEEDS = [*TINY, "train.epochs=2", "model.kind=text", "protocol=loso",
                  "train.seeds=0,1", "train.parallelism=2", "registry.ua_floor=0.99"]
-EXPECTED = {(f"session{s}", seed) for s in range(1, 6) for seed in (0, 1)}
+# Two sessions of the prepared corpus: leave-one-session-out gives two folds, so two folds
+# times two seeds are four tasks (five sessions would be ten tasks checking nothing more).
+SESSIONS = (4, 5)
+EXPECTED = {(f"session{s}", seed) for s in SESSIONS for seed in (0, 1)}
 
 
 def sets(overrides):
@@ -32,14 +36,18 @@ def sets(overrides):
 @pytest.fixture(scope="session")  # kept while other modules' tests run on this worker
 def fanned_out(prepared, tmp_path_factory):
     work = tmp_path_factory.mktemp("fanout")
+    corpus = work / "corpus" / "IEMOCAP_full_release"
+    shutil.copytree(prepared["corpus"], corpus, ignore=lambda folder, names: [
+        n for n in names if n.startswith("Session") and int(n[-1]) not in SESSIONS])
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    result = emoalign("run", "--corpus", prepared["corpus"].parent, "--workdir", work / "runs",
+    result = emoalign("run", "--corpus", corpus.parent, "--workdir", work / "runs",
                       "--summary-json", work / "summary.json", *sets(FOLDS_X_SEEDS), env=env)
     assert result.returncode == 0, result.stderr + result.stdout[-3000:]
     summary = json.loads((work / "summary.json").read_text())
     registered = emoalign("register", "--pipeline-run", summary["run_dir"], env=env)
     assert registered.returncode == 0, registered.stderr
     return {"summary": summary, "stdout": result.stdout, "env": env, "work": work,
+            "corpus": corpus,
             "run_dir": Path(summary["run_dir"]), "registered": registered.stdout}
 
 
@@ -89,13 +97,13 @@ def test_the_summary_is_the_mean_and_spread_of_the_tasks_own_scores(fanned_out):
     assert summary["wa_std"] == pytest.approx(np.std(was), abs=1e-12)
     assert (summary["ua"], summary["wa"]) == (summary["ua_mean"], summary["wa_mean"])
     metrics = json.loads((run_dir / "summarize" / "evaluation" / "metrics.json").read_text())
-    assert set(metrics["per_fold"]) == {f"session{s}" for s in range(1, 6)}
+    assert set(metrics["per_fold"]) == {f"session{s}" for s in SESSIONS}
     assert metrics["per_seed"]["1"]["ua_mean"] == pytest.approx(
         np.mean([r["ua"] for r in results if r["seed"] == 1]))
     # The confusion matrix pools every task's predictions.
     assert np.sum(metrics["confusion"]) == sum(r["n_test"] for r in results) == \
         summary["n_test"]
-    assert "over 10 (fold, seed) models" in fanned_out["stdout"]
+    assert f"over {len(EXPECTED)} (fold, seed) models" in fanned_out["stdout"]
 
 
 def test_one_version_serves_every_model_and_each_task_is_a_nested_run(fanned_out, tmp_path):
@@ -124,15 +132,15 @@ def test_one_version_serves_every_model_and_each_task_is_a_nested_run(fanned_out
         assert child.data.metrics["evaluate/ua"] == pytest.approx(result["ua"])
         curve = client.get_metric_history(child.info.run_id, "train/loss")
         assert [m.step for m in curve] == [1, 2]
-    assert parent.data.metrics["evaluate/models"] == 10
+    assert parent.data.metrics["evaluate/models"] == len(EXPECTED)
     assert parent.data.metrics["evaluate/ua"] == pytest.approx(summary["ua_mean"])
 
 
-def test_fanned_out_equals_one_after_the_other(fanned_out, prepared, tmp_path):
+def test_fanned_out_equals_one_after_the_other(fanned_out, tmp_path):
     """The same tasks run sequentially in one process (one thread each, as TINY sets):
     the same weights, bit for bit, and the same summary."""
     config = load_config(None, FOLDS_X_SEEDS)
-    sequential = run_steps(prepared["corpus"], config, tmp_path / "seq")["metrics"]
+    sequential = run_steps(fanned_out["corpus"], config, tmp_path / "seq")["metrics"]
     summary = fanned_out["summary"]
     assert sequential["results"] == summary["results"]
     assert (sequential["ua"], sequential["wa"]) == (summary["ua"], summary["wa"])
