@@ -151,8 +151,10 @@ class Attention(nn.Module):
 
     def forward(self, words, speech, speech_mask):
         if self.kind == "additive":
-            scores = self.v(torch.tanh(self.w_word(words)[:, :, None, :]
-                                       + self.w_speech(speech)[:, None, :, :])).squeeze(-1)
+            # (B, W, T', A), the largest tensor of the model: tanh in place spares a copy
+            # (the sum is not needed for the backward pass; tanh's output is).
+            hidden = self.w_word(words)[:, :, None, :] + self.w_speech(speech)[:, None, :, :]
+            scores = self.v(hidden.tanh_()).squeeze(-1)
         else:
             scores = self.query(words) @ self.key(speech).transpose(1, 2)
             scores = scores / self.key.out_features ** 0.5
