@@ -36,6 +36,8 @@ BENCHMARKS = {
     # The fusion checks with bounds (exit 1 when one breaks): once unit tests, now here.
     "quality": ("quality.py", []),
     "orchestration": ("orchestration.py", []),
+    # `emoalign run` + the no-op retrain, before issue 25 and now, taking turns.
+    "default_run": ("default_run.py", []),
     "iemocap_size": ("iemocap_size.py", ["--corpus", "{corpus}"]),
     "faults": ("faults.py", []),
     "bad_inputs": ("bad_inputs.py", []),
