@@ -17,6 +17,8 @@ CORPUS_PVC = os.environ.get("EMOALIGN_CORPUS_PVC", "emoalign-corpus")
 CORPUS_MOUNT = "/mnt/corpus"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = (os.environ.get("EMOALIGN_GPU_NODE_LABEL", "nvidia.com/gpu.present"), "true")
+# The first wait before a failed network step runs again (then twice as long, twice again).
+RETRY_BACKOFF_S = float(os.environ.get("EMOALIGN_RETRY_BACKOFF_S", "10"))
 
 # (cpu request, memory request, memory limit) per task; sized for the full IEMOCAP.
 RESOURCES = {
@@ -55,11 +57,11 @@ def configure(task, step: str):
         kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists",
                                   effect="NoSchedule")
     if step in RETRIED:
-        # 10 s, 20 s, 40 s: rides out a restarting server or a flaky network, and a dead
-        # one fails the run in a few minutes (each attempt's MLflow calls retry 3 times,
-        # registry.store.HTTP_RETRIES; kfp.local honours this too).
-        task.set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2.0,
-                       backoff_max_duration="60s")
+        # 10 s, 20 s, 40 s by default: rides out a restarting server or a flaky network,
+        # and a dead one fails the run in a few minutes (each attempt's MLflow calls retry
+        # 3 times, registry.store.HTTP_RETRIES; kfp.local honours this too).
+        task.set_retry(num_retries=3, backoff_duration=f"{RETRY_BACKOFF_S:g}s",
+                       backoff_factor=2.0, backoff_max_duration="60s")
     if step in UNCACHED:
         task.set_caching_options(False)
     if step in READS_CORPUS:

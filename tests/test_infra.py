@@ -523,6 +523,28 @@ def test_image_names_agree_everywhere():
         assert executor["container"]["image"] == PROJECT_IMAGE, label
 
 
+def _retry_policies(compiled: dict) -> dict:
+    return {name: task["retryPolicy"] for dag in (c["dag"]["tasks"] for c in
+            [compiled["root"], *compiled["components"].values()] if "dag" in c)
+            for name, task in dag.items() if "retryPolicy" in task}
+
+
+def test_network_steps_retry_after_10_20_40_s_unless_told_otherwise(tmp_path):
+    compiled, _ = yaml.safe_load_all(COMPILED.read_text())
+    policies = _retry_policies(compiled)
+    assert set(policies) == cluster.RETRIED
+    assert all(p == {"backoffDuration": "10s", "backoffFactor": 2.0,
+                     "backoffMaxDuration": "60s", "maxRetryCount": 3}
+               for p in policies.values()), policies
+    # EMOALIGN_RETRY_BACKOFF_S, read when the DAG is built, sets the first wait.
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "--out",
+                           str(tmp_path / "p.yaml")], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "EMOALIGN_RETRY_BACKOFF_S": "1"})
+    assert done.returncode == 0, done.stderr
+    quick, _ = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
+    assert {p["backoffDuration"] for p in _retry_policies(quick).values()} == {"1s"}
+
+
 def test_compiled_pipeline_asks_for_a_gpu_only_for_training():
     ir, _ = compiled_docs()
     labels = executor_of_step(ir)
