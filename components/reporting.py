@@ -27,7 +27,7 @@ class CollectError(UserError):
 
 def collect(evaluation_dirs: list[Path], model_dir: Path, out_dir: Path,
             config: Config) -> dict:
-    """The fanned-out tasks' evaluations pooled into one, as `run` on every model would
+    """The fanned-out tasks' evaluations pooled into one, as evaluate.run on every model would
     write it: mean ± std over the (fold, seed) models, per fold, per seed and per class,
     and the confusion matrix pooled over all of them."""
     import shutil

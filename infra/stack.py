@@ -136,6 +136,9 @@ def free_port() -> int:
 
 def _check_port_free(port: int, service: str, variable: str) -> None:
     with socket.socket() as s:
+        # As the servers themselves bind: connections of a service just stopped, still in
+        # TIME_WAIT for a minute, do not keep it from starting again; a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

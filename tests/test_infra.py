@@ -580,3 +580,30 @@ def test_compiled_pipeline_mounts_the_secrets_cluster_py_names():
     for step in ("track", "register"):
         names = secret_names(executors[executor_of_step(ir)[step]])
         assert {cluster.MLFLOW_SECRET, cluster.S3_SECRET} <= names, step
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_service_is_free_and_a_listener_is_not(
+        monkeypatch):
+    """`make stack`'s services restart on their own port (the e2e outage drills stop and
+    start PostgreSQL): connections the stopped server closed linger in TIME_WAIT for a
+    minute and must not make its port look busy; a process listening there must."""
+    import importlib
+    import socket
+    import time
+
+    monkeypatch.syspath_prepend(str(INFRA))
+    stack = importlib.import_module("stack")
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    with pytest.raises(stack.StackError, match=f"port {port} for PostgreSQL is busy"):
+        stack._check_port_free(port, "PostgreSQL", "STACK_PG_PORT")
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server closes first: its end of the connection waits in TIME_WAIT
+    time.sleep(0.1)
+    client.close()
+    server.close()
+    stack._check_port_free(port, "PostgreSQL", "STACK_PG_PORT")
