@@ -51,7 +51,8 @@ stack-down:
 
 # End-to-end tests: the pipeline against a stack of their own (free ports, a scratch folder)
 # and the project image built and run (e2e/test_image.py; it skips, saying why, without
-# buildah or 40 GB free). About 15 minutes on 2 cores with the image cache warm, 25 cold.
+# buildah or 40 GB free). About 12 minutes on 2 cores with the image cache warm, 15.5 cold
+# (benchmarks/RESULTS.md).
 # `make test` does not run them.
 e2e: $(E2E_STAMP)
 	EMOALIGN_IMAGE_CACHE=$(IMAGE_CACHE) $(PY) -m pytest -q -rs e2e --image
