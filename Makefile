@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test test-fast run data lock compile bench clean stack stack-down e2e espeak-ng image \
+.PHONY: install test test-fast run data lock config compile bench clean stack stack-down e2e espeak-ng image \
 	e2e-image
 
 install: $(STAMP)
@@ -25,6 +25,10 @@ test: install espeak-ng
 # The edit-run loop's tier: everything but the whole pipeline runs (90 s or less on 2 cores).
 test-fast: install espeak-ng
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+# configs/default.yaml from the typed config (components/config.py), where keys are declared.
+config: install
+	$(PY) -m components.config > configs/default.yaml
 
 # The speech synthesiser of `emoalign sample-corpus --voice tts` (its tests skip without it).
 espeak-ng:

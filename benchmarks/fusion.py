@@ -42,7 +42,8 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import reference  # noqa: E402
-from components import evaluate, features, ingest, sample_corpus, train, validate  # noqa: E402
+from components import (evaluate, features, folds, ingest, sample_corpus, train,  # noqa: E402
+                        validate)
 from components.config import load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
 
@@ -90,8 +91,9 @@ def ours(job: tuple) -> dict:
                                 f"protocol={protocol}"])
     name = f"{kind}_{fold}_{seed}"
     with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines
-        train.run_task(folder / "store", folder / "validated", folder / "m" / name, config,
-                       fold)
+        store, rows = train.load_inputs(folder / "store", folder / "validated", config)
+        train.train_member(folds.task_of(rows, config, fold), store, rows, config,
+                           folder / "m" / name)
         metrics = evaluate.run(folder / "m" / name, folder / "store", folder / "validated",
                                folder / "e" / name, config)
     table = pd.read_csv(folder / "e" / name / Evaluation.PREDICTIONS)

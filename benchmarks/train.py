@@ -30,7 +30,8 @@ from components import features, ingest, outputs, sample_corpus, train, validate
 from components.config import load_config  # noqa: E402
 from model import network  # noqa: E402
 from model.data import batch_indices, collate  # noqa: E402
-from model.network import ModelSpec, build_model  # noqa: E402
+from model.network import build_model  # noqa: E402
+from model.spec import ModelSpec  # noqa: E402
 from model.serving import Inputs  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
 
@@ -69,7 +70,7 @@ def epoch(examples, spec, config, bucketing, device, seed=0):
         batch = collate([examples[i] for i in idx]).to(device)
         real += int(batch.frame_lengths.sum())
         padded += batch.frames.shape[0] * batch.frames.shape[1]
-        loss, _ = train.align_loss(model, batch, None, config)  # the loss training uses
+        loss, _ = model.training_loss(batch, None, train.loss_terms(config, 1))  # as training
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -105,11 +106,9 @@ def main() -> None:
         seconds = np.array([len(e.frames) for e in examples]) / 100
         print(f"device {device} ({args.threads} CPU threads); {len(examples)} utterances, "
               f"mean {seconds.mean():.2f} s, longest {seconds.max():.1f} s")
-        m = config.model
-        spec = ModelSpec(kind="align", n_classes=4, feature_dim=store.spec.dim,
-                         vocab_size=len(vocab), embed_dim=m.embed_dim, hidden=m.hidden,
-                         attention_dim=m.attention_dim, frame_pool=m.frame_pool,
-                         dropout=m.dropout, unimodal_heads=config.train.unimodal_loss > 0)
+        spec = ModelSpec.of(config.model, n_classes=4, feature_dim=store.spec.dim,
+                            vocab_size=len(vocab),
+                            unimodal_heads=config.train.unimodal_loss > 0)
         t_bucket, pad_bucket = epoch(examples, spec, config, True, device)
         t_shuffled, pad_shuffled = epoch(examples, spec, config, False, device)
         split_forward = network.BiLSTM.forward

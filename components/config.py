@@ -1,5 +1,11 @@
 """One typed configuration for the whole pipeline, loaded from YAML, overridable with
-`--set key=value`, and saved resolved beside every run."""
+`--set key=value`, and saved resolved beside every run.
+
+The dataclasses below are the one place a key is declared: its type, its default and its
+help (`setting`). configs/default.yaml is generated from them (`make config`; a test keeps
+the two equal), and pydantic checks every value against the types, in strict mode, so
+`epochs: "30"` or `seed: true` are mistakes, as they always were here. What the types cannot
+say (ranges, keys that must agree) each section's `check` says."""
 
 from __future__ import annotations
 
@@ -7,18 +13,17 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
-import types
+import re
+import textwrap
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from components import PROJECT_ROOT
 from components.errors import ConfigError
-from model.spec import ATTENTIONS, KINDS, FeatureSpec
-
+from model.spec import ATTENTIONS, KINDS, Architecture, FeatureSpec, setting
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -30,12 +35,22 @@ CLASS_CODES = {
 }
 
 
+class Section:
+    """A section of the config: a key it does not declare is a mistake, not ignored."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+
+def section(cls: type, help: str = ""):
+    return field(default_factory=cls, metadata={"help": help})
+
+
 @dataclass
-class SampleCorpusConfig:
+class SampleCorpusConfig(Section):
     """The generated corpus `emoalign run` uses when `data/` is empty."""
 
-    utterances: int = 600
-    seed: int = 0
+    utterances: int = setting(600)
+    seed: int = setting(0)
 
     def check(self) -> None:
         if self.utterances < 11:
@@ -43,11 +58,13 @@ class SampleCorpusConfig:
 
 
 @dataclass
-class IngestConfig:
-    classes: list[str] = field(default_factory=lambda: ["neutral", "happy", "angry", "sad"])
-    # The standard 4-class protocol counts excited as happy; false drops exc utterances
-    # (or keeps them as their own class when "excited" is listed in classes).
-    merge_excited: bool = True
+class IngestConfig(Section):
+    classes: list[str] = setting(["neutral", "happy", "angry", "sad"],
+                                 "also: excited, frustrated, surprised, fearful, disgusted, "
+                                 "other")
+    merge_excited: bool = setting(True, "the standard 4-class protocol counts exc as happy; "
+                                        "false drops it (or keeps it, when 'excited' is a "
+                                        "class)")
 
     def label_map(self) -> dict[str, str]:
         """IEMOCAP code -> class name, for the codes this class set keeps."""
@@ -72,21 +89,17 @@ class IngestConfig:
 
 
 @dataclass
-class DriftConfig:
+class DriftConfig(Section):
     """Thresholds on how far a corpus may move from the reference statistics."""
 
-    # Total variation distance between class shares.
-    class_share_warn: float = 0.10
-    class_share_fail: float = 0.25
-    # Kolmogorov-Smirnov distance between duration distributions.
-    duration_warn: float = 0.15
-    duration_fail: float = 0.40
-    # Total variation distance between utterances-per-speaker shares.
-    speaker_warn: float = 0.15
-    speaker_fail: float = 0.40
-    # Share of transcript tokens outside the reference vocabulary.
-    oov_warn: float = 0.05
-    oov_fail: float = 0.20
+    class_share_warn: float = setting(0.10, "total variation distance of class shares")
+    class_share_fail: float = setting(0.25)
+    duration_warn: float = setting(0.15, "Kolmogorov-Smirnov distance of durations")
+    duration_fail: float = setting(0.40)
+    speaker_warn: float = setting(0.15, "total variation distance of utterances per speaker")
+    speaker_fail: float = setting(0.40)
+    oov_warn: float = setting(0.05, "share of tokens outside the reference vocabulary")
+    oov_fail: float = setting(0.20)
 
     def check(self) -> None:
         for key, warn in vars(self).items():
@@ -95,23 +108,25 @@ class DriftConfig:
 
 
 @dataclass
-class ValidateConfig:
-    sample_rate: int = 16_000
-    channels: int = 1
-    min_duration_s: float = 0.2
-    max_duration_s: float = 40.0  # the real release's longest turn lasts about 34 s
-    # A wav whose length differs from its label block's by more than this is quarantined.
-    duration_tolerance_s: float = 0.1
-    silence_floor_dbfs: float = -55.0
-    max_clipped_share: float = 0.01
-    # Every class must hold at least this share of the labelled rows.
-    min_class_share: float = 0.03
-    # More quarantined labelled rows than this share means a broken corpus, not a few bad files.
-    max_quarantined_share: float = 0.20
-    strict: bool = False  # every warning becomes an error
-    reference_stats: str = ""  # stats.json of a reference corpus, for the drift check
-    workers: int = 0  # audio check processes; 0 = one per core
-    drift: DriftConfig = field(default_factory=DriftConfig)
+class ValidateConfig(Section):
+    sample_rate: int = setting(16_000)
+    channels: int = setting(1)
+    min_duration_s: float = setting(0.2)
+    # The real release's longest turn lasts about 34 s.
+    max_duration_s: float = setting(40.0)
+    duration_tolerance_s: float = setting(0.1, "wav length against its label block; more "
+                                               "quarantines the wav")
+    silence_floor_dbfs: float = setting(-55.0)
+    max_clipped_share: float = setting(0.01)
+    min_class_share: float = setting(0.03, "of the labelled rows, per class")
+    max_quarantined_share: float = setting(0.20, "more than this is a broken corpus, not a "
+                                                 "few bad files")
+    strict: bool = setting(False, "every warning becomes an error")
+    reference_stats: str = setting("", "stats.json of a reference corpus, for the drift "
+                                       "check")
+    workers: int = setting(0, "audio check processes; 0 = one per core")
+    drift: DriftConfig = section(DriftConfig, "warn / fail above these distances from the "
+                                              "reference")
 
     def check(self, n_classes: int) -> None:
         for key in ("duration_tolerance_s", "min_duration_s", "max_clipped_share",
@@ -126,24 +141,24 @@ class ValidateConfig:
 
 
 @dataclass
-class FeaturesConfig(FeatureSpec):
+class FeaturesConfig(FeatureSpec, Section):
     """The MFCC settings (model/spec.py's FeatureSpec, whose fields come first here) and how
     the feature store keeps the frames."""
 
-    # The pipeline's defaults for prosody (FeatureSpec's stay off: they are what a model
-    # bundle saved before these settings existed was trained with). Pitch and energy, each
-    # speaker normalised with their own statistics, were chosen on the generated and the
-    # espeak-ng corpus at three seeds (benchmarks/RESULTS.md, "Choosing the speech features").
-    pitch: bool = True
-    energy: bool = True
-    dtype: str = "float16"
-    # speaker: each speaker's own statistics (from their audio only; serving enrols a new
-    # speaker from its own utterances); global: one mean/std from the training sessions; none.
-    normalization: str = "speaker"
-    # The cache key covers each wav's size and mtime; true hashes the bytes instead.
-    content_hash: bool = False
-    workers: int = 0  # extraction processes; 0 = one per core
-    cache_dir: str = ""  # a shared folder of stores, reused across runs; "" = none
+    # Pitch and energy, each speaker normalised with their own statistics, were chosen on
+    # the generated and the espeak-ng corpus at three seeds (benchmarks/RESULTS.md,
+    # "Choosing the speech features").
+    pitch: bool = setting(True, "+ voicing and log-F0 per frame (YIN), with their deltas")
+    energy: bool = setting(True, "+ log energy per frame, with its deltas")
+    dtype: str = setting("float16", "or float32")
+    normalization: str = setting("speaker", "speaker (each speaker's own statistics; serving "
+                                            "enrols a new speaker from its own utterances) | "
+                                            "global | none")
+    content_hash: bool = setting(False, "cache key from wav size + mtime; true hashes the "
+                                        "bytes")
+    workers: int = setting(0, "extraction processes; 0 = one per core")
+    cache_dir: str = setting("", "stores kept across runs; `emoalign run` uses "
+                                 "runs/feature_cache")
 
     def check(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -166,18 +181,13 @@ class FeaturesConfig(FeatureSpec):
 
 
 @dataclass
-class ModelConfig:
-    """The network (model/network.py)."""
+class ModelConfig(Architecture, Section):
+    """The network (model/spec.py's Architecture, whose fields come first here) and what
+    its inputs are built from."""
 
-    kind: str = "align"  # align | speech | text | late_fusion
-    attention: str = "additive"  # additive (the paper) | dot (scaled dot product)
-    embed_dim: int = 100
-    hidden: int = 64
-    attention_dim: int = 64
-    frame_pool: int = 5
-    dropout: float = 0.3
-    word_vectors: str = ""  # a local GloVe-format file; "" = embeddings learnt from scratch
-    min_word_count: int = 1
+    word_vectors: str = setting("", "a local GloVe-format file (never downloaded); \"\" = "
+                                    "embeddings learnt from scratch")
+    min_word_count: int = setting(1)
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -193,58 +203,59 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-3
-    lr_schedule: str = "cosine"  # cosine (down to lr/10 at the last epoch) | constant
-    patience: int = 8  # epochs without a better validation UA before stopping
-    min_epochs: int = 12  # no model is picked, and training never stops, before this
-    # Which weights a fold keeps: "average", the mean of the last `average_epochs` epochs'
-    # weights (every epoch runs; validation, if any, is only watched), which no small
-    # validation set can sway; or "best", those of the epoch with the best validation UA
-    # (early stopping on `validation_speakers`).
-    selection: str = "average"
-    average_epochs: int = 10
-    # Speakers of the training sessions held out for validation, one per session. 0 (the
-    # default, with selection "average") trains on all of them: on both benchmark corpora
-    # every kind scored higher, and retrains varied less, than with one speaker held out
-    # for early stopping (benchmarks/RESULTS.md).
-    validation_speakers: int = 0
-    grad_clip: float = 1.0
-    class_weights: bool = False  # weight the loss by inverse class frequency
-    # Align model only: share of training utterances shown without speech or without words,
-    # so that fusion learns to use both modalities.
-    modality_dropout: float = 0.3
-    # Align model only: weight of the speech-only and text-only losses on its encoders,
-    # beside the fusion loss (0 = the fusion loss alone, as in the paper).
-    unimodal_loss: float = 1.0
-    # Align model only: weight of the loss on attention far from the word's place in the
-    # utterance (0 = free attention, as in the paper), and how far is far, as a share.
-    guided_attention: float = 0.0
-    guided_attention_width: float = 0.2
-    # Share of the epochs over which that weight fades to nothing (0 = full weight throughout).
-    guided_attention_fade: float = 0.5
-    # SpecAugment-style masking of the speech features in training, for every kind that hears
-    # speech: `time_masks` spans of up to `time_mask_share` of each utterance's frames, and
-    # `feature_masks` bands of up to `feature_mask_width` adjacent feature channels, set to
-    # the speaker's mean (0 after normalisation). 0 masks: off.
-    time_masks: int = 0
-    time_mask_share: float = 0.1
-    feature_masks: int = 0
-    feature_mask_width: int = 4
-    bucketing: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bf16 autocast on CUDA
-    # CUDA only: PyTorch's deterministic algorithms, so a re-run on the same GPU gives the
-    # same weights (CPU kernels are deterministic already).
-    deterministic: bool = True
-    threads: int = 0  # CPU threads per task; 0 = the cores shared among the tasks running
-    # Seeds each fold is trained with, one (fold, seed) task each; None = just `seed`.
-    seeds: list[int] | None = None
-    # How many (fold, seed) tasks run at once; None = one per core under kfp.local, no limit
-    # on a cluster. Fixed when the pipeline is compiled.
-    parallelism: int | None = None
+class TrainConfig(Section):
+    epochs: int = setting(30)
+    batch_size: int = setting(32)
+    lr: float = setting(3e-3)
+    lr_schedule: str = setting("cosine", "cosine (down to lr/10 at the last epoch) | "
+                                         "constant")
+    patience: int = setting(8, "selection best: epochs without a better validation UA "
+                               "before stopping")
+    min_epochs: int = setting(12, "no epoch is picked, and training never stops, before "
+                                  "this")
+    # "average" is the default because no small validation set can sway it (a mean of
+    # weights, every epoch run; validation, if any, is only watched).
+    selection: str = setting("average", "average: the mean of the last average_epochs "
+                                        "epochs' weights | best: the epoch with the best "
+                                        "validation UA (early stopping)")
+    average_epochs: int = setting(10)
+    # 0 is the default: on both benchmark corpora every kind scored higher, and retrains
+    # varied less, than with one speaker held out for early stopping (benchmarks/RESULTS.md).
+    validation_speakers: int = setting(0, "speakers of the training sessions held out for "
+                                          "validation, one per session; 0: train on all "
+                                          "(needs selection average)")
+    grad_clip: float = setting(1.0)
+    class_weights: bool = setting(False, "weight the loss by inverse class frequency")
+    modality_dropout: float = setting(0.3, "align only: share of training utterances shown "
+                                           "without speech or without words")
+    unimodal_loss: float = setting(1.0, "align only: weight of the speech-only and text-only "
+                                        "head losses (0: the fusion loss alone, as in the "
+                                        "paper)")
+    guided_attention: float = setting(0.0, "align only: weight of the loss on attention off "
+                                           "the diagonal (0: free attention, as in the paper)")
+    guided_attention_width: float = setting(0.2, "how far off the diagonal is off, as a "
+                                                 "share of the utterance")
+    guided_attention_fade: float = setting(0.5, "share of the epochs over which that weight "
+                                                "fades to 0 (0: never)")
+    time_masks: int = setting(0, "training only: spans of frames set to the speaker mean "
+                                 "(0: off)")
+    time_mask_share: float = setting(0.1, "the longest such span, as a share of the "
+                                          "utterance")
+    feature_masks: int = setting(0, "training only: bands of adjacent feature channels "
+                                    "masked (0: off)")
+    feature_mask_width: int = setting(4, "the widest such band, in channels")
+    bucketing: bool = setting(True, "batch utterances of similar length together")
+    device: str = setting("auto", "auto | cpu | cuda")
+    bf16: bool = setting(True, "autocast on CUDA")
+    deterministic: bool = setting(True, "CUDA: deterministic algorithms (same GPU, same "
+                                        "weights)")
+    threads: int = setting(0, "CPU threads per task; 0: the cores, shared among the tasks "
+                              "running at once")
+    seeds: list[int] | None = setting(None, "e.g. [0, 1, 2]: each fold trained once per "
+                                            "seed, as its own task; null: [seed]")
+    parallelism: int | None = setting(None, "(fold, seed) tasks at once; null: one per core "
+                                            "locally, no limit on a cluster (fixed when the "
+                                            "pipeline is compiled)")
 
     def check(self) -> None:
         if self.selection not in ("best", "average"):
@@ -259,6 +270,21 @@ class TrainConfig:
         if self.average_epochs < 1:  # more than train.epochs: all of them
             raise ConfigError(f"train.average_epochs must be at least 1, got "
                               f"{self.average_epochs}")
+        self._check_fan_out()
+        self._check_regularisers()
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be at least 1")
+        if self.lr <= 0 or self.grad_clip < 0 or self.patience < 1 or self.threads < 0:
+            raise ConfigError("train.lr must be positive, train.patience at least 1, "
+                              "train.grad_clip and train.threads not negative")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"train.lr_schedule must be cosine or constant, got "
+                              f"{self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
+    def _check_fan_out(self) -> None:
         if self.seeds is not None:
             if not self.seeds:
                 raise ConfigError("train.seeds is empty; give one seed or more (e.g. "
@@ -269,6 +295,8 @@ class TrainConfig:
         if self.parallelism is not None and self.parallelism < 1:
             raise ConfigError(f"train.parallelism must be at least 1 (or null), got "
                               f"{self.parallelism}")
+
+    def _check_regularisers(self) -> None:
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError("train.modality_dropout must be in [0, 1)")
         if not 0 <= self.unimodal_loss <= 10:
@@ -284,34 +312,22 @@ class TrainConfig:
         if not (0 < self.time_mask_share <= 0.5 and self.feature_mask_width >= 1):
             raise ConfigError("train.time_mask_share must be in (0, 0.5] and "
                               "train.feature_mask_width at least 1")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1")
-        if self.lr <= 0 or self.grad_clip < 0 or self.patience < 1 or self.threads < 0:
-            raise ConfigError("train.lr must be positive, train.patience at least 1, "
-                              "train.grad_clip and train.threads not negative")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(f"train.lr_schedule must be cosine or constant, got "
-                              f"{self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
-class RegistryConfig:
-    """MLflow names and the promotion gate (components/registry.py). The tracking store is
+class RegistryConfig(Section):
+    """MLflow names and the promotion gate (components/registry/). The tracking store is
     not configured here: MLFLOW_TRACKING_URI, else SQLite under runs/."""
 
-    model_name: str = "emoalign"
-    experiment: str = "emoalign"
-    # A model below this UA is never registered (4 classes: chance is 0.25).
-    ua_floor: float = 0.40
-    # The challenger replaces the champion unless its UA, both re-scored on the same test
-    # utterances, is lower by more than this.
-    tolerance: float = 0.01
-    bootstrap_samples: int = 1000  # for the confidence interval of the UA difference
-    # Test utterances the registered model must score through MLflow before promotion.
-    infra_check_utterances: int = 8
+    model_name: str = setting("emoalign")
+    experiment: str = setting("emoalign")
+    ua_floor: float = setting(0.40, "below it a model is tracked but never registered "
+                                    "(4 classes: chance is 0.25)")
+    tolerance: float = setting(0.01, "how much lower than the champion's UA, both re-scored "
+                                     "on the same test utterances, may still be promoted")
+    bootstrap_samples: int = setting(1000, "for the 95 % interval of the UA difference")
+    infra_check_utterances: int = setting(8, "test utterances scored through MLflow before "
+                                             "promotion")
 
     def check(self) -> None:
         if not self.model_name.strip() or not self.experiment.strip():
@@ -324,19 +340,19 @@ class RegistryConfig:
 
 
 @dataclass
-class Config:
-    seed: int = 0
-    # holdout: train on four sessions, test on `holdout_session`;
-    # loso: leave-one-session-out 5-fold cross-validation.
-    protocol: str = "holdout"
-    holdout_session: int = 5
-    sample_corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
+class Config(Section):
+    seed: int = setting(0)
+    protocol: str = setting("holdout", "holdout: test on holdout_session; loso: "
+                                       "leave-one-session-out, 5 folds")
+    holdout_session: int = setting(5)
+    sample_corpus: SampleCorpusConfig = section(SampleCorpusConfig, "what `emoalign run` "
+                                                "generates when data/ is empty")
+    ingest: IngestConfig = section(IngestConfig)
+    validate: ValidateConfig = section(ValidateConfig)
+    features: FeaturesConfig = section(FeaturesConfig)
+    model: ModelConfig = section(ModelConfig)
+    train: TrainConfig = section(TrainConfig)
+    registry: RegistryConfig = section(RegistryConfig)
 
     def check(self) -> None:
         """A ConfigError naming the first key that cannot be used."""
@@ -384,84 +400,31 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def _build(cls: type, values: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"unknown config key {name!r} (known: "
-                              f"{', '.join(prefix + k for k in sorted(known))})")
-        kwargs[key] = _coerce(hints[key], value, name)
-    return cls(**kwargs)
+# ---- reading ---------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users write it: PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as
+    text; here it is the number YAML 1.2 and every user mean."""
 
 
-def _coerce(hint, value, name: str):
-    if isinstance(hint, types.UnionType):  # `X | None`: null, or an X
-        if value is None:
-            return None
-        (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY")
-        return _build(hint, value, name + ".")
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-            if item is not str:  # `--set train.seeds=0,1,2`: numbers, as YAML reads them
-                value = [yaml.safe_load(v) for v in value]
-        elif item is not str and not isinstance(value, (list, dict)) and value is not None:
-            value = [value]  # `--set train.seeds=3`
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {name!r} expects a list, got {value!r}")
-        return [_coerce(item, v, name) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {name!r} expects true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {name!r} expects an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as text
-            try:
-                parsed = float(value)
-                value = parsed if math.isfinite(parsed) else value
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key {name!r} expects a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key {name!r} expects text, got {value!r}")
-    raise TypeError(f"unsupported config type {hint} for {name}")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
 
 
-def _set_dotted(tree: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"config key {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+def _read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """configs/default.yaml, then the YAML file, then each `key=value` override; validated."""
-    tree = yaml.safe_load(DEFAULTS_FILE.read_text())
+    """The defaults, then the YAML file, then each `key=value` override; validated."""
+    tree = Config().to_dict()
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _read_yaml(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
         if loaded is not None and not isinstance(loaded, dict):
@@ -486,17 +449,133 @@ def apply_overrides(tree: dict, overrides: list[str] | tuple = ()) -> Config:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _read_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
-    config = _build(Config, tree, "")
-    config.check()
-    return config
+        _set_dotted(tree, key.strip(), _as_list_if_listed(key.strip(), value))
+    return _validated(tree)
 
 
 def config_from_yaml(text: str) -> Config:
     """The inverse of Config.to_yaml, as pipeline steps receive it."""
-    config = _build(Config, yaml.safe_load(text) or {}, "")
+    return _validated(_read_yaml(text) or {})
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _as_list_if_listed(dotted: str, value):
+    """`--set train.seeds=0,1,2` and `--set train.seeds=3` for a list key: the list."""
+    item = _list_item_type(dotted)
+    if item is None or isinstance(value, list) or value is None:
+        return value
+    if isinstance(value, str):
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        return parts if item is str else [_read_yaml(v) for v in parts]
+    return [value]
+
+
+def _list_item_type(dotted: str) -> type | None:
+    """The item type of the list key `dotted` names; None when it names no list key."""
+    cls: type = Config
+    *sections, last = dotted.split(".")
+    for name in [*sections, last]:
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            return None
+        hint = hints[name]
+        if name == last:
+            hint = next((h for h in typing.get_args(hint) if h is not type(None)), hint) \
+                if isinstance(hint, typing.types.UnionType) else hint
+            return typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if not dataclasses.is_dataclass(hint):
+            return None
+        cls = hint
+    return None
+
+
+_TYPE_ERRORS = {"int_type": "expects an integer", "bool_type": "expects true or false",
+                "float_type": "expects a number", "string_type": "expects text",
+                "list_type": "expects a list"}
+
+
+def _validated(tree: dict) -> Config:
+    """The tree as a Config, checked: types by pydantic (strict, JSON rules: no string is a
+    number, no number a boolean), then each section's own rules."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        config = TypeAdapter(Config).validate_json(json.dumps(tree, default=str), strict=True)
+    except ValidationError as e:
+        raise _one_line(e.errors()[0]) from None
     config.check()
     return config
+
+
+def _one_line(error: dict) -> ConfigError:
+    path = [p for p in error["loc"] if isinstance(p, str)]  # list items: their key
+    name = ".".join(path)
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        prefix = "".join(p + "." for p in path[:-1])
+        known = sorted(f.name for f in fields(_section_at(path[:-1])))
+        return ConfigError(f"unknown config key {name!r} (known: "
+                           f"{', '.join(prefix + k for k in known)})")
+    if error["type"] in ("dataclass_type", "dataclass_exact_type"):
+        return ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY")
+    what = _TYPE_ERRORS.get(error["type"], error["msg"].lower())
+    return ConfigError(f"config key {name!r} {what}, got {error['input']!r}")
+
+
+def _section_at(path: list[str]) -> type:
+    cls: type = Config
+    for name in path:
+        cls = typing.get_type_hints(cls)[name]
+    return cls
+
+
+# ---- configs/default.yaml ----------------------------------------------------------------
+
+DEFAULTS_HEADER = """\
+# emoalign's defaults: every config key, with what it does. `emoalign run --config FILE`
+# layers FILE over these and `--set key=value` over both; each run saves the result as
+# config.resolved.yaml. Generated from components/config.py by `make config`: edit there.
+"""
+
+
+def defaults_yaml() -> str:
+    """configs/default.yaml: every key's default, with its help as a comment."""
+    return DEFAULTS_HEADER + "".join(_yaml_lines(Config(), ""))
+
+
+def _yaml_lines(section_value, indent: str):
+    for f in fields(section_value):
+        value, help_text = getattr(section_value, f.name), f.metadata.get("help", "")
+        if dataclasses.is_dataclass(value):
+            yield _with_comment(f"{indent}{f.name}:", help_text, indent)
+            yield from _yaml_lines(value, indent + "  ")
+        else:
+            scalar = yaml.safe_dump(value, default_flow_style=True, width=1000)
+            scalar = scalar.removesuffix("\n").removesuffix("\n...")
+            yield _with_comment(f"{indent}{f.name}: {scalar}", help_text, indent)
+
+
+def _with_comment(line: str, help_text: str, indent: str, column: int = 30,
+                  width: int = 92) -> str:
+    if not help_text:
+        return line + "\n"
+    beside = f"{line.ljust(column - 2)}  # {help_text}"
+    if len(beside) <= width:
+        return beside + "\n"
+    above = textwrap.wrap(help_text, width - len(indent) - 2)
+    return "".join(f"{indent}# {part}\n" for part in above) + line + "\n"
+
+
+if __name__ == "__main__":
+    print(defaults_yaml(), end="")

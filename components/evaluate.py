@@ -19,7 +19,7 @@ from components.outputs import Evaluation, FeatureStore, TrainedModel
 from components.reporting import plot_attention, write
 from model.data import Example, collate
 from model.metrics import attention_in_own_word, scores
-from model.serving import load_fold, predict_log_probs
+from model.serving import load_member, predict_log_probs
 from model.spec import UNK_ID, FeatureSpec
 
 
@@ -29,7 +29,8 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
     store = FeatureStore(Path(store_dir))
     rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
     trained = TrainedModel(Path(model_dir))
-    members = [evaluate_fold(trained, fold_dir, store, rows) for fold_dir in trained.fold_dirs()]
+    members = [evaluate_member(trained, member_dir, store, rows)
+               for member_dir in trained.member_dirs()]
     table = pd.DataFrame([p for m in members for p in m["predictions"]])
     cases = next((m["attention"][:3] for m in members if m["attention"]), None)
     return write(Evaluation(Path(out_dir)), [m["scores"] for m in members], table,
@@ -37,20 +38,21 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
                  lambda path: plot_attention(cases, path) if cases else None)
 
 
-def evaluate_fold(trained: TrainedModel, fold_dir: Path, store: FeatureStore,
-                  rows: pd.DataFrame) -> dict:
-    """One fold's model on its held-out session: scores, predictions, attention."""
+def evaluate_member(trained: TrainedModel, member_dir: Path, store: FeatureStore,
+                    rows: pd.DataFrame) -> dict:
+    """One (fold, seed) model on its fold's held-out session: scores, predictions,
+    attention."""
     device = torch.device("cpu")
-    loaded = load_fold(fold_dir / trained.MODEL, device)
+    loaded = load_member(member_dir / trained.MODEL, device)
     model, bundle, classes = loaded.model, loaded.bundle, loaded.inputs.classes
-    fold = trained.fold(fold_dir)
+    fold = trained.fold(member_dir)
     examples = store.examples(loaded.inputs, fold["test_ids"], rows)
     log_p = predict_log_probs(model, examples, device)
     predicted = log_p.argmax(1)
     labels = np.array([e.label for e in examples])
     fold_scores = scores(labels, predicted, classes)
     seed = fold.get("seed", 0)
-    result = {"fold": fold["name"], "seed": seed, "member": fold_dir.name,
+    result = {"fold": fold["name"], "seed": seed, "member": member_dir.name,
               "test_session": fold["test_session"],
               "wa": fold_scores["wa"], "ua": fold_scores["ua"], "n": fold_scores["n"],
               "best_epoch": bundle["best_epoch"],
@@ -63,14 +65,13 @@ def evaluate_fold(trained: TrainedModel, fold_dir: Path, store: FeatureStore,
                     "predicted": classes[p],
                     **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)}}
                    for e, p, lp in zip(examples, predicted, log_p)]
-    if bundle["spec"]["kind"] in ("align", "late_fusion"):
+    if model.modalities == {"speech", "text"}:
         result["ablation"] = _ablation(model, examples, labels, classes, device)
-    attention = (_attention_cases(model, examples, rows, bundle)
-                 if bundle["spec"]["kind"] == "align" else [])
+    attention = _attention_cases(model, examples, rows, bundle) if model.has_attention else []
     if attention:
         result["attention_alignment"] = _alignment_summary(attention)
     return {"scores": result, "predictions": predictions, "classes": classes,
-            "history": trained.history(fold_dir), "attention": attention}
+            "history": trained.history(member_dir), "attention": attention}
 
 
 def _ablation(model, examples, labels, classes, device) -> dict:
@@ -98,8 +99,8 @@ def _attention_cases(model, examples, rows, bundle, batch_size: int = 64) -> lis
         for start in range(0, len(examples), batch_size):
             part = examples[start:start + batch_size]
             batch = collate(part)
-            out = model.outputs(batch.frames, batch.frame_lengths, batch.words,
-                                batch.word_lengths)
+            out = model.attention_outputs(batch.frames, batch.frame_lengths, batch.words,
+                                          batch.word_lengths)
             for k, e in enumerate(part):
                 words = tokenize(rows.at[e.utt_id, "transcript"]) or ["<unk>"]
                 steps = int(out.speech_lengths[k])

@@ -84,15 +84,53 @@ def check_fold(fold: FoldSplit, labels: dict[str, str], classes: list[str]) -> N
                              "training utterances")
 
 
-def plan(manifest_path: Path, config: Config) -> list[dict]:
-    """The run's (fold, seed) tasks, fold by fold, each fold checked before anything trains:
-    {fold, seed, member}."""
-    rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
+@dataclass
+class Task:
+    """One (fold, seed) model to train: what the plan makes, and what every way of running
+    a plan (`emoalign train`, the in-process runner, the KFP fan-out) trains, one call of
+    train.train_member each."""
+
+    fold_index: int  # its place in make_folds (seeds each fold's initialisation)
+    split: FoldSplit
+
+    @property
+    def seed(self) -> int:
+        return self.split.seed
+
+    @property
+    def member(self) -> str:
+        return self.split.member
+
+    def item(self) -> dict:
+        """What the KFP fan-out passes each task as parameters."""
+        return {"fold": self.split.name, "seed": self.seed, "member": self.member}
+
+
+def plan(rows: pd.DataFrame, config: Config) -> list[Task]:
+    """The run's (fold, seed) tasks, fold by fold, each fold checked before anything
+    trains. `rows`: the labelled rows (outputs.labelled_rows)."""
     labels = rows["label"].to_dict()
     tasks = []
     for seed in config.seeds:
         for index, fold in enumerate(make_folds(rows, config.for_task(seed))):
             check_fold(fold, labels, config.ingest.classes)
-            tasks.append((index, seed, {"fold": fold.name, "seed": seed,
-                                        "member": fold.member}))
-    return [task for *_, task in sorted(tasks, key=lambda t: t[:2])]
+            tasks.append(Task(index, fold))
+    return sorted(tasks, key=lambda t: (t.fold_index, t.seed))
+
+
+def task_of(rows: pd.DataFrame, config: Config, fold: str) -> Task:
+    """The plan's task for `fold` under a one-seed task config: how a fanned-out task, which
+    receives only its fold's name and seed as parameters, finds its split. The plan is
+    deterministic, so it is the same split the plan step checked."""
+    tasks = {t.split.name: t for t in plan(rows, config.for_task(config.seed))}
+    if fold not in tasks:
+        raise TrainError(f"no fold {fold!r} under protocol {config.protocol} (folds: "
+                         f"{', '.join(tasks)})")
+    return tasks[fold]
+
+
+def plan_items(manifest_path: Path, config: Config) -> list[dict]:
+    """The plan as the KFP fan-out's items: {fold, seed, member} each."""
+    return [task.item() for task in plan(outputs.labelled_rows(manifest_path,
+                                                                 config.ingest.classes),
+                                         config)]

@@ -237,8 +237,9 @@ class FeatureStore:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """train: `<fold>/` per cross-validation fold (model.pt, the last epoch's checkpoint,
-    history.json, fold.json with its utterance ids) and train_summary.json."""
+    """train: `<member>/` per (fold, seed) model, named <fold>-seed<seed> (model.pt, the
+    last epoch's checkpoint, history.json, fold.json with its split) and
+    train_summary.json."""
 
     folder: Path
     KFP_OUTPUT = "model"
@@ -248,7 +249,7 @@ class TrainedModel:
     FOLD = "fold.json"
     SUMMARY = "train_summary.json"
 
-    def fold_dirs(self) -> list[Path]:
+    def member_dirs(self) -> list[Path]:
         folds = sorted(p.parent for p in self.folder.glob(f"*/{self.MODEL}"))
         if not folds:
             raise UserError(f"no trained model under {self.folder} (expected <fold>/model.pt)")
@@ -256,16 +257,16 @@ class TrainedModel:
 
     def bundles(self) -> dict[str, Path]:
         """Fold name -> its model bundle."""
-        return {d.name: d / self.MODEL for d in self.fold_dirs()}
+        return {d.name: d / self.MODEL for d in self.member_dirs()}
 
     def summary(self) -> dict:
         return read_json(self.folder / self.SUMMARY)
 
-    def history(self, fold_dir: Path) -> list[dict]:
-        return read_json(fold_dir / self.HISTORY)
+    def history(self, member_dir: Path) -> list[dict]:
+        return read_json(member_dir / self.HISTORY)
 
-    def fold(self, fold_dir: Path) -> dict:
-        return read_json(fold_dir / self.FOLD)
+    def fold(self, member_dir: Path) -> dict:
+        return read_json(member_dir / self.FOLD)
 
     def fold_files(self) -> list[Path]:
         """What training reports beside the weights: the summary, and each fold's history

@@ -36,7 +36,7 @@ def collect(evaluation_dirs: list[Path], model_dir: Path, out_dir: Path,
     member_scores = [s for part in parts for s in part.metrics()["folds"]]
     table = pd.concat([part.predictions() for part in parts], ignore_index=True)
     trained = TrainedModel(Path(model_dir))
-    histories = {d.name: trained.history(d) for d in trained.fold_dirs()}
+    histories = {d.name: trained.history(d) for d in trained.member_dirs()}
     drawn = next((p.folder / p.ATTENTION_PNG for p in parts
                   if (p.folder / p.ATTENTION_PNG).is_file()), None)
     return write(Evaluation(Path(out_dir)), member_scores, table, histories, config,
@@ -253,7 +253,7 @@ def collect_models(model_dirs: list[Path], out_dir: Path, config: Config) -> dic
 
     results = []
     for part in map(TrainedModel, map(Path, model_dirs)):
-        for member in part.fold_dirs():
+        for member in part.member_dirs():
             target = Path(out_dir) / member.name
             shutil.copytree(member, target, ignore=shutil.ignore_patterns(
                 TrainedModel.CHECKPOINT), dirs_exist_ok=True)

@@ -9,7 +9,6 @@ each epoch's shuffling and dropout are seeded from (seed, fold, epoch), so a run
 after a crash finishes with the same weights, bit for bit on CPU, as one never stopped.
 """
 
-import copy
 import hashlib
 import json
 import os
@@ -22,15 +21,15 @@ import torch
 
 from components import environment, outputs
 from components.config import Config
-from components.folds import FoldSplit, TrainError, check_fold, make_folds, plan
+from components.folds import Task, TrainError, plan
 from components.outputs import FeatureStore, TrainedModel
 from components.reporting import write_train_summary
+from components.selection import selection_for
 from model.data import batch_indices, collate
 from model.metrics import scores
-from model.network import (ModelSpec, build_model, log_probs, loss_fn,
-                           off_diagonal_attention)
+from model.network import LossTerms, build_model, model_class
 from model.serving import Inputs, predict_log_probs
-from model.spec import PAD_ID, UNK_ID
+from model.spec import PAD_ID, UNK_ID, ModelSpec
 from model.vocab import Vocabulary, load_word_vectors
 
 
@@ -57,17 +56,20 @@ def _load_checkpoint(path: Path, fingerprint: str):
     if state.get("fingerprint") != fingerprint:
         raise TrainError(f"checkpoint {path} was made with other data or settings; "
                          "remove it or run without --resume")
+    if "selection" not in state:
+        print(f"checkpoint {path} was written by an older emoalign; starting the fold over")
+        return None
     return state
 
 
-class FoldTrainer:
-    """One fold's training, in the shape of SpeechBrain's Brain: set up, run an epoch, keep
-    the best and checkpoint, write the bundle."""
+class MemberTrainer:
+    """One (fold, seed) model's training, in the shape of SpeechBrain's Brain: set up, run
+    an epoch, let the selection see it and checkpoint, write the bundle."""
 
-    def __init__(self, fold: FoldSplit, fold_index: int, store: FeatureStore,
-                 rows: pd.DataFrame, config: Config, out_dir: Path, device: torch.device,
-                 fingerprint: str):
-        self.fold, self.fold_index, self.config = fold, fold_index, config
+    def __init__(self, task: Task, store: FeatureStore, rows: pd.DataFrame, config: Config,
+                 out_dir: Path, device: torch.device, fingerprint: str):
+        fold = self.fold = task.split
+        self.task, self.config = task, config
         self.out_dir, self.device, self.fingerprint = out_dir, device, fingerprint
         self.classes = list(config.ingest.classes)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,23 +81,19 @@ class FoldTrainer:
         self.train_set = store.examples(self.inputs, fold.train_ids, rows)
         self.val_set = store.examples(self.inputs, fold.val_ids, rows)
         self.feature_store = store
-        self.spec = ModelSpec(kind=config.model.kind, n_classes=len(self.classes),
-                              feature_dim=store.spec.dim, vocab_size=len(vocab),
-                              embed_dim=config.model.embed_dim, hidden=config.model.hidden,
-                              attention=config.model.attention,
-                              attention_dim=config.model.attention_dim,
-                              frame_pool=config.model.frame_pool, dropout=config.model.dropout,
-                              unimodal_heads=config.model.kind == "align"
-                              and config.train.unimodal_loss > 0)
-        torch.manual_seed(config.seed * 1009 + fold_index)
+        self.spec = ModelSpec.of(config.model, n_classes=len(self.classes),
+                                 feature_dim=store.spec.dim, vocab_size=len(vocab),
+                                 unimodal_heads=model_class(config.model.kind)
+                                 .has_unimodal_heads and config.train.unimodal_loss > 0)
+        torch.manual_seed(config.seed * 1009 + task.fold_index)
         self.model = build_model(self.spec).to(device)
-        if config.model.word_vectors and config.model.kind != "speech":
+        if config.model.word_vectors and "text" in self.model.modalities:
             _use_word_vectors(self.model, Path(config.model.word_vectors), vocab, self.spec)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr)
         self.scheduler = lr_scheduler(self.optimizer, config)
         self.weight = self._class_weights() if config.train.class_weights else None
-        self.state = {"epoch": 0, "best_ua": -1.0, "best_epoch": 0, "best_state": None,
-                      "patience": 0, "history": [], "averaged": 0}
+        self.selection = selection_for(config.train)
+        self.state = {"epoch": 0, "history": []}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -118,36 +116,34 @@ class FoldTrainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = {k: saved[k] for k in self.state}
+        self.selection.state = saved["selection"]
         torch.set_rng_state(saved["rng_torch"])
         print(f"{self.fold.member}: resumed after epoch {self.state['epoch']}")
 
     def fit(self) -> dict:
-        train = self.config.train
-        for epoch in range(self.state["epoch"] + 1, train.epochs + 1):
-            if (train.selection == "best" and self.state["patience"] >= train.patience
-                    and epoch > train.min_epochs):
+        for epoch in range(self.state["epoch"] + 1, self.config.train.epochs + 1):
+            if self.selection.should_stop(epoch):
                 break
             started = time.perf_counter()
             loss = self.run_epoch(epoch)
-            self.keep_best(epoch, loss, time.perf_counter() - started)
+            self.end_epoch(epoch, loss, time.perf_counter() - started)
             self.scheduler.step()
             self.checkpoint()
-        if train.selection == "average":  # what is kept is scored, not the last epoch
-            self.model.load_state_dict(self.state["best_state"])
-            self.state["best_ua"] = self.validation_scores()["ua"]
-        return self.write_bundle()
+        # What is kept is scored, not the last epoch's weights.
+        self.model.load_state_dict(self.selection.weights)
+        return self.write_bundle(self.validation_scores()["ua"])
 
     def run_epoch(self, epoch: int) -> float:
         """One pass over the training set; returns the mean loss."""
         from tqdm import tqdm
 
         config = self.config
-        torch.manual_seed(config.seed * 1_000_003 + self.fold_index * 1009 + epoch)
-        rng = np.random.default_rng([config.seed, self.fold_index, epoch])
+        torch.manual_seed(config.seed * 1_000_003 + self.task.fold_index * 1009 + epoch)
+        rng = np.random.default_rng([config.seed, self.task.fold_index, epoch])
         batches = batch_indices([len(e.frames) for e in self.train_set],
                                 config.train.batch_size, rng, config.train.bucketing)
         self.model.train()
-        running = RunningScores(len(self.classes))
+        running = RunningScores(len(self.classes), self.model.log_probs)
         bar = tqdm(batches, desc=f"{self.fold.member} epoch {epoch}", unit="batch",
                    disable=None, leave=False)
         for idx in bar:
@@ -159,58 +155,40 @@ class FoldTrainer:
         return running.loss
 
     def train_step(self, idx, epoch: int):
-        """Forward, backward and an optimizer step on one batch: (loss, labels, logits)."""
-        config = self.config
+        """Forward, backward and an optimizer step on one batch: (loss, labels, output)."""
+        train, model = self.config.train, self.model
         batch = collate([self.train_set[i] for i in idx])
-        if config.model.kind != "text" and (config.train.time_masks
-                                            or config.train.feature_masks):
-            batch = mask_features(batch, config.train)
-        if config.model.kind == "align" and config.train.modality_dropout:
-            batch = drop_modalities(batch, config.train.modality_dropout)
+        if "speech" in model.modalities and (train.time_masks or train.feature_masks):
+            batch = mask_features(batch, train)
+        if model.joint_fusion and train.modality_dropout:
+            batch = drop_modalities(batch, train.modality_dropout)
         batch = batch.to(self.device)
-        autocast = self.device.type == "cuda" and config.train.bf16
+        autocast = self.device.type == "cuda" and train.bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            if self.spec.kind == "align":
-                loss, output = align_loss(self.model, batch, self.weight, config,
-                                          guide_scale(config, epoch))
-            else:
-                output = self.model(batch.frames, batch.frame_lengths, batch.words,
-                                    batch.word_lengths)
-                loss = loss_fn(output.float(), batch.labels, self.weight)
+            loss, output = model.training_loss(batch, self.weight, loss_terms(self.config,
+                                                                              epoch))
         if not torch.isfinite(loss):
             raise TrainError(f"fold {self.fold.name} seed {self.fold.seed}: the loss became "
                              f"{loss.item()} in epoch {epoch}; lower train.lr or check the "
                              "features")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.train.grad_clip)
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         self.optimizer.step()
         return loss.item(), batch.labels.cpu().numpy(), output.detach()
 
-    def keep_best(self, epoch: int, loss: float, seconds: float) -> None:
-        """Score the validation speakers; keep the weights when their UA is the best yet."""
-        train = self.config.train
+    def end_epoch(self, epoch: int, loss: float, seconds: float) -> None:
+        """Score the validation speakers, show the selection this epoch, log it."""
         val = self.validation_scores()
-        # Before min_epochs the weights move too fast for a small validation set to judge:
-        # an early lucky score would otherwise win over the converged model.
-        better = train.selection == "best" and epoch >= min(train.min_epochs, train.epochs) \
-            and val["ua"] > self.state["best_ua"]
-        if train.selection == "average" and epoch > train.epochs - min(train.average_epochs,
-                                                                        train.epochs):
-            self._add_to_average(epoch, val["ua"])
-        if better:
-            self.state.update(best_ua=val["ua"], best_epoch=epoch, patience=0,
-                              best_state=copy.deepcopy(self.model.state_dict()))
-        else:
-            self.state["patience"] += 1
+        kept = self.selection.observe(epoch, self.model, val["ua"])
         self.state["epoch"] = epoch
         self.state["history"].append({"epoch": epoch, "loss": loss, "val_ua": val["ua"],
                                       "val_wa": val["wa"], "seconds": round(seconds, 3)})
         watched = (f"val UA {val['ua']:.3f}  WA {val['wa']:.3f}" if val["ua"] is not None
                    else "no validation speaker")
         print(f"{self.fold.member} epoch {epoch:2d}: loss {loss:.4f}  {watched}"
-              f"{'  (best)' if better else ''}", flush=True)
+              f"{'  (best)' if kept else ''}", flush=True)
 
     def validation_scores(self) -> dict:
         """UA and WA on the validation speakers; None for both when there are none."""
@@ -220,55 +198,48 @@ class FoldTrainer:
                       predict_log_probs(self.model, self.val_set, self.device).argmax(1),
                       self.classes)
 
-    def _add_to_average(self, epoch: int, val_ua: float | None) -> None:
-        """Fold this epoch's weights into the running mean kept as best_state."""
-        n = self.state["averaged"] + 1
-        current = self.model.state_dict()
-        mean = self.state["best_state"] or {k: torch.zeros_like(v) for k, v in current.items()}
-        for key, value in current.items():
-            if value.is_floating_point():
-                mean[key] = mean[key] + (value.detach() - mean[key]) / n
-            else:
-                mean[key] = value.detach().clone()
-        self.state.update(best_state=mean, averaged=n, best_epoch=epoch, best_ua=val_ua)
-
     def checkpoint(self) -> None:
         _save_atomic({"fingerprint": self.fingerprint, "model": self.model.state_dict(),
                       "optimizer": self.optimizer.state_dict(),
                       "scheduler": self.scheduler.state_dict(),
-                      "rng_torch": torch.get_rng_state(), **self.state}, self.checkpoint_path)
+                      "rng_torch": torch.get_rng_state(), "selection": self.selection.state,
+                      **self.state}, self.checkpoint_path)
 
-    def write_bundle(self) -> dict:
-        """The best weights with all serving needs to see inputs as training did."""
-        state, fold, store = self.state, self.fold, self.feature_store
-        bundle = {"state_dict": state["best_state"], "spec": self.spec.to_dict(),
+    def write_bundle(self, kept_val_ua: float | None) -> dict:
+        """The kept weights with all serving needs to see inputs as training did. The
+        bundle's `best_*` keys name the kept epoch (the last one averaged, under
+        `average`) and its validation UA, as bundles always have."""
+        fold, store, kept_epoch = self.fold, self.feature_store, self.selection.epoch
+        bundle = {"state_dict": self.selection.weights, "spec": self.spec.to_dict(),
                   "vocab": self.inputs.vocab.to_list(),
                   "normalizer": self.inputs.normalizer.to_dict(),
                   "normalization": self.config.features.normalization,
                   "classes": self.classes, "feature_spec": store.spec.to_dict(),
                   "feature_dtype": store.meta["dtype"], "fold": fold.name, "seed": fold.seed,
-                  "best_epoch": state["best_epoch"], "best_val_ua": state["best_ua"]}
+                  "best_epoch": kept_epoch, "best_val_ua": kept_val_ua}
         _save_atomic(bundle, self.out_dir / TrainedModel.MODEL)
-        (self.out_dir / TrainedModel.HISTORY).write_text(json.dumps(state["history"], indent=1))
+        (self.out_dir / TrainedModel.HISTORY).write_text(json.dumps(self.state["history"],
+                                                                    indent=1))
         (self.out_dir / TrainedModel.FOLD).write_text(json.dumps(vars(fold), indent=1))
         return {"fold": fold.name, "seed": fold.seed, "member": fold.member,
-                "best_epoch": state["best_epoch"],
-                "best_val_ua": state["best_ua"], "epochs_run": state["epoch"],
-                "n_train": len(fold.train_ids), "n_val": len(fold.val_ids),
-                "n_test": len(fold.test_ids), "vocab_size": len(self.inputs.vocab)}
+                "best_epoch": kept_epoch, "best_val_ua": kept_val_ua,
+                "epochs_run": self.state["epoch"], "n_train": len(fold.train_ids),
+                "n_val": len(fold.val_ids), "n_test": len(fold.test_ids),
+                "vocab_size": len(self.inputs.vocab)}
 
 
 class RunningScores:
     """Mean loss and UA over the training batches of an epoch so far."""
 
-    def __init__(self, n_classes: int):
+    def __init__(self, n_classes: int, log_probs):
+        self.log_probs = log_probs
         self.total, self.seen = 0.0, 0
         self.hits, self.support = np.zeros(n_classes), np.zeros(n_classes)
 
     def add(self, loss: float, labels: np.ndarray, logits: torch.Tensor) -> None:
         self.total += loss * len(labels)
         self.seen += len(labels)
-        correct = log_probs(logits).argmax(-1).cpu().numpy() == labels
+        correct = self.log_probs(logits).argmax(-1).cpu().numpy() == labels
         self.support += np.bincount(labels, minlength=len(self.support))
         self.hits += np.bincount(labels[correct], minlength=len(self.support))
 
@@ -293,21 +264,13 @@ def guide_scale(config: Config, epoch: int) -> float:
     return float(max(0.0, 1 - (epoch - 1) / fade_epochs))
 
 
-def align_loss(model, batch, weight, config: Config,
-               guide: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fusion loss, plus the unimodal heads' losses and the guided-attention term (its
-    weight times `guide`) where the config turns them on (model/network.py says why each
-    helps); and the logits."""
-    out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
-    loss = loss_fn(out.logits.float(), batch.labels, weight)
-    if out.unimodal is not None:
-        loss = loss + config.train.unimodal_loss * loss_fn(
-            torch.stack(out.unimodal).float(), batch.labels, weight)
-    if config.train.guided_attention and guide > 0:
-        loss = loss + guide * config.train.guided_attention * off_diagonal_attention(
-            out.attention, batch.word_lengths, out.speech_lengths,
-            config.train.guided_attention_width)
-    return loss, out.logits
+def loss_terms(config: Config, epoch: int) -> LossTerms:
+    """This epoch's weights of the loss terms beside classification (for the models that
+    have them)."""
+    train = config.train
+    return LossTerms(unimodal=train.unimodal_loss,
+                     guided_attention=guide_scale(config, epoch) * train.guided_attention,
+                     guided_attention_width=train.guided_attention_width)
 
 
 def lr_scheduler(optimizer, config: Config):
@@ -369,34 +332,34 @@ def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec) -> 
     print(f"word vectors: {found} of {len(vocab) - 2} words found in {path}")
 
 
-def run_task(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config, fold: str,
-             concurrent: int = 1, resume: bool = False) -> dict:
-    """Train one (fold, seed) model, the seed being `config.seed`, into out_dir/<member>/;
-    returns its line of the summary. Errors name the fold and the seed."""
-    if threads := environment.task_threads(config.train.threads, concurrent):
-        torch.set_num_threads(threads)
-    device = choose_device(config.train.device)
-    store = FeatureStore(Path(store_dir))
+def load_inputs(store_dir: Path, manifest_path: Path, config: Config
+                ) -> tuple[FeatureStore, pd.DataFrame]:
+    """The feature store and the labelled rows of the validated manifest, every row's
+    frames in the store."""
+    store = FeatureStore(Path(store_dir))  # a wrong store is named before the manifest
     rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
     missing = [u for u in rows.index if u not in store]
     if missing:
         raise TrainError(f"{len(missing)} utterances are not in the feature store "
                          f"{store_dir} (first: {missing[0]}); run features again")
-    folds = make_folds(rows, config)
-    index = next((i for i, f in enumerate(folds) if f.name == fold), None)
-    if index is None:
-        raise TrainError(f"no fold {fold!r} under protocol {config.protocol} (folds: "
-                         f"{', '.join(f.name for f in folds)})")
-    split = folds[index]
-    check_fold(split, rows["label"].to_dict(), config.ingest.classes)
+    return store, rows
+
+
+def train_member(task: Task, store: FeatureStore, rows: pd.DataFrame, config: Config,
+                 out_dir: Path, concurrent: int = 1, resume: bool = False) -> dict:
+    """Train one planned (fold, seed) model with its task config (config.for_task) into
+    out_dir/<member>/; returns its line of the summary. Errors name the fold and the seed."""
+    if threads := environment.task_threads(config.train.threads, concurrent):
+        torch.set_num_threads(threads)
+    device = choose_device(config.train.device)
     # A checkpoint belongs to these data and settings only.
     fingerprint = hashlib.sha256(json.dumps(
         {"config": config.to_dict(), "store": store.meta["key"], "rows": sorted(rows.index)},
         sort_keys=True).encode()).hexdigest()
     started = time.perf_counter()
     with environment.deterministic_algorithms(device, config.train.deterministic) as enforced:
-        trainer = FoldTrainer(split, index, store, rows, config, Path(out_dir) / split.member,
-                              device, fingerprint)
+        trainer = MemberTrainer(task, store, rows, config, Path(out_dir) / task.member,
+                                device, fingerprint)
         if resume:
             trainer.resume()
         result = trainer.fit()
@@ -407,10 +370,9 @@ def run_task(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config
 
 def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
         resume: bool = False) -> dict:
-    """Every (fold, seed) task of the run, one after the other, into out_dir; returns the
+    """Every (fold, seed) task of the plan, one after the other, into out_dir; returns the
     summary (what the pipeline's tasks, fanned out, add up to through `collect`)."""
-    FeatureStore(Path(store_dir))  # a wrong store is named before the manifest is read
-    results = [run_task(store_dir, manifest_path, out_dir, config.for_task(task["seed"]),
-                        task["fold"], resume=resume)
-               for task in plan(manifest_path, config)]
+    store, rows = load_inputs(store_dir, manifest_path, config)
+    results = [train_member(task, store, rows, config.for_task(task.seed), out_dir,
+                            resume=resume) for task in plan(rows, config)]
     return write_train_summary(results, out_dir, config)

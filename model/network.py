@@ -12,34 +12,14 @@ Padded frames and words are masked everywhere: in the LSTMs (BiLSTM), in the att
 and in the pooling.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.spec import KINDS
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    kind: str = "align"
-    n_classes: int = 4
-    feature_dim: int = 39
-    vocab_size: int = 2
-    embed_dim: int = 100
-    hidden: int = 64
-    attention: str = "additive"
-    attention_dim: int = 64
-    frame_pool: int = 5   # average this many frames before the speech LSTM (50 ms steps)
-    dropout: float = 0.3
-    # Align only: a speech-only and a text-only classifier on the encoders, trained beside
-    # the fusion head and unused at prediction (see AlignModel.forward).
-    unimodal_heads: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from model.spec import KINDS, ModelSpec
 
 
 def _lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -163,6 +143,40 @@ class Attention(nn.Module):
         return weights @ speech, weights  # (B, W, 2H), (B, W, T')
 
 
+@dataclass(frozen=True)
+class LossTerms:
+    """Weights of the loss terms beside the classification loss, for the models that have
+    them: the unimodal heads' losses and the guided-attention term (AlignModel)."""
+
+    unimodal: float = 0.0
+    guided_attention: float = 0.0
+    guided_attention_width: float = 0.2
+
+
+class EmotionModel(nn.Module):
+    """What every model says about itself, so that training, evaluation and serving never
+    ask which kind it is: the modalities it reads, its training loss and its class
+    probabilities. The defaults are a single classifier's."""
+
+    modalities: frozenset = frozenset({"speech", "text"})
+    # Fuses the modalities inside the network: it learns to do without either when some
+    # training utterances come without one (train.modality_dropout).
+    joint_fusion = False
+    # Word-over-frame attention that `attention_outputs` returns, to plot and to score.
+    has_attention = False
+    # Can train a speech-only and a text-only head beside its own (ModelSpec.unimodal_heads).
+    has_unimodal_heads = False
+
+    def log_probs(self, output: torch.Tensor) -> torch.Tensor:
+        """Class log-probabilities (B, C) from what forward returned."""
+        return torch.log_softmax(output.float(), -1)
+
+    def training_loss(self, batch, weight=None, terms: LossTerms = LossTerms()):
+        """(the loss to minimise, what forward returned) on one batch (model/data.py)."""
+        output = self(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+        return F.cross_entropy(output.float(), batch.labels, weight=weight), output
+
+
 class AlignOutputs(NamedTuple):
     logits: torch.Tensor          # (B, C)
     attention: torch.Tensor       # (B, W, T')
@@ -170,7 +184,9 @@ class AlignOutputs(NamedTuple):
     unimodal: tuple | None        # (speech-only, text-only) logits, with unimodal heads
 
 
-class AlignModel(nn.Module):
+class AlignModel(EmotionModel):
+    joint_fusion = has_attention = has_unimodal_heads = True
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.speech = SpeechEncoder(spec)
@@ -206,6 +222,28 @@ class AlignModel(nn.Module):
                         self.text_head(self.dropout(masked_max(text, word_mask))))
         return AlignOutputs(logits, weights, speech_lengths, unimodal)
 
+    attention_outputs = outputs
+
+    def training_loss(self, batch, weight=None, terms: LossTerms = LossTerms()):
+        """The fusion loss, plus the unimodal heads' losses and the guided-attention term
+        where `terms` weighs them (`outputs` and `off_diagonal_attention` say why each
+        helps)."""
+        out = self.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+        loss = F.cross_entropy(out.logits.float(), batch.labels, weight=weight)
+        if out.unimodal is not None:
+            loss = loss + terms.unimodal * _mean_loss(torch.stack(out.unimodal).float(),
+                                                      batch.labels, weight)
+        if terms.guided_attention > 0:
+            loss = loss + terms.guided_attention * off_diagonal_attention(
+                out.attention, batch.word_lengths, out.speech_lengths,
+                terms.guided_attention_width)
+        return loss, out.logits
+
+
+def _mean_loss(outputs: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:
+    """The mean of the cross-entropy of each classifier's logits in (K, B, C)."""
+    return sum(F.cross_entropy(o, labels, weight=weight) for o in outputs) / len(outputs)
+
 
 def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
                            step_lengths: torch.Tensor, width: float = 0.2) -> torch.Tensor:
@@ -225,58 +263,75 @@ def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
     return per_word[word_mask].mean()
 
 
-class UnimodalModel(nn.Module):
+class UnimodalModel(EmotionModel):
     """One modality alone, the baselines' building block: its encoder, max-pooled over its
     steps, then a linear layer."""
 
-    def __init__(self, spec: ModelSpec, modality: str):
+    modality = ""  # named by each subclass, below
+
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.modality = modality
         # The encoder is named after its modality, as the weights of saved models name it.
-        self.add_module(modality, SpeechEncoder(spec) if modality == "speech"
-                        else TextEncoder(spec))
+        self.add_module(self.modality, self.make_encoder(spec))
         self.dropout = nn.Dropout(spec.dropout)
         self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
 
     def forward(self, frames, frame_lengths, words, word_lengths):
-        if self.modality == "speech":
-            states, lengths = self.speech(frames, frame_lengths)
-        else:
-            states, lengths = self.text(words, word_lengths), word_lengths
+        states, lengths = self.encode(frames, frame_lengths, words, word_lengths)
         return self.out(self.dropout(masked_max(states, _lengths_mask(lengths,
                                                                       states.shape[1]))))
 
 
-class LateFusion(nn.Module):
+class SpeechModel(UnimodalModel):
+    modality, modalities = "speech", frozenset({"speech"})
+    make_encoder = SpeechEncoder
+
+    def encode(self, frames, frame_lengths, words, word_lengths):
+        return self.speech(frames, frame_lengths)
+
+
+class TextModel(UnimodalModel):
+    modality, modalities = "text", frozenset({"text"})
+    make_encoder = TextEncoder
+
+    def encode(self, frames, frame_lengths, words, word_lengths):
+        return self.text(words, word_lengths), word_lengths
+
+
+class LateFusion(EmotionModel):
     """Decision-level fusion: a speech and a text model, each trained on its own loss;
     the prediction averages their class probabilities."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.speech_model = UnimodalModel(spec, "speech")
-        self.text_model = UnimodalModel(spec, "text")
+        self.speech_model = SpeechModel(spec)
+        self.text_model = TextModel(spec)
 
     def forward(self, frames, frame_lengths, words, word_lengths):
         # (2, B, C): the loss treats each branch on its own; `log_probs` averages them.
         return torch.stack([self.speech_model(frames, frame_lengths, words, word_lengths),
                             self.text_model(frames, frame_lengths, words, word_lengths)])
 
-
-def build_model(spec: ModelSpec) -> nn.Module:
-    if spec.kind not in KINDS:
-        raise ValueError(f"unknown model kind {spec.kind!r}")
-    if spec.kind in ("speech", "text"):
-        return UnimodalModel(spec, spec.kind)
-    return {"align": AlignModel, "late_fusion": LateFusion}[spec.kind](spec)
-
-
-def loss_fn(output: torch.Tensor, labels: torch.Tensor, weight=None) -> torch.Tensor:
-    if output.dim() == 3:  # late fusion: both branches learn from the labels
-        return sum(F.cross_entropy(o, labels, weight=weight) for o in output) / len(output)
-    return F.cross_entropy(output, labels, weight=weight)
-
-
-def log_probs(output: torch.Tensor) -> torch.Tensor:
-    if output.dim() == 3:
+    def log_probs(self, output: torch.Tensor) -> torch.Tensor:
         return torch.log(torch.softmax(output.float(), -1).mean(0))
-    return torch.log_softmax(output.float(), -1)
+
+    def training_loss(self, batch, weight=None, terms: LossTerms = LossTerms()):
+        """Both branches learn from the labels, each on its own."""
+        output = self(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+        return _mean_loss(output.float(), batch.labels, weight), output
+
+
+MODEL_CLASSES = {"align": AlignModel, "speech": SpeechModel, "text": TextModel,
+                 "late_fusion": LateFusion}
+assert set(MODEL_CLASSES) == set(KINDS)
+
+
+def model_class(kind: str) -> type[EmotionModel]:
+    """What a model of this kind is, before one is built: its class."""
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return MODEL_CLASSES[kind]
+
+
+def build_model(spec: ModelSpec) -> EmotionModel:
+    return model_class(spec.kind)(spec)

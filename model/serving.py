@@ -2,8 +2,9 @@
 vocabulary and normalisation code as training. Torch only: the MLflow wrapper that packages
 this lives in components/pyfunc.py.
 
-A model is one or more fold bundles (what training writes as `<fold>/model.pt`). Under
-leave-one-session-out there are five; their probabilities are averaged, a plain ensemble.
+A model is one or more member bundles, one per (fold, seed) (what training writes as
+`<member>/model.pt`). Under leave-one-session-out there are five per seed; their
+probabilities are averaged, a plain ensemble.
 """
 
 import io
@@ -16,7 +17,8 @@ import torch
 
 from model.data import Example, batch_indices, collate
 from model.features import Extractor, FeatureSpec, Normalizer
-from model.network import ModelSpec, build_model, log_probs
+from model.network import build_model
+from model.spec import ModelSpec
 from model.vocab import Vocabulary
 
 
@@ -31,8 +33,8 @@ class InputError(ValueError):
 
 @dataclass
 class Inputs:
-    """How a fold's model sees an utterance: its vocabulary and normaliser (both fitted on
-    the fold's training data only) and its classes. Training, evaluation and serving all
+    """How a member sees an utterance: its vocabulary and normaliser (both fitted on its
+    fold's training data only) and its classes. Training, evaluation and serving all
     turn utterances into examples here."""
 
     vocab: Vocabulary
@@ -47,15 +49,15 @@ class Inputs:
 
 
 @dataclass
-class LoadedFold:
-    """One fold's trained model, ready to score, with the bundle it was loaded from."""
+class LoadedMember:
+    """One (fold, seed) model, ready to score, with the bundle it was loaded from."""
 
     model: torch.nn.Module
     inputs: Inputs
     bundle: dict
 
 
-def load_fold(path: Path, device="cpu") -> LoadedFold:
+def load_member(path: Path, device="cpu") -> LoadedMember:
     # weights_only: a bundle holds tensors, lists and plain numbers, never code.
     bundle = torch.load(Path(path), map_location=device, weights_only=True)
     model = build_model(ModelSpec(**bundle["spec"]))
@@ -63,7 +65,7 @@ def load_fold(path: Path, device="cpu") -> LoadedFold:
     model.to(device).eval()
     inputs = Inputs(Vocabulary.from_list(bundle["vocab"]),
                     Normalizer.from_dict(bundle["normalizer"]), list(bundle["classes"]))
-    return LoadedFold(model, inputs, bundle)
+    return LoadedMember(model, inputs, bundle)
 
 
 def read_audio(wav) -> tuple[np.ndarray, int]:
@@ -86,10 +88,10 @@ def read_audio(wav) -> tuple[np.ndarray, int]:
 class Predictor:
     def __init__(self, bundle_paths: list[Path], device="cpu"):
         if not bundle_paths:
-            raise ValueError("a Predictor needs at least one fold bundle")
+            raise ValueError("a Predictor needs at least one member bundle")
         self.device = torch.device(device)
-        self.folds = [load_fold(p, self.device) for p in bundle_paths]
-        first = self.folds[0].bundle
+        self.members = [load_member(p, self.device) for p in bundle_paths]
+        first = self.members[0].bundle
         self.classes: list[str] = list(first["classes"])
         self.feature_spec = FeatureSpec.from_dict(first["feature_spec"])
         # Training saw frames after the store's rounding (float16 by default); so must serving.
@@ -105,21 +107,21 @@ class Predictor:
 
     def predict_proba(self, wavs: list, transcripts: list[str],
                       speakers: list[str | None] | None = None) -> np.ndarray:
-        """(N, C) class probabilities, averaged over the folds. Under per-speaker
+        """(N, C) class probabilities, averaged over the members. Under per-speaker
         normalisation a speaker the model has not seen is normalised with the statistics of
         its own utterances in this request when they are long enough (ENROL_MIN_FRAMES),
         otherwise with the global ones."""
         raw = [self.frames(w) for w in wavs]
         speakers = speakers or [None] * len(raw)
         total = np.zeros((len(raw), len(self.classes)))
-        for fold in self.folds:
-            normalizer = fold.inputs.normalizer.with_speakers_from(raw, speakers,
+        for member in self.members:
+            normalizer = member.inputs.normalizer.with_speakers_from(raw, speakers,
                                                                    ENROL_MIN_FRAMES)
-            inputs = replace(fold.inputs, normalizer=normalizer)
+            inputs = replace(member.inputs, normalizer=normalizer)
             examples = [inputs.example(str(i), f, t, s)
                         for i, (f, t, s) in enumerate(zip(raw, transcripts, speakers))]
-            total += np.exp(predict_log_probs(fold.model, examples, self.device))
-        return total / len(self.folds)
+            total += np.exp(predict_log_probs(member.model, examples, self.device))
+        return total / len(self.members)
 
 
 def predict_log_probs(model, examples: list[Example], device, batch_size: int = 64
@@ -133,5 +135,5 @@ def predict_log_probs(model, examples: list[Example], device, batch_size: int = 
         for idx in batch_indices([len(e.frames) for e in examples], batch_size, None):
             batch = collate([examples[i] for i in idx]).to(device)
             output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
-            out[idx] = log_probs(output).cpu().numpy()
+            out[idx] = model.log_probs(output).cpu().numpy()
     return out

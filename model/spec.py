@@ -1,8 +1,12 @@
 """What a model and its speech features are built from: plain settings, free of torch, so a
-configuration loads (and a test or the CLI starts) without importing it."""
+configuration loads (and a test or the CLI starts) without importing it.
 
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+A setting is declared once, with its default and what it does (`setting`): the config
+(components/config.py) extends these classes, and configs/default.yaml is generated from
+them."""
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar
 
 KINDS = ("align", "speech", "text", "late_fusion")
 ATTENTIONS = ("additive", "dot")
@@ -11,26 +15,38 @@ PAD_ID, UNK_ID = 0, 1
 FEATURE_CODE_VERSION = "1"  # bump when model/features.py changes what it returns
 
 
+def setting(default: Any = MISSING, help: str = "", factory=MISSING) -> Any:
+    """A dataclass field that is a config key: its default and the line of help that
+    configs/default.yaml shows beside it."""
+    if isinstance(default, list):
+        default, factory = MISSING, (lambda value=default: list(value))
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def help_of(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
 @dataclass
 class FeatureSpec:
     """MFCC settings. The `features` section of the config is this spec plus how the store
     keeps the frames (components/config.py)."""
 
     sample_rate: ClassVar[int] = 16_000  # IEMOCAP's; validation quarantines any other
-    n_mfcc: int = 13
-    n_mels: int = 40
-    win_ms: float = 25.0
-    hop_ms: float = 10.0
-    deltas: bool = True
-    delta_deltas: bool = True
-    stack: int = 1       # consecutive frames concatenated into one
-    subsample: int = 1   # keep every k-th (stacked) frame: k times shorter sequences
-    # Prosody beside the spectral shape: voicing and log-F0 per frame (pitch), and log
-    # energy (energy); they get deltas too. F0 is searched between f0_min and f0_max.
-    pitch: bool = False
-    energy: bool = False
-    f0_min: float = 60.0
-    f0_max: float = 500.0
+    n_mfcc: int = setting(13, "cepstral coefficients per frame")
+    n_mels: int = setting(40, "mel bands they are computed from")
+    win_ms: float = setting(25.0, "analysis window (ms)")
+    hop_ms: float = setting(10.0, "frame shift (ms)")
+    deltas: bool = setting(True, "+ first differences of every value")
+    delta_deltas: bool = setting(True, "+ second differences")
+    stack: int = setting(1, "consecutive frames concatenated into one")
+    subsample: int = setting(1, "keep every k-th frame (shorter sequences for the encoder)")
+    # Prosody beside the spectral shape. Off here: a model bundle saved before these
+    # settings existed was trained without them (the config turns them on).
+    pitch: bool = setting(False, "+ voicing and log-F0 per frame (YIN), with their deltas")
+    energy: bool = setting(False, "+ log energy per frame, with its deltas")
+    f0_min: float = setting(60.0, "F0 search range (Hz)")
+    f0_max: float = setting(500.0)
 
     @property
     def base_dim(self) -> int:
@@ -59,3 +75,45 @@ class FeatureSpec:
             raise ValueError(f"features at {data['sample_rate']} Hz; this code extracts at "
                              f"{cls.sample_rate} Hz")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class Architecture:
+    """The network's shape, as a user chooses it: the `model` section of the config extends
+    it, and a trained model's ModelSpec adds what the data decide."""
+
+    kind: str = setting("align", "align | speech | text | late_fusion")
+    attention: str = setting("additive", "additive (the paper) | dot (scaled dot product)")
+    embed_dim: int = setting(100, "word embedding size")
+    hidden: int = setting(64, "LSTM units per direction")
+    attention_dim: int = setting(64, "attention's projection size")
+    frame_pool: int = setting(5, "frames averaged before the speech LSTM (50 ms steps)")
+    dropout: float = setting(0.3)
+
+
+@dataclass
+class ModelSpec(Architecture):
+    """Everything build_model needs: the architecture, and what the data decide."""
+
+    n_classes: int = 4
+    feature_dim: int = 39
+    vocab_size: int = 2
+    # Align only: a speech-only and a text-only classifier on the encoders, trained beside
+    # the fusion head and unused at prediction (model/network.py, AlignModel.outputs).
+    unimodal_heads: bool = False
+
+    # The order bundles have always listed the keys in, so a bundle's bytes do not depend
+    # on how the fields are arranged above.
+    SAVED_ORDER: ClassVar[tuple] = ("kind", "n_classes", "feature_dim", "vocab_size",
+                                    "embed_dim", "hidden", "attention", "attention_dim",
+                                    "frame_pool", "dropout", "unimodal_heads")
+
+    @classmethod
+    def of(cls, architecture: Architecture, **data) -> "ModelSpec":
+        """The spec of `architecture` (a config's model section) for data of this shape."""
+        return cls(**{f.name: getattr(architecture, f.name) for f in fields(Architecture)},
+                   **data)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        return {**{key: values[key] for key in self.SAVED_ORDER}, **values}

@@ -32,11 +32,11 @@ def run_steps(corpus: Path, config: Config, out_dir: Path) -> dict:
     features.run(out.validated_dir, out.store_dir, config.features)
     lap("features")
     members = []
-    for task in folds.plan(out.validated_dir, config):
-        task_config, member = config.for_task(task["seed"]), out_dir / "tasks" / task["member"]
+    store, rows = train.load_inputs(out.store_dir, out.validated_dir, config)
+    for task in folds.plan(rows, config):
+        task_config, member = config.for_task(task.seed), out_dir / "tasks" / task.member
         members.append(member)
-        result = train.run_task(out.store_dir, out.validated_dir, member / "train",
-                                task_config, task["fold"])
+        result = train.train_member(task, store, rows, task_config, member / "train")
         reporting.write_train_summary([result], member / "train", task_config)
         lap("train")
         evaluate.run(member / "train", out.store_dir, out.validated_dir, member / "evaluate",

@@ -154,7 +154,7 @@ def plan(validated: Input[Dataset], config_yaml: str, tasks_per_machine: int) ->
     from components.config import config_from_yaml
 
     config = config_from_yaml(config_yaml)
-    tasks = folds.plan(Path(validated.path), config)
+    tasks = folds.plan_items(Path(validated.path), config)
     concurrent = max(1, min(len(tasks), tasks_per_machine))
     print(f"{len(tasks)} (fold, seed) tasks, {concurrent} sharing a machine's cores")
     return [{**task, "config_yaml": config.for_task(task["seed"]).to_yaml(),
@@ -173,13 +173,15 @@ def train(
     """One (fold, seed) model, the seed being the task config's (GPU when the node has one)."""
     from pathlib import Path
 
+    from components import folds
     from components import train as step
     from components.config import config_from_yaml
     from components.reporting import write_train_summary
 
     config = config_from_yaml(config_yaml)
-    result = step.run_task(Path(store.path), Path(validated.path), Path(model.path), config,
-                           fold, concurrent)
+    features, rows = step.load_inputs(Path(store.path), Path(validated.path), config)
+    task = folds.task_of(rows, config, fold)  # the plan's task: its split, checked there
+    result = step.train_member(task, features, rows, config, Path(model.path), concurrent)
     write_train_summary([result], Path(model.path), config)
     model.metadata.update(fold=fold, seed=config.seed, kind=config.model.kind,
                           device=result["device"], seconds=result["seconds"],

@@ -63,3 +63,51 @@ def test_bad_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listy)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["seed=true"], "'seed' expects an integer, got True"),
+    (["train.epochs=3.0"], "'train.epochs' expects an integer, got 3.0"),
+    (["train.lr=fast"], "'train.lr' expects a number, got 'fast'"),
+    (["model.kind=3"], "'model.kind' expects text, got 3"),
+    (["train.seeds=0,x"], "'train.seeds' expects an integer, got 'x'"),
+    (["train.bucketing=1"], "'train.bucketing' expects true or false, got 1"),
+])
+def test_types_are_strict(overrides, message):
+    """No silent coercion: a boolean is not a number, text is not a number, 3.0 is not 3."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, overrides)
+
+
+def test_numbers_read_as_users_write_them(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  grad_clip: 2\n")
+    config = load_config(path, ["train.seeds=3", "train.guided_attention=5E-1"])
+    assert (config.train.lr, config.train.grad_clip) == (0.001, 2.0)
+    assert isinstance(config.train.grad_clip, float)
+    assert (config.train.seeds, config.train.guided_attention) == ([3], 0.5)
+    assert load_config(None, ["train.seeds=null"]).train.seeds is None
+
+
+def test_every_key_has_its_default_and_help_in_one_place():
+    """A key is one field of components/config.py (or model/spec.py, for the settings a
+    trained model keeps): its type, default and help. The generated YAML shows the help."""
+    import dataclasses
+    import typing
+
+    from components.config import defaults_yaml
+
+    def keys(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from keys(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, f.metadata.get("help", "")
+
+    helped = [help_text for _, help_text in keys(Config) if help_text]
+    assert len(helped) > 50
+    text = defaults_yaml()
+    missing = [h for h in helped if " ".join(h.split())[:30] not in " ".join(
+        line.split("# ", 1)[-1] for line in text.splitlines())]
+    assert not missing, missing

@@ -145,7 +145,7 @@ def test_fanned_out_equals_one_after_the_other(fanned_out, tmp_path):
     assert sequential["results"] == summary["results"]
     assert (sequential["ua"], sequential["wa"]) == (summary["ua"], summary["wa"])
     collected = fanned_out["run_dir"] / "summarize" / "model"
-    for member in outputs.TrainedModel(tmp_path / "seq" / "train").fold_dirs():
+    for member in outputs.TrainedModel(tmp_path / "seq" / "train").member_dirs():
         mine = torch.load(member / "model.pt", weights_only=True)["state_dict"]
         theirs = torch.load(collected / member.name / "model.pt",
                             weights_only=True)["state_dict"]
@@ -160,14 +160,14 @@ import sys
 if sys.argv[sys.argv.index("--function_to_execute") + 1:][:1] == ["train"]:
     from components import train
 
-    real_run_task = train.run_task
+    real_train_member = train.train_member
 
-    def run_task(store_dir, manifest_path, out_dir, config, fold, *args, **kwargs):
-        if config.seed == 1:
+    def train_member(task, *args, **kwargs):
+        if task.seed == 1:
             raise train.TrainError("injected fault in this task alone")
-        return real_run_task(store_dir, manifest_path, out_dir, config, fold, *args, **kwargs)
+        return real_train_member(task, *args, **kwargs)
 
-    train.run_task = run_task
+    train.train_member = train_member
 """
 # kfp.local runs every iteration of a ParallelFor whatever fails: two tasks show the same.
 FAILING = [*TINY, "train.epochs=1", "model.kind=text", "train.seeds=0,1",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from components.config import DEFAULTS_FILE, Config, load_config
+from components.config import DEFAULTS_FILE, Config, defaults_yaml, load_config
 from components.outputs import STEP_OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,10 @@ def test_kfp_outputs_are_the_ones_the_contract_names():
             f"steps.{task} has no output {folder.KFP_OUTPUT!r} (has {sorted(declared)})"
 
 
-def test_default_yaml_is_the_typed_config():
+def test_default_yaml_is_generated_from_the_typed_config():
+    """configs/default.yaml is `make config`'s output, byte for byte: a key is declared
+    once, in components/config.py, and the file follows."""
+    assert DEFAULTS_FILE.read_text() == defaults_yaml(), "run `make config`"
     on_disk = yaml.safe_load(DEFAULTS_FILE.read_text())
     typed = Config().to_dict()
     assert on_disk == typed
@@ -87,7 +90,7 @@ def test_default_yaml_is_the_typed_config():
 
     # 1 == 1.0 in Python; a float key written as an integer would still slip past the above.
     assert types(on_disk) == types(typed)
-    assert load_config().to_dict() == typed
+    assert load_config(DEFAULTS_FILE).to_dict() == typed
 
 
 def test_loading_a_config_does_not_import_torch():

@@ -8,7 +8,7 @@ import torchaudio
 from model.data import Example, batch_indices, collate
 from model.features import deltas
 from model.metrics import attention_in_own_word, scores
-from model.network import (KINDS, BiLSTM, ModelSpec, build_model, log_probs, loss_fn,
+from model.network import (KINDS, BiLSTM, LossTerms, ModelSpec, build_model, model_class,
                            off_diagonal_attention)
 from model.vocab import Vocabulary, load_word_vectors
 
@@ -27,14 +27,13 @@ def test_every_kind_gives_class_scores_and_learns(kind):
                                   attention_dim=8, dropout=0.0))
     batch = collate(examples(8))
     output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
-    probs = log_probs(output).exp()
+    probs = model.log_probs(output).exp()
     assert probs.shape == (8, 4)
     torch.testing.assert_close(probs.sum(1), torch.ones(8))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     first = None
     for _ in range(30):
-        loss = loss_fn(model(batch.frames, batch.frame_lengths, batch.words,
-                             batch.word_lengths), batch.labels)
+        loss, _ = model.training_loss(batch)
         first = first if first is not None else loss.item()
         optimizer.zero_grad()
         loss.backward()
@@ -50,12 +49,12 @@ def test_padding_never_changes_an_utterance_score(kind):
     data = examples(6, seed=1)
     together = collate(data)
     with torch.no_grad():
-        batched = log_probs(model(together.frames, together.frame_lengths, together.words,
-                                  together.word_lengths))
+        batched = model.log_probs(model(together.frames, together.frame_lengths,
+                                        together.words, together.word_lengths))
         for i, e in enumerate(data):
             alone = collate([e])
-            single = log_probs(model(alone.frames, alone.frame_lengths, alone.words,
-                                     alone.word_lengths))
+            single = model.log_probs(model(alone.frames, alone.frame_lengths, alone.words,
+                                           alone.word_lengths))
             torch.testing.assert_close(single[0], batched[i], atol=1e-5, rtol=1e-5)
 
 
@@ -234,8 +233,7 @@ def test_bf16_autocast_trains_like_float32(kind):
     def loss_and_grads(bf16: bool):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            output = model(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
-            loss = loss_fn(output.float(), batch.labels)
+            loss, _ = model.training_loss(batch)
         loss.backward()
         return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()
                                        if p.grad is not None])
@@ -266,3 +264,43 @@ def test_bootstrap_intervals_hold_the_scores_and_narrow_with_more_utterances():
         widths.append(got["ua"][1] - got["ua"][0])
     assert widths[1] < widths[0] / 3  # 25 times the data: about a fifth of the width
 
+
+
+@pytest.mark.parametrize("kind, reads, fuses, attends", [
+    ("align", {"speech", "text"}, True, True), ("late_fusion", {"speech", "text"}, False, False),
+    ("speech", {"speech"}, False, False), ("text", {"text"}, False, False)])
+def test_a_model_says_what_it_reads_and_does(kind, reads, fuses, attends):
+    """Training and evaluation ask the model, never its kind: what it reads decides the
+    masking, the word vectors and the ablation; joint fusion the modality dropout."""
+    model = build_model(ModelSpec(kind=kind, vocab_size=30, hidden=8, embed_dim=8,
+                                  attention_dim=8))
+    assert model.modalities == reads == model_class(kind).modalities
+    assert (model.joint_fusion, model.has_attention) == (fuses, attends)
+    batch = collate(examples(4, seed=2))
+    loss, output = model.training_loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert model.log_probs(output).shape == (4, 4)
+
+
+def test_late_fusion_learns_each_branch_and_averages_probabilities():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind="late_fusion", vocab_size=30, hidden=8, embed_dim=8,
+                                  dropout=0.0)).eval()
+    batch = collate(examples(4, seed=3))
+    loss, output = model.training_loss(batch)
+    speech, text = output
+    each = [torch.nn.functional.cross_entropy(o, batch.labels) for o in (speech, text)]
+    torch.testing.assert_close(loss, (each[0] + each[1]) / 2)
+    mean = (speech.softmax(-1) + text.softmax(-1)) / 2
+    torch.testing.assert_close(model.log_probs(output).exp(), mean)
+
+
+def test_align_loss_adds_the_terms_it_is_given():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind="align", vocab_size=30, hidden=8, embed_dim=8,
+                                  attention_dim=8, dropout=0.0, unimodal_heads=True))
+    batch = collate(examples(4, seed=4))
+    plain, _ = model.training_loss(batch)
+    heads, _ = model.training_loss(batch, terms=LossTerms(unimodal=1.0))
+    guided, _ = model.training_loss(batch, terms=LossTerms(guided_attention=10.0))
+    assert heads > plain and guided > plain

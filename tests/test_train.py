@@ -234,14 +234,14 @@ def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(prepared, t
     cfg = load_config(None, [*TINY, "train.epochs=4", "train.selection=average",
                              "train.average_epochs=2", "train.patience=1", "model.kind=text"])
     snapshots = {}
-    real_checkpoint = train.FoldTrainer.checkpoint
+    real_checkpoint = train.MemberTrainer.checkpoint
 
     def keep_weights(self):
         real_checkpoint(self)
         snapshots[self.state["epoch"]] = {k: v.clone() for k, v in
                                           self.model.state_dict().items()}
 
-    monkeypatch.setattr(train.FoldTrainer, "checkpoint", keep_weights)
+    monkeypatch.setattr(train.MemberTrainer, "checkpoint", keep_weights)
     summary = train.run(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
     (fold,) = summary["folds"]
     assert fold["epochs_run"] == 4 and sorted(snapshots) == [1, 2, 3, 4]
