@@ -157,19 +157,3 @@ def read_requests(batch: str | None, wav: str | None, text: str | None,
         raise UserError(f"wav file not found: {wav}")
     request = pd.DataFrame({"wav": [str(Path(wav).resolve())], "transcript": [text]})
     return request.assign(speaker=[speaker]) if speaker else request
-
-
-def predict_registered(uri: str, requests: pd.DataFrame):
-    """(the model version `uri` names, its predictions beside each request's wav)."""
-    from components import registry
-
-    client = registry.connect()
-    version = registry.resolve(client, uri)
-    mlflow.set_tracking_uri(client.tracking_uri)
-    model = load(f"models:/{version.name}/{version.version}")
-    try:
-        out = model.predict(requests)
-    except MlflowException as e:
-        raise UserError(f"cannot score the input: {e.message}") from None
-    shown = ["(base64 WAV)" if w.startswith("UklGR") else Path(w).name for w in requests["wav"]]
-    return version, requests[["wav"]].assign(wav=shown).join(out)

@@ -193,10 +193,10 @@ def cmd_register(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from components import pyfunc
+    from components import pyfunc, registry
 
     requests = pyfunc.read_requests(args.batch, args.wav, args.text, args.speaker)
-    version, table = pyfunc.predict_registered(args.model, requests)
+    version, table = registry.predict_registered(args.model, requests)
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"wrote {len(table)} predictions to {args.out}")

@@ -11,6 +11,7 @@ import yaml
 
 from components.config import DEFAULTS_FILE, Config, defaults_yaml, load_config
 from components.outputs import STEP_OUTPUTS
+from model.spec import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {"fetch", "ingest", "validate", "features", "train", "evaluate", "registry"}
@@ -50,6 +51,76 @@ def test_model_package_knows_nothing_of_the_pipeline():
         foreign = {m for m in imported_modules(path)
                    if m.split(".")[0] in ("components", "pipelines", "mlflow", "kfp", "dvc")}
         assert not foreign, f"{path.relative_to(ROOT)} imports {sorted(foreign)}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports, at the top or inside functions."""
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for folder in ("components", "pipelines", "model")
+             for p in (ROOT / folder).rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for imported in imported_modules(path):
+            while imported and imported not in files:  # `from x import name`: module x
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycle_even_inside_functions():
+    """An import inside a function hides a cycle from Python, not from a reader."""
+    graph = _module_graph()
+
+    def cycle_from(start: str) -> list[str] | None:
+        path, seen = [start], set()
+
+        def walk(node: str) -> list[str] | None:
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    path.append(nxt)
+                    if found := walk(nxt):
+                        return found
+                    path.pop()
+            return None
+
+        return walk(start)
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])
+
+
+def test_no_model_kind_branch_outside_model():
+    """Training, evaluation and the pipeline ask a model what it reads and does
+    (model/network.py, EmotionModel); only model/ knows which kinds there are."""
+    def names_a_kind(node: ast.AST) -> bool:
+        if isinstance(node, ast.Attribute):
+            return node.attr in ("kind", "model_kind")
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            return node.slice.value in ("kind", "model_kind")
+        return False
+
+    def is_a_kind_name(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in KINDS
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_a_kind_name(e) for e in node.elts)
+        return False
+
+    found = []
+    for folder in ("components", "pipelines"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Compare):
+                    sides = [node.left, *node.comparators]
+                    if any(map(names_a_kind, sides)) and any(map(is_a_kind_name, sides)):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, "model kind compared outside model/: " + ", ".join(found)
 
 
 def test_no_function_longer_than_a_reader_can_hold():

@@ -7,16 +7,18 @@ new version (alias `challenger`) replaces the one in service (alias `champion`).
     history.py       alias moves, recorded; the gate's lock; model URIs; promote, rollback
     gate.py          the champion re-scored beside the challenger; the decision
     registration.py  a new version, judged by the gate; whether a schedule needs to train
+    serving.py       a registered version's predictions (emoalign predict)
 """
 
 from components.registry.gate import decide, paired_bootstrap
 from components.registry.history import (CHALLENGER, CHAMPION, LOCK_TAG, read_history,
                                           resolve, promote, rollback)
 from components.registry.registration import register, retrain_reason
+from components.registry.serving import predict_registered
 from components.registry.store import (RegistryError, connect, redact, scrub,
                                        tracking_uri)
 from components.registry.tracking import flatten, track
 
 __all__ = ["CHALLENGER", "CHAMPION", "LOCK_TAG", "RegistryError", "connect", "decide",
-           "flatten", "paired_bootstrap", "promote", "read_history", "redact", "register",
+           "flatten", "paired_bootstrap", "predict_registered", "promote", "read_history", "redact", "register",
            "resolve", "retrain_reason", "rollback", "scrub", "track", "tracking_uri"]
