@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import outputs  # noqa: E402
 from components.config import FeaturesConfig, load_config  # noqa: E402
-from components.outputs import FeatureStore  # noqa: E402
+from components.feature_store import FeatureStore  # noqa: E402
 from components.folds import make_folds  # noqa: E402
 from model.metrics import unweighted_accuracy  # noqa: E402
 from model.network import BiLSTM  # noqa: E402

@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from components import features, ingest, outputs, sample_corpus, train, validate  # noqa: E402
+from components import (feature_store, features, ingest, outputs, sample_corpus, train,  # noqa: E402
+                        validate)
 from components.config import load_config  # noqa: E402
 from model import network  # noqa: E402
 from model.data import batch_indices, collate  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
         validate.run(scratch / "ingest", scratch / "validated", config.ingest.classes,
                      config.validate)
         features.run(scratch / "validated", scratch / "store", config.features)
-        store = outputs.FeatureStore(scratch / "store")
+        store = feature_store.FeatureStore(scratch / "store")
         rows = outputs.labelled_rows(scratch / "validated", config.ingest.classes)
         vocab = Vocabulary.build(rows["transcript"])
         inputs = Inputs(vocab, store.normalizer(None), config.ingest.classes)

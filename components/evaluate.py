@@ -15,7 +15,8 @@ import torch
 
 from components import iemocap, outputs
 from components.config import Config
-from components.outputs import Evaluation, FeatureStore, TrainedModel
+from components.feature_store import FeatureStore
+from components.outputs import Evaluation, TrainedModel
 from components.reporting import plot_attention, write
 from model.data import Example, collate
 from model.metrics import attention_in_own_word, scores

@@ -22,7 +22,8 @@ import torch
 from components import environment, outputs
 from components.config import Config
 from components.folds import Task, TrainError, plan
-from components.outputs import FeatureStore, TrainedModel
+from components.feature_store import FeatureStore
+from components.outputs import TrainedModel
 from components.reporting import write_train_summary
 from components.selection import selection_for
 from model.data import batch_indices, collate

@@ -10,7 +10,7 @@ import soundfile
 import torch
 import torchaudio
 
-from components import features, ingest, outputs
+from components import feature_store, features, ingest, outputs
 from components.config import FeaturesConfig
 from conftest import assert_one_line_error, emoalign
 from model.features import Extractor, FeatureSpec, extract, stack_frames
@@ -29,7 +29,7 @@ def store(manifest, tmp_path_factory):
     # MFCCs alone, to compare with torchaudio directly (pitch and energy: their own tests).
     features.run(manifest, out, FeaturesConfig(workers=1, dtype="float32", pitch=False,
                                                energy=False))
-    return outputs.FeatureStore(out, verify=True)
+    return feature_store.FeatureStore(out, verify=True)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_cache_hit_and_misses(manifest, tmp_path, small_corpus):
     assert again.reused and "reused" in again.message
     other = features.run(manifest, tmp_path / "s", FeaturesConfig(workers=1, n_mfcc=20))
     assert not other.reused and "stale" in other.message
-    assert outputs.FeatureStore(tmp_path / "s").spec.n_mfcc == 20
+    assert feature_store.FeatureStore(tmp_path / "s").spec.n_mfcc == 20
 
     # A re-recorded wav (new mtime) is noticed; with content hashing, a mere touch is not.
     wav = outputs.read_manifest(manifest)["wav_path"].iloc[0]
@@ -122,7 +122,7 @@ def test_a_damaged_store_is_rebuilt_never_used(manifest, tmp_path, damage, reaso
     damage(tmp_path / "s")
     assert reason in outputs.StoreFiles(tmp_path / "s").problem()
     with pytest.raises(Exception, match="feature store"):
-        outputs.FeatureStore(tmp_path / "s", verify=True)
+        feature_store.FeatureStore(tmp_path / "s", verify=True)
     result = features.run(manifest, tmp_path / "s", config)
     assert not result.reused and reason in result.message
     assert (tmp_path / "s" / "frames.bin").read_bytes() == good
@@ -270,7 +270,7 @@ def test_a_prosody_store_serves_the_same_values(manifest, wavs, tmp_path):
     """Training reads the store; serving calls extract() with the bundle's spec: equal."""
     features.run(manifest, tmp_path / "s", FeaturesConfig(workers=2, dtype="float32",
                                                            pitch=True, energy=True, n_mfcc=20))
-    store = outputs.FeatureStore(tmp_path / "s", verify=True)
+    store = feature_store.FeatureStore(tmp_path / "s", verify=True)
     assert store.spec.pitch and store.spec.n_mfcc == 20 and store.spec.dim == 23 * 3
     for utt in store.index["utt_id"].iloc[:5]:
         audio, _ = soundfile.read(wavs[utt], dtype="float32")

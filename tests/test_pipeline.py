@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import lineage, outputs
+from components import feature_store, lineage, outputs
 from components.config import Config, config_from_yaml, load_config
 from conftest import GATE, assert_one_line_error, emoalign, truth_of
 from pipelines import local
@@ -47,7 +47,7 @@ def test_run_executes_the_pipeline_through_kfp_local(two_runs):
     expected = load_config(None, GATE + ["seed=0"])
     expected.features.cache_dir = str((two_runs["work"] / "runs" / "feature_cache").resolve())
     assert resolved == expected and summary["config_sha256"] == expected.sha256()
-    store = outputs.FeatureStore(run_dir / "features" / "store", verify=True)
+    store = feature_store.FeatureStore(run_dir / "features" / "store", verify=True)
     assert len(store) == truth["n_utterances"]
     assert "features: built 200 utterances" in stdout
     metrics = json.loads((run_dir / "summarize" / "evaluation" / "metrics.json").read_text())
