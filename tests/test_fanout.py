@@ -3,6 +3,7 @@ dsl.ParallelFor, and `summarize` collects them (dsl.Collected) into one summary,
 model version and one MLflow run with a nested run per task."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -191,8 +192,10 @@ FAILING = [*TINY, "train.epochs=1", "model.kind=text", "train.seeds=0,1",
 def test_one_failing_task_fails_the_run_naming_its_fold_and_seed(prepared, tmp_path):
     (tmp_path / "fault").mkdir()
     (tmp_path / "fault" / "sitecustomize.py").write_text(FAULT)
+    # Before the caller's PYTHONPATH, not instead of it: the code under test may be there.
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PYTHONPATH": str(tmp_path / "fault")}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "fault"),
+                                                       os.environ.get("PYTHONPATH")]))}
     result = emoalign("run", "--corpus", prepared["corpus"].parent, "--workdir",
                       tmp_path / "runs", *sets(FAILING), env=env)
     assert result.returncode == 2, result.stdout[-2000:]
