@@ -234,6 +234,33 @@ def report_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def html_page(evaluation: Evaluation) -> str:
+    """An evaluation on one self-contained page: its report lines and its plots (confusion,
+    learning curves, attention when drawn) embedded as base64 PNGs, so the page shows
+    everything with no other file beside it (a KFP UI serves an HTML artifact alone)."""
+    import base64
+    import html
+
+    metrics = evaluation.metrics()
+    title = f"emoalign: {metrics['model_kind']} ({metrics['protocol']})"
+    figures = [(name, evaluation.folder / file) for name, file in (
+        ("confusion matrix", evaluation.CONFUSION_PNG),
+        ("learning curves", evaluation.CURVES_PNG),
+        ("attention", evaluation.ATTENTION_PNG))]
+    images = [f'<figure><img alt="{name}" src="data:image/png;base64,'
+              f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+              f"<figcaption>{name}</figcaption></figure>"
+              for name, path in figures if path.is_file()]
+    return "\n".join([
+        "<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}img{max-width:100%}"
+        "figure{margin:1em 0}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<pre>" + html.escape("\n".join(report_lines(metrics))) + "</pre>",
+        *images, "</body></html>", ""])
+
+
 def write_train_summary(results: list[dict], out_dir: Path, config: Config) -> dict:
     """train_summary.json over the run's (fold, seed) models."""
     summary = {"protocol": config.protocol, "model_kind": config.model.kind,

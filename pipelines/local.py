@@ -4,10 +4,16 @@ and read what a finished run left behind.
 kfp.local prints every task's full executor log to stdout. We keep all of it in the run's
 `pipeline.log` and show the user only the task status lines, plus a one-line reason and
 the log's path when a task fails.
+
+What a run did is read from what its tasks declared: each task's executor_output.json (its
+parameters, and its artifacts' URIs and metadata), and, when a task fails, the task chain
+kfp.local's exception names. The log is read for one thing alone: the failed task's
+exception line, which kfp.local passes on to nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,13 +28,17 @@ from pathlib import Path
 from components.config import Config, config_from_yaml
 from components.errors import UserError
 from components.lineage import DEFAULT_DATA, Lineage
-from components.outputs import StepOutputs
+from components.outputs import STEP_OUTPUTS, StepOutputs
 
 RESOLVED_CONFIG = "config.resolved.yaml"  # beside the run's task folders
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 STATUS_RE = re.compile(r"(Running pipeline|Executing task|finished with status|Retrying in)")
 EXCEPTION_RE = re.compile(r"^\s*(?:[\w]+\.)*(\w*(?:Error|Exception)): (.+)$")
+# kfp.local's RuntimeError when a task fails: "... Inner task failed: 'train' inside
+# 'for-loop-2-iteration-1' inside 'condition-1'." (innermost first; ANSI colours removed).
+INNER_FAILURE_RE = re.compile(r"Inner task failed: (.+)\.\s*$")
+ITERATION_SEP = "-iteration-"  # kfp.local's ParallelFor iteration tasks: <loop>-iteration-<i>
 
 
 class PipelineFailed(UserError):
@@ -46,17 +56,36 @@ class LocalRun:
 
     @property
     def outputs(self) -> StepOutputs:
-        return StepOutputs.of_pipeline_run(self.run_dir)
+        """Where the steps' outputs are, as their tasks declared them (the artifacts' URIs);
+        a task that did not run (register, below the floor) keeps the folder kfp.local would
+        have given it."""
+        declared = {field: uri for field, (task, reader) in STEP_OUTPUTS.items()
+                    if (uri := self.artifact_uri(task, reader.KFP_OUTPUT)) is not None}
+        return dataclasses.replace(StepOutputs.of_pipeline_run(self.run_dir), **declared)
 
     def _executor_output(self, task: str) -> dict:
-        """What KFP recorded of a task's outputs (parameters and artifact metadata)."""
+        """What KFP recorded of a finished task's outputs: its parameters, and its artifacts'
+        URIs and metadata (a task that failed or did not run has none)."""
         return json.loads((self.task_dir(task) / "executor_output.json").read_text())
 
     def parameter(self, task: str, name: str = "Output"):
+        """A task's output parameter: `Output` for a single return, else the NamedTuple
+        field's name (check's `retrain`, summarize's `passed`)."""
         return self._executor_output(task)["parameterValues"][name]
 
+    def _artifact(self, task: str, name: str) -> dict:
+        return self._executor_output(task)["artifacts"][name]["artifacts"][0]
+
     def artifact_metadata(self, task: str, name: str) -> dict:
-        return self._executor_output(task)["artifacts"][name]["artifacts"][0]["metadata"]
+        return self._artifact(task, name)["metadata"]
+
+    def artifact_uri(self, task: str, name: str) -> Path | None:
+        """Where a task wrote an output artifact (kfp.local's URIs are local paths); None when
+        the task declared none (it failed or did not run)."""
+        try:
+            return Path(self._artifact(task, name)["uri"])
+        except (OSError, KeyError, IndexError):
+            return None
 
 
 class _StatusTee(io.TextIOBase):
@@ -93,18 +122,33 @@ def _captured(log_path: Path, echo: bool):
             sys.stdout = stdout
 
 
-def _failure_reason(log_text: str, run_dir: Path) -> tuple[str, str]:
-    """(which task failed, its last exception line) from a kfp.local log; a fanned-out
-    task is named with its fold and seed."""
-    task = "task '?'"
-    for m in re.finditer(r"Task '([^']+)' finished with status FAILURE", log_text):
-        task = f"task '{m.group(1)}'"
-    failed = _failed_iterations(run_dir)
-    if failed:
-        (name, item), others = failed[0], len(failed) - 1
-        task = (f"task '{name}' of fold {item['fold']} seed {int(item['seed'])}"
-                + (f" (and {others} other (fold, seed) task{'s' * (others > 1)})"
-                   if others else ""))
+def _failed_chain(error: Exception) -> list[str]:
+    """The failed task and the tasks around it, innermost first, as kfp.local's exception
+    names them: ['train', 'for-loop-2-iteration-1', 'condition-1']."""
+    m = INNER_FAILURE_RE.search(ANSI_RE.sub("", str(error)))
+    return re.findall(r"'([^']+)'", m.group(1)) if m else []
+
+
+def _failure_reason(error: Exception, log_text: str, run: LocalRun) -> tuple[str, str]:
+    """(which task failed, its last exception line); a fanned-out task is named with its
+    fold and seed."""
+    chain = _failed_chain(error)
+    task = f"task '{chain[0] if chain else '?'}'"
+    iteration = next((name for name in chain if ITERATION_SEP in name), None)
+    if chain and iteration is not None:
+        try:
+            items = run.parameter("plan")  # the ParallelFor's items, in iteration order
+            item = items[int(iteration.rsplit(ITERATION_SEP, 1)[1])]
+        except (OSError, KeyError, ValueError, IndexError):
+            item = None
+        if item is not None:
+            others = len(_unfinished_iterations(run, iteration) - {iteration})
+            task = (f"task '{chain[0]}' of fold {item['fold']} seed {int(item['seed'])}"
+                    + (f" (and {others} other (fold, seed) task{'s' * (others > 1)})"
+                       if others else ""))
+    # The one thing read from the log: kfp.local runs a task as a subprocess whose output it
+    # prints and whose exit code alone it keeps, so the task's exception (its type and
+    # message) is in the log and nowhere else.
     reason = "see the log"
     for line in log_text.splitlines():
         m = EXCEPTION_RE.match(line)
@@ -113,20 +157,50 @@ def _failure_reason(log_text: str, run_dir: Path) -> tuple[str, str]:
     return task, reason
 
 
-def _failed_iterations(run_dir: Path) -> list[tuple[str, dict]]:
-    """(task, plan item) of each ParallelFor iteration task that started and wrote no
-    outputs. kfp.local names iteration folders <loop>-iteration-<i>, i indexing the plan."""
+def _unfinished_iterations(run: LocalRun, failed: str) -> set[str]:
+    """The iterations of the failed one's ParallelFor holding a task that started and
+    declared no outputs. kfp.local's exception names only the first iteration to fail (it
+    stops collecting there, letting the others finish), so the rest are found by what their
+    tasks declared: every iteration task is a folder <loop>-iteration-<i>/<task>/, and a
+    finished task has its executor_output.json."""
+    loop = failed.rsplit(ITERATION_SEP, 1)[0]
+    return {folder.name for folder in run.run_dir.glob(f"{loop}{ITERATION_SEP}*")
+            if any(task.is_dir() and not (task / "executor_output.json").is_file()
+                   for task in folder.iterdir())}
+
+
+@contextmanager
+def _conditions_on_named_outputs():
+    """While a run lasts, let kfp.local evaluate a dsl.If on a task's named output.
+
+    kfp 2.17's local runner finds a condition's operand from its channel name alone:
+    `pipelinechannel--<task>-Output` (a task's single return) is that task's output, any
+    other name a pipeline input. A NamedTuple field such as check's `retrain`
+    (`pipelinechannel--check-retrain`) is then found nowhere, and the condition is False:
+    the branch is skipped without an error. (A cluster resolves it from the task spec; the
+    compiled condition is right.) Such a name is looked up among the tasks' outputs first,
+    split at each hyphen (task names hold hyphens too); the rest goes to kfp.local's own
+    lookup. tests/test_pipeline.py checks both that kfp.local still needs this and that
+    it works.
+    """
+    from kfp.local.orchestrator.enhanced_dag_orchestrator import ConditionEvaluator
+
+    kfp_lookup = ConditionEvaluator.__dict__["_resolve_pipeline_channel"]  # a staticmethod
+
+    def lookup(channel_ref: str, io_store):
+        name = channel_ref.removeprefix("pipelinechannel--")
+        for at in (i for i, c in enumerate(name) if c == "-"):
+            try:
+                return io_store.get_task_output(name[:at], name[at + 1:])
+            except ValueError:
+                continue
+        return kfp_lookup.__func__(channel_ref, io_store)
+
+    ConditionEvaluator._resolve_pipeline_channel = staticmethod(lookup)
     try:
-        items = LocalRun(run_dir, run_dir / "pipeline.log", 0).parameter("plan")
-    except (OSError, KeyError, ValueError):
-        return []
-    failed = []
-    for folder in run_dir.glob("*-iteration-*"):
-        index = int(folder.name.rsplit("-", 1)[1])
-        for task in sorted(p for p in folder.iterdir() if p.is_dir()):
-            if not (task / "executor_output.json").is_file() and index < len(items):
-                failed.append((index, task.name, items[index]))
-    return [(name, item) for _, name, item in sorted(failed, key=lambda f: f[:2])]
+        yield
+    finally:
+        ConditionEvaluator._resolve_pipeline_channel = kfp_lookup
 
 
 def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
@@ -146,7 +220,7 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
     log_path = pipeline_root / f".{PIPELINE_NAME}-{time.time_ns()}.log"
     started = time.perf_counter()
     error = None
-    with _captured(log_path, echo), warnings.catch_warnings():
+    with _captured(log_path, echo), warnings.catch_warnings(), _conditions_on_named_outputs():
         # The project image is the base image on purpose: locally it *is* this environment.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         # Resources, GPU, secrets, volumes are for the cluster (pipelines/cluster.py).
@@ -157,15 +231,17 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
         except RuntimeError as e:
             error = e
     seconds = time.perf_counter() - started
+    # kfp.local returns nothing naming the run's folder: <pipeline>-<timestamp>, the new one.
     new_dirs = sorted(p for p in set(pipeline_root.iterdir()) - before
                       if p.is_dir() and p.name.startswith(PIPELINE_NAME))
     run_dir = new_dirs[-1] if new_dirs else pipeline_root
     final_log = run_dir / "pipeline.log" if new_dirs else log_path
     log_path.replace(final_log)
+    run = LocalRun(run_dir=run_dir, log_path=final_log, seconds=seconds)
     if error is not None:
-        task, reason = _failure_reason(final_log.read_text(), run_dir)
+        task, reason = _failure_reason(error, final_log.read_text(), run)
         raise PipelineFailed(f"{task} failed: {reason} (log: {final_log})")
-    return LocalRun(run_dir=run_dir, log_path=final_log, seconds=seconds)
+    return run
 
 
 # ---- emoalign run ------------------------------------------------------------------------
@@ -229,17 +305,18 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
 def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, list[str]]:
     """(the run summary `--summary-json` writes, the lines `emoalign run` prints after the
     task status lines)."""
-    decision = run.parameter("check")
-    if decision != "retrain":
-        return ({"retrained": False, "reason": decision, "data_hash": lineage.data_hash,
+    if not run.parameter("check", "retrain"):
+        reason = run.parameter("check", "reason")
+        return ({"retrained": False, "reason": reason, "data_hash": lineage.data_hash,
                  "git_sha": lineage.git_sha or None, "pipeline_run": run.run_dir.name,
                  "run_dir": str(run.run_dir), "model_name": config.registry.model_name},
-                ["", f"{decision}; finished in {run.seconds:.1f} s"])
+                ["", f"{reason}; finished in {run.seconds:.1f} s"])
     out = run.outputs
     metrics, registration, tracked = (out.evaluation.metrics(), out.registered.read(),
                                       out.tracked.read())
     summary = {
-        "retrained": True, "wa": metrics["wa"], "ua": metrics["ua"],
+        "retrained": True, "retrain_reason": run.parameter("check", "reason"),
+        "wa": metrics["wa"], "ua": metrics["ua"],
         **{k: metrics[k] for k in ("ua_mean", "ua_std", "wa_mean", "wa_std", "results")},
         "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
         "confusion": metrics["confusion"], "model_name": config.registry.model_name,
@@ -289,7 +366,7 @@ def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
                   f"({summary['promotion_reason']})",
                   f"champion: version {summary['champion_version']}"]
     else:
-        lines.append(f"not registered: {run.parameter('summarize')}")
+        lines.append(f"not registered: {run.parameter('summarize', 'reason')}")
     lines.append(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     return lines
 
@@ -304,6 +381,8 @@ def register_finished_run(run_dir: Path, corpus: Path | None) -> dict:
         raise UserError(f"{run_dir} is not a finished local pipeline run "
                         "(no config.resolved.yaml)")
     config = config_from_yaml(resolved.read_text())
+    # By kfp.local's layout, not the URIs the tasks declared: those are absolute, and this
+    # folder may be a copy of the run, or moved since.
     outputs = StepOutputs.of_pipeline_run(run_dir)
     tracked = outputs.tracked.read()
     run_id = tracked["run_id"] if tracked else None

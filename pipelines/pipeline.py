@@ -1,6 +1,9 @@
 """The emoalign DAG: wiring only. Step logic lives in `components/`, adapters in `steps.py`,
 what each task asks of a cluster in `cluster.py`.
 
+The gates are the tasks' typed outputs: `check`'s bool `retrain` and `summarize`'s bool
+`passed` (each with a `reason` string beside it).
+
 The (fold, seed) tasks fan out through `dsl.ParallelFor`, and `summarize` collects them
 (`dsl.Collected`). A ParallelFor's parallelism is part of the compiled DAG, so the pipeline
 is built for one: `build_pipeline(train.parallelism)`; kfp.local also shares one machine's
@@ -50,7 +53,7 @@ def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_m
                                   git_sha=fetched.outputs["git_sha"],
                                   git_dirty=fetched.outputs["git_dirty"],
                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "track")
-    with dsl.If(summary.outputs["Output"] == "passed", name="ua-at-or-above-floor"):
+    with dsl.If(summary.outputs["passed"] == True, name="ua-at-or-above-floor"):
         configure(steps.register(**done, run_id=track.outputs["Output"]), "register")
 
 
@@ -74,7 +77,8 @@ def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1):
                                       git_sha=fetch.outputs["git_sha"],
                                       git_dirty=fetch.outputs["git_dirty"], force=force),
                           "check")
-        with dsl.If(check.output == "retrain", name="data-code-or-config-changed"):
+        with dsl.If(check.outputs["retrain"] == True,
+                    name="data-code-or-config-changed"):
             _train_and_register(fetch, config_yaml, parallelism, tasks_per_machine)
 
     return emoalign_pipeline

@@ -45,10 +45,14 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def check(config_yaml: str, corpus: str, data_hash: str, git_sha: str, git_dirty: bool,
-          force: bool) -> str:
-    """"retrain", unless the champion was trained from this data, code and config."""
+          force: bool) -> NamedTuple("Checked", retrain=bool, reason=str):
+    """Whether to train (`retrain`, the pipeline's condition), and why (`reason`): not when
+    the champion was trained from this data, code and config."""
+    from collections import namedtuple
+
+    checked = namedtuple("Checked", "retrain reason")
     if force:  # emoalign run: no need to load MLflow at all
-        return "retrain"
+        return checked(True, "forced: trained whatever the champion was trained from")
     from components import registry
     from components.config import config_from_yaml
     from components.lineage import Lineage
@@ -56,8 +60,10 @@ def check(config_yaml: str, corpus: str, data_hash: str, git_sha: str, git_dirty
     reason = registry.retrain_reason(config_from_yaml(config_yaml),
                                      Lineage(corpus, data_hash, git_sha, git_dirty))
     print(reason or "nothing to retrain")
-    return "retrain" if reason else "nothing to retrain: the champion was trained from this " \
-        "data, code and config"
+    if reason:
+        return checked(True, reason)
+    return checked(False, "nothing to retrain: the champion was trained from this data, "
+                   "code and config")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -197,8 +203,10 @@ def evaluate(
     concurrent: int,
     evaluation: Output[Dataset],
     scores: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
 ):
-    """One (fold, seed) model on its held-out session: WA, UA, predictions."""
+    """One (fold, seed) model on its held-out session: WA, UA, predictions, and its confusion
+    matrix as the KFP UI draws one."""
     from pathlib import Path
 
     import torch
@@ -214,6 +222,7 @@ def evaluate(
                        Path(evaluation.path), config)
     for key in ("wa", "ua", "n_test"):
         scores.log_metric(key, metrics[key])
+    confusion.log_confusion_matrix(metrics["classes"], metrics["confusion"])
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -226,14 +235,18 @@ def summarize(
     scores: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[Markdown],
-) -> str:
+    plots: Output[HTML],
+) -> NamedTuple("Summarized", passed=bool, reason=str):
     """Every (fold, seed) task gathered: one model folder (what registration serves) and one
-    evaluation, mean ± std over folds and seeds. Returns "passed" when UA reaches
-    registry.ua_floor (the register step runs only then), else why not."""
+    evaluation, mean ± std over folds and seeds, its plots on one page. `passed` when UA
+    reaches registry.ua_floor (the register step runs only then); `reason` says so, or why
+    not."""
+    from collections import namedtuple
     from pathlib import Path
 
     from components import reporting
     from components.config import config_from_yaml
+    from components.outputs import Evaluation
 
     config = config_from_yaml(config_yaml)
     summary = reporting.collect_models([Path(m.path) for m in models], Path(model.path), config)
@@ -246,10 +259,11 @@ def summarize(
     confusion.log_confusion_matrix(metrics["classes"], metrics["confusion"])
     Path(report.path).write_text("# Evaluation\n\n```\n"
                                  + "\n".join(reporting.report_lines(metrics)) + "\n```\n")
-    floor = config.registry.ua_floor
-    if metrics["ua"] >= floor:
-        return "passed"
-    return f"UA {metrics['ua']:.4f} is below registry.ua_floor {floor}"
+    Path(plots.path).write_text(reporting.html_page(Evaluation(Path(evaluation.path))))
+    floor, passed = config.registry.ua_floor, metrics["ua"] >= config.registry.ua_floor
+    return namedtuple("Summarized", "passed reason")(
+        passed, f"UA {metrics['ua']:.4f} {'reaches' if passed else 'is below'} "
+                f"registry.ua_floor {floor}")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

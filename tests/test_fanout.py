@@ -3,6 +3,7 @@ dsl.ParallelFor, and `summarize` collects them (dsl.Collected) into one summary,
 model version and one MLflow run with a nested run per task."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -58,6 +59,12 @@ def test_below_the_floor_the_register_task_is_skipped_and_said_so(fanned_out):
     assert "not registered: UA" in stdout and "below registry.ua_floor 0.99" in stdout
     assert summary["model_version"] is None and summary["promoted"] is False
     assert summary["retrained"] is True and summary["mlflow_run_id"]
+    # The gate's typed outputs: the condition compared the bool, the line shows the reason.
+    declared = json.loads((fanned_out["run_dir"] / "summarize" / "executor_output.json")
+                          .read_text())["parameterValues"]
+    assert declared == {"passed": False, "reason": f"UA {summary['ua']:.4f} is below "
+                                                   "registry.ua_floor 0.99"}
+    assert f"not registered: {declared['reason']}" in stdout
 
 
 def test_each_fold_and_seed_is_its_own_task_run_two_at_a_time(fanned_out):
@@ -90,6 +97,13 @@ def test_the_summary_is_the_mean_and_spread_of_the_tasks_own_scores(fanned_out):
         assert reported["ua"] == pytest.approx(by_hand, abs=1e-12)
         assert reported["wa"] == pytest.approx((table["label"] == table["predicted"]).mean())
         assert reported["n_test"] == len(table)
+        # The task's own confusion matrix, as the KFP UI draws it.
+        matrix = json.loads((task.parent / "executor_output.json").read_text())[
+            "artifacts"]["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+        assert [a["displayName"] for a in matrix["annotationSpecs"]] == classes
+        assert [r["row"] for r in matrix["rows"]] == pd.crosstab(
+            pd.Categorical(table["label"], classes), pd.Categorical(table["predicted"], classes),
+            dropna=False).to_numpy().tolist()
     uas, was = [r["ua"] for r in results], [r["wa"] for r in results]
     assert summary["ua_mean"] == pytest.approx(np.mean(uas), abs=1e-12)
     assert summary["ua_std"] == pytest.approx(np.std(uas), abs=1e-12)
@@ -178,8 +192,10 @@ FAILING = [*TINY, "train.epochs=1", "model.kind=text", "train.seeds=0,1",
 def test_one_failing_task_fails_the_run_naming_its_fold_and_seed(prepared, tmp_path):
     (tmp_path / "fault").mkdir()
     (tmp_path / "fault" / "sitecustomize.py").write_text(FAULT)
+    # Before the caller's PYTHONPATH, not instead of it: the code under test may be there.
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PYTHONPATH": str(tmp_path / "fault")}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "fault"),
+                                                       os.environ.get("PYTHONPATH")]))}
     result = emoalign("run", "--corpus", prepared["corpus"].parent, "--workdir",
                       tmp_path / "runs", *sets(FAILING), env=env)
     assert result.returncode == 2, result.stdout[-2000:]

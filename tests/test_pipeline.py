@@ -1,5 +1,6 @@
 """`emoalign run`: the KFP DAG executed by kfp.local, and the same DAG compiled for a cluster."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -65,6 +66,35 @@ def test_run_executes_the_pipeline_through_kfp_local(two_runs):
     assert summary["model_version"] == "1" and summary["promoted"] is True
     assert "registered emoalign version 1: promoted to champion" in stdout
 
+    # What the KFP UI shows: the gates' typed outputs, each (fold, seed) task's confusion
+    # matrix, and the plots on one HTML page; the PNGs stay in the evaluation folder.
+    run = local.LocalRun(run_dir, run_dir / "pipeline.log", 0)
+    assert run.parameter("check", "retrain") is True
+    assert summary["retrain_reason"] == run.parameter("check", "reason") != ""
+    assert run.parameter("summarize", "passed") is True
+    assert run.parameter("summarize", "reason") == \
+        f"UA {metrics['ua']:.4f} reaches registry.ua_floor 0.0"
+    (evaluate,) = run_dir.glob("*-iteration-0/evaluate/executor_output.json")
+    declared = json.loads(evaluate.read_text())["artifacts"]
+    matrix = declared["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    assert [a["displayName"] for a in matrix["annotationSpecs"]] == metrics["classes"]
+    assert [r["row"] for r in matrix["rows"]] == metrics["confusion"]  # one task: pooled
+    evaluation = Path(declared["evaluation"]["artifacts"][0]["uri"])
+    assert evaluation == evaluate.parent / "evaluation"
+    assert {p.name for p in evaluation.iterdir()} >= {"metrics.json", "confusion.png",
+                                                      "learning_curves.png", "report.md"}
+    page = run.artifact_uri("summarize", "plots").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "src=\"http" not in page
+    plots = run_dir / "summarize" / "evaluation"
+    assert (plots / "confusion.png").is_file() and (plots / "learning_curves.png").is_file()
+    for png in ("confusion.png", "learning_curves.png", "attention.png"):
+        if not (plots / png).is_file():
+            continue
+        encoded = base64.b64encode((plots / png).read_bytes())
+        assert f"data:image/png;base64,{encoded.decode()}" in page, png
+    assert f"align (holdout): WA {metrics['wa']:.3f}" in page
+    assert run.outputs == outputs.StepOutputs.of_pipeline_run(run_dir)  # the URIs declared
+
 
 def test_submit_and_schedule_fail_clearly_without_a_cluster(tmp_path):
     import socket
@@ -106,6 +136,92 @@ def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path, monkeypatch):
     assert "Traceback" in log.read_text()
 
 
+def test_the_failed_task_is_read_from_kfp_locals_exception(tmp_path):
+    """kfp.local's RuntimeError names the failed task and the tasks around it; the plan task's
+    declared output says which (fold, seed) an iteration is. The exception is made by
+    kfp.local's own function, so a change to its wording fails here."""
+    from kfp.local import pipeline_orchestrator
+
+    chain = ["train", "for-loop-2-iteration-1", "condition-1"]
+    with pytest.raises(RuntimeError) as raised:
+        pipeline_orchestrator.log_and_maybe_raise_for_failure("emoalign", True, chain)
+    assert local._failed_chain(raised.value) == chain
+
+    run = local.LocalRun(tmp_path, tmp_path / "pipeline.log", 0)
+    (tmp_path / "plan").mkdir()
+    items = [{"fold": "session5", "seed": seed} for seed in range(3)]
+    (tmp_path / "plan" / "executor_output.json").write_text(
+        json.dumps({"parameterValues": {"Output": items}}))
+    for i, finished in enumerate((True, False, False)):
+        task = tmp_path / f"for-loop-2-iteration-{i}" / "train"
+        task.mkdir(parents=True)
+        if finished:
+            (task / "executor_output.json").write_text("{}")
+    log = "  File x\n    raise TrainError('no')\ncomponents.train.TrainError: injected\n"
+    assert local._failure_reason(raised.value, log, run) == (
+        "task 'train' of fold session5 seed 1 (and 1 other (fold, seed) task)",
+        "TrainError: injected")
+    with pytest.raises(RuntimeError) as raised:
+        pipeline_orchestrator.log_and_maybe_raise_for_failure("emoalign", True, ["fetch"])
+    assert local._failure_reason(raised.value, "", run) == ("task 'fetch'", "see the log")
+
+
+def test_kfp_local_runs_a_branch_on_a_named_bool_output(tmp_path):
+    """The gates are NamedTuple bools (check's `retrain`, summarize's `passed`, one inside the
+    other's branch). kfp.local 2.17 alone skips a branch on such an output, without an error;
+    with run_pipeline's fix the branch runs exactly when the bool is true."""
+    import warnings
+    from typing import NamedTuple
+
+    from kfp import dsl
+    from kfp import local as kfp_local
+
+    from pipelines.steps import IMAGE
+
+    @dsl.component(base_image=IMAGE, install_kfp_package=False)
+    def gate(go: bool) -> NamedTuple("Gate", go=bool, reason=str):
+        from collections import namedtuple
+
+        return namedtuple("Gate", "go reason")(go, "why")
+
+    @dsl.component(base_image=IMAGE, install_kfp_package=False)
+    def inner_gate(go: bool) -> NamedTuple("Gate", go=bool, reason=str):
+        from collections import namedtuple
+
+        return namedtuple("Gate", "go reason")(go, "why")
+
+    @dsl.component(base_image=IMAGE, install_kfp_package=False)
+    def branch(reason: str) -> str:
+        return reason
+
+    @dsl.pipeline(name="gates")
+    def gates(go: bool):
+        outer = gate(go=go)
+        with dsl.If(outer.outputs["go"] == True):  # noqa: E712
+            inner = inner_gate(go=outer.outputs["go"])
+            with dsl.If(inner.outputs["go"] == True):  # noqa: E712
+                branch(reason=inner.outputs["reason"])
+
+    def ran(go: bool, fixed: bool) -> list[str]:
+        root = tmp_path / f"{go}-{fixed}"
+        kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False),
+                       pipeline_root=str(root), raise_on_error=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            if fixed:
+                with local._conditions_on_named_outputs():
+                    gates(go=go)
+            else:
+                gates(go=go)
+        (run_dir,) = root.iterdir()
+        return sorted(p.parent.name for p in run_dir.glob("*/executor_output.json"))
+
+    assert ran(True, fixed=False) == ["gate"], "kfp.local resolves named outputs now: " \
+        "drop pipelines.local._conditions_on_named_outputs"
+    assert ran(True, fixed=True) == ["branch", "gate", "inner-gate"]
+    assert ran(False, fixed=True) == ["gate"]
+
+
 @pytest.mark.slow
 def test_an_error_level_corpus_stops_the_run_at_the_gate(corpus_copy, tmp_path):
     for path in corpus_copy.glob("Session*/dialog/EmoEvaluation/*.txt"):
@@ -142,6 +258,36 @@ def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
         "protocol", "seed", "force"}
     assert_one_line_error(emoalign("compile", "--out", tmp_path / "no" / "dir" / "p.yaml"),
                           "does not exist")
+
+
+def test_the_compiled_pipeline_gives_the_kfp_ui_its_results():
+    """Each (fold, seed) evaluate task has a confusion matrix, summarize an HTML page of the
+    plots, and the two gates are bool outputs that the conditions compare with true."""
+    ir, _ = yaml.safe_load_all((PROJECT_ROOT / "pipelines" / "emoalign_pipeline.yaml")
+                               .read_text())
+    components = ir["components"]
+
+    def outputs_of(name):
+        spec = components[f"comp-{name}"]["outputDefinitions"]
+        return ({k: v["artifactType"]["schemaTitle"] for k, v in spec.get("artifacts", {})
+                 .items()}, {k: v["parameterType"] for k, v in spec.get("parameters", {})
+                             .items()})
+
+    artifacts, _ = outputs_of("evaluate")
+    assert artifacts["confusion"] == "system.ClassificationMetrics"
+    assert artifacts["evaluation"] == "system.Dataset"  # the PNGs and metrics.json, as ever
+    artifacts, parameters = outputs_of("summarize")
+    assert artifacts["plots"] == "system.HTML"
+    assert parameters == {"passed": "BOOLEAN", "reason": "STRING"}
+    assert outputs_of("check")[1] == {"retrain": "BOOLEAN", "reason": "STRING"}
+    conditions = {task["taskInfo"]["name"]: " ".join(task["triggerPolicy"]["condition"].split())
+                  for c in [ir["root"], *components.values()] if "dag" in c
+                  for task in c["dag"]["tasks"].values() if "triggerPolicy" in task}
+    assert conditions == {
+        "data-code-or-config-changed":
+            "inputs.parameter_values['pipelinechannel--check-retrain'] == true",
+        "ua-at-or-above-floor":
+            "inputs.parameter_values['pipelinechannel--summarize-passed'] == true"}
 
 
 def test_default_corpus_is_regenerated_exactly_as_data_dvc_records(tmp_path, monkeypatch):
