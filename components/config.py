@@ -456,9 +456,10 @@ def apply_overrides(tree: dict, overrides: list[str] | tuple = ()) -> Config:
     return _validated(tree)
 
 
-def config_from_yaml(text: str) -> Config:
-    """The inverse of Config.to_yaml, as pipeline steps receive it."""
-    return _validated(_read_yaml(text) or {})
+def config_from_yaml(text: str, overrides: list[str] | tuple = ()) -> Config:
+    """The inverse of Config.to_yaml, as pipeline steps receive it (with `key=value`
+    overrides applied before it is validated, once)."""
+    return apply_overrides(_read_yaml(text) or {}, overrides)
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:

@@ -1,5 +1,6 @@
-"""The emoalign DAG: wiring only. Step logic lives in `components/`, adapters in `steps.py`,
-what each task asks of a cluster in `cluster.py`.
+"""The emoalign DAG: wiring only. Step logic lives in `components/`, the KFP components
+(thin adapters onto it) in `kfp_components.py`, what each task asks of a cluster in
+`cluster.py`.
 
 The gates are the tasks' typed outputs: `check`'s bool `retrain` and `summarize`'s bool
 `passed` (each with a `reason` string beside it).
@@ -12,7 +13,7 @@ cores among the tasks running at once (`tasks_per_machine`).
 
 from kfp import dsl
 
-from pipelines import steps
+from pipelines import kfp_components as steps  # each step as a KFP component
 from pipelines.cluster import configure
 
 PIPELINE_NAME = "emoalign"

@@ -139,12 +139,12 @@ def test_no_function_longer_than_a_reader_can_hold():
 def test_kfp_outputs_are_the_ones_the_contract_names():
     """kfp.local lays a task's output out as <task>/<output name>/: the reader of a finished
     run finds it only if the components declare the names outputs.py gives."""
-    from pipelines import steps
+    from pipelines import kfp_components
 
     for task, folder in STEP_OUTPUTS.values():
-        declared = getattr(steps, task).component_spec.outputs or {}
+        declared = getattr(kfp_components, task).component_spec.outputs or {}
         assert folder.KFP_OUTPUT in declared, \
-            f"steps.{task} has no output {folder.KFP_OUTPUT!r} (has {sorted(declared)})"
+            f"kfp_components.{task} has no output {folder.KFP_OUTPUT!r} (has {sorted(declared)})"
 
 
 def test_default_yaml_is_generated_from_the_typed_config():

@@ -176,7 +176,7 @@ def test_kfp_local_runs_a_branch_on_a_named_bool_output(tmp_path):
     from kfp import dsl
     from kfp import local as kfp_local
 
-    from pipelines.steps import IMAGE
+    from pipelines.kfp_components import IMAGE
 
     @dsl.component(base_image=IMAGE, install_kfp_package=False)
     def gate(go: bool) -> NamedTuple("Gate", go=bool, reason=str):

@@ -30,11 +30,11 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
 
     from components import fetch as step
     from components import lineage
-    from components.config import apply_overrides, config_from_yaml
+    from components.config import config_from_yaml
 
     overrides = ([f"protocol={protocol}"] if protocol else []) + \
         ([f"seed={seed}"] if seed >= 0 else [])
-    config = apply_overrides(config_from_yaml(config_yaml).to_dict(), overrides)
+    config = config_from_yaml(config_yaml, overrides)
     folder, digest = step.run(corpus, dvc_repo, dvc_rev, data_hash)
     if not git_sha:
         git_sha, git_dirty = lineage.code_version()
