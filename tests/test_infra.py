@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import cluster, steps
+from pipelines import cluster, kfp_components
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -27,7 +27,7 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet", "Cro
 PLACEHOLDER = "CHANGE_ME"
 SECRET_KEYS = {"password", "secret_access_key", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD",
                "backend_store_uri"}
-PROJECT_IMAGE = f"emoalign:{steps.PROJECT_VERSION}"
+PROJECT_IMAGE = f"emoalign:{kfp_components.PROJECT_VERSION}"
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -511,11 +511,11 @@ def test_server_requirements_are_pinned_and_agree_with_the_lock():
 
 def test_image_names_agree_everywhere():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert steps.PROJECT_VERSION == version
+    assert kfp_components.PROJECT_VERSION == version
     assert documented_tag(INFRA / "Dockerfile") == PROJECT_IMAGE
     assert documented_tag(INFRA / "Dockerfile.cuda") == f"{PROJECT_IMAGE}-cuda"
     if "EMOALIGN_IMAGE" not in os.environ:
-        assert steps.IMAGE == PROJECT_IMAGE
+        assert kfp_components.IMAGE == PROJECT_IMAGE
     ir, _ = compiled_docs()
     executors = ir["deploymentSpec"]["executors"]
     assert executors
