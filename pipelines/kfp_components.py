@@ -45,25 +45,27 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def check(config_yaml: str, corpus: str, data_hash: str, git_sha: str, git_dirty: bool,
-          force: bool) -> NamedTuple("Checked", retrain=bool, reason=str):
-    """Whether to train (`retrain`, the pipeline's condition), and why (`reason`): not when
-    the champion was trained from this data, code and config."""
-    from collections import namedtuple
+          force: bool, decision: Output[Markdown]) -> bool:
+    """Whether to train (the pipeline's condition): not when the champion was trained from
+    this data, code and config. Why, in `decision` (its text, and its metadata `reason`)."""
+    from pathlib import Path
 
-    checked = namedtuple("Checked", "retrain reason")
     if force:  # emoalign run: no need to load MLflow at all
-        return checked(True, "forced: trained whatever the champion was trained from")
-    from components import registry
-    from components.config import config_from_yaml
-    from components.lineage import Lineage
+        reason = "forced: trained whatever the champion was trained from"
+    else:
+        from components import registry
+        from components.config import config_from_yaml
+        from components.lineage import Lineage
 
-    reason = registry.retrain_reason(config_from_yaml(config_yaml),
-                                     Lineage(corpus, data_hash, git_sha, git_dirty))
-    print(reason or "nothing to retrain")
-    if reason:
-        return checked(True, reason)
-    return checked(False, "nothing to retrain: the champion was trained from this data, "
-                   "code and config")
+        reason = registry.retrain_reason(config_from_yaml(config_yaml),
+                                         Lineage(corpus, data_hash, git_sha, git_dirty))
+        print(reason or "nothing to retrain")
+    retrain = bool(reason)
+    reason = reason or ("nothing to retrain: the champion was trained from this data, code "
+                        "and config")
+    decision.metadata["reason"] = reason
+    Path(decision.path).write_text(f"# {'Retrain' if retrain else 'No retrain'}\n\n{reason}\n")
+    return retrain
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -236,12 +238,11 @@ def summarize(
     confusion: Output[ClassificationMetrics],
     report: Output[Markdown],
     plots: Output[HTML],
-) -> NamedTuple("Summarized", passed=bool, reason=str):
+) -> bool:
     """Every (fold, seed) task gathered: one model folder (what registration serves) and one
-    evaluation, mean ± std over folds and seeds, its plots on one page. `passed` when UA
-    reaches registry.ua_floor (the register step runs only then); `reason` says so, or why
-    not."""
-    from collections import namedtuple
+    evaluation, mean ± std over folds and seeds, its plots on one page. True when UA reaches
+    registry.ua_floor (the register step runs only then); the model's metadata
+    `ua_floor_check` says so, or why not."""
     from pathlib import Path
 
     from components import reporting
@@ -261,9 +262,10 @@ def summarize(
                                  + "\n".join(reporting.report_lines(metrics)) + "\n```\n")
     Path(plots.path).write_text(reporting.html_page(Evaluation(Path(evaluation.path))))
     floor, passed = config.registry.ua_floor, metrics["ua"] >= config.registry.ua_floor
-    return namedtuple("Summarized", "passed reason")(
-        passed, f"UA {metrics['ua']:.4f} {'reaches' if passed else 'is below'} "
-                f"registry.ua_floor {floor}")
+    model.metadata["ua_floor_check"] = (f"UA {metrics['ua']:.4f} "
+                                        f"{'reaches' if passed else 'is below'} "
+                                        f"registry.ua_floor {floor}")
+    return passed
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -69,8 +69,8 @@ class LocalRun:
         return json.loads((self.task_dir(task) / "executor_output.json").read_text())
 
     def parameter(self, task: str, name: str = "Output"):
-        """A task's output parameter: `Output` for a single return, else the NamedTuple
-        field's name (check's `retrain`, summarize's `passed`)."""
+        """A task's output parameter: `Output` is its return value (check's and summarize's
+        gates are bools)."""
         return self._executor_output(task)["parameterValues"][name]
 
     def _artifact(self, task: str, name: str) -> dict:
@@ -169,40 +169,6 @@ def _unfinished_iterations(run: LocalRun, failed: str) -> set[str]:
                    for task in folder.iterdir())}
 
 
-@contextmanager
-def _conditions_on_named_outputs():
-    """While a run lasts, let kfp.local evaluate a dsl.If on a task's named output.
-
-    kfp 2.17's local runner finds a condition's operand from its channel name alone:
-    `pipelinechannel--<task>-Output` (a task's single return) is that task's output, any
-    other name a pipeline input. A NamedTuple field such as check's `retrain`
-    (`pipelinechannel--check-retrain`) is then found nowhere, and the condition is False:
-    the branch is skipped without an error. (A cluster resolves it from the task spec; the
-    compiled condition is right.) Such a name is looked up among the tasks' outputs first,
-    split at each hyphen (task names hold hyphens too); the rest goes to kfp.local's own
-    lookup. tests/test_pipeline.py checks both that kfp.local still needs this and that
-    it works.
-    """
-    from kfp.local.orchestrator.enhanced_dag_orchestrator import ConditionEvaluator
-
-    kfp_lookup = ConditionEvaluator.__dict__["_resolve_pipeline_channel"]  # a staticmethod
-
-    def lookup(channel_ref: str, io_store):
-        name = channel_ref.removeprefix("pipelinechannel--")
-        for at in (i for i, c in enumerate(name) if c == "-"):
-            try:
-                return io_store.get_task_output(name[:at], name[at + 1:])
-            except ValueError:
-                continue
-        return kfp_lookup.__func__(channel_ref, io_store)
-
-    ConditionEvaluator._resolve_pipeline_channel = staticmethod(lookup)
-    try:
-        yield
-    finally:
-        ConditionEvaluator._resolve_pipeline_channel = kfp_lookup
-
-
 def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
                  parallelism: int = 0) -> LocalRun:
     """Execute the pipeline in this Python environment, at most `parallelism` (fold, seed)
@@ -220,7 +186,7 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
     log_path = pipeline_root / f".{PIPELINE_NAME}-{time.time_ns()}.log"
     started = time.perf_counter()
     error = None
-    with _captured(log_path, echo), warnings.catch_warnings(), _conditions_on_named_outputs():
+    with _captured(log_path, echo), warnings.catch_warnings():
         # The project image is the base image on purpose: locally it *is* this environment.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         # Resources, GPU, secrets, volumes are for the cluster (pipelines/cluster.py).
@@ -305,8 +271,8 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
 def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, list[str]]:
     """(the run summary `--summary-json` writes, the lines `emoalign run` prints after the
     task status lines)."""
-    if not run.parameter("check", "retrain"):
-        reason = run.parameter("check", "reason")
+    if not run.parameter("check"):
+        reason = run.artifact_metadata("check", "decision")["reason"]
         return ({"retrained": False, "reason": reason, "data_hash": lineage.data_hash,
                  "git_sha": lineage.git_sha or None, "pipeline_run": run.run_dir.name,
                  "run_dir": str(run.run_dir), "model_name": config.registry.model_name},
@@ -315,7 +281,8 @@ def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, l
     metrics, registration, tracked = (out.evaluation.metrics(), out.registered.read(),
                                       out.tracked.read())
     summary = {
-        "retrained": True, "retrain_reason": run.parameter("check", "reason"),
+        "retrained": True,
+        "retrain_reason": run.artifact_metadata("check", "decision")["reason"],
         "wa": metrics["wa"], "ua": metrics["ua"],
         **{k: metrics[k] for k in ("ua_mean", "ua_std", "wa_mean", "wa_std", "results")},
         "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},
@@ -366,7 +333,8 @@ def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
                   f"({summary['promotion_reason']})",
                   f"champion: version {summary['champion_version']}"]
     else:
-        lines.append(f"not registered: {run.parameter('summarize', 'reason')}")
+        lines.append("not registered: "
+                     + run.artifact_metadata("summarize", "model")["ua_floor_check"])
     lines.append(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     return lines
 

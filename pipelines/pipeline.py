@@ -54,7 +54,7 @@ def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_m
                                   git_sha=fetched.outputs["git_sha"],
                                   git_dirty=fetched.outputs["git_dirty"],
                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "track")
-    with dsl.If(summary.outputs["passed"] == True, name="ua-at-or-above-floor"):
+    with dsl.If(summary.outputs["Output"] == True, name="ua-at-or-above-floor"):
         configure(steps.register(**done, run_id=track.outputs["Output"]), "register")
 
 
@@ -78,7 +78,7 @@ def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1):
                                       git_sha=fetch.outputs["git_sha"],
                                       git_dirty=fetch.outputs["git_dirty"], force=force),
                           "check")
-        with dsl.If(check.outputs["retrain"] == True,
+        with dsl.If(check.outputs["Output"] == True,
                     name="data-code-or-config-changed"):
             _train_and_register(fetch, config_yaml, parallelism, tasks_per_machine)
 

@@ -59,12 +59,13 @@ def test_below_the_floor_the_register_task_is_skipped_and_said_so(fanned_out):
     assert "not registered: UA" in stdout and "below registry.ua_floor 0.99" in stdout
     assert summary["model_version"] is None and summary["promoted"] is False
     assert summary["retrained"] is True and summary["mlflow_run_id"]
-    # The gate's typed outputs: the condition compared the bool, the line shows the reason.
+    # The gate's typed output: the condition compared the bool, the line shows the reason.
     declared = json.loads((fanned_out["run_dir"] / "summarize" / "executor_output.json")
-                          .read_text())["parameterValues"]
-    assert declared == {"passed": False, "reason": f"UA {summary['ua']:.4f} is below "
-                                                   "registry.ua_floor 0.99"}
-    assert f"not registered: {declared['reason']}" in stdout
+                          .read_text())
+    assert declared["parameterValues"] == {"Output": False}
+    reason = declared["artifacts"]["model"]["artifacts"][0]["metadata"]["ua_floor_check"]
+    assert reason == f"UA {summary['ua']:.4f} is below registry.ua_floor 0.99"
+    assert f"not registered: {reason}" in stdout
 
 
 def test_each_fold_and_seed_is_its_own_task_run_two_at_a_time(fanned_out):

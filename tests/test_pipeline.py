@@ -69,10 +69,10 @@ def test_run_executes_the_pipeline_through_kfp_local(two_runs):
     # What the KFP UI shows: the gates' typed outputs, each (fold, seed) task's confusion
     # matrix, and the plots on one HTML page; the PNGs stay in the evaluation folder.
     run = local.LocalRun(run_dir, run_dir / "pipeline.log", 0)
-    assert run.parameter("check", "retrain") is True
-    assert summary["retrain_reason"] == run.parameter("check", "reason") != ""
-    assert run.parameter("summarize", "passed") is True
-    assert run.parameter("summarize", "reason") == \
+    assert run.parameter("check") is True and run.parameter("summarize") is True
+    assert summary["retrain_reason"] == run.artifact_metadata("check", "decision")["reason"]
+    assert summary["retrain_reason"].startswith("forced")
+    assert run.artifact_metadata("summarize", "model")["ua_floor_check"] == \
         f"UA {metrics['ua']:.4f} reaches registry.ua_floor 0.0"
     (evaluate,) = run_dir.glob("*-iteration-0/evaluate/executor_output.json")
     declared = json.loads(evaluate.read_text())["artifacts"]
@@ -166,63 +166,6 @@ def test_the_failed_task_is_read_from_kfp_locals_exception(tmp_path):
     assert local._failure_reason(raised.value, "", run) == ("task 'fetch'", "see the log")
 
 
-def test_kfp_local_runs_a_branch_on_a_named_bool_output(tmp_path):
-    """The gates are NamedTuple bools (check's `retrain`, summarize's `passed`, one inside the
-    other's branch). kfp.local 2.17 alone skips a branch on such an output, without an error;
-    with run_pipeline's fix the branch runs exactly when the bool is true."""
-    import warnings
-    from typing import NamedTuple
-
-    from kfp import dsl
-    from kfp import local as kfp_local
-
-    from pipelines.kfp_components import IMAGE
-
-    @dsl.component(base_image=IMAGE, install_kfp_package=False)
-    def gate(go: bool) -> NamedTuple("Gate", go=bool, reason=str):
-        from collections import namedtuple
-
-        return namedtuple("Gate", "go reason")(go, "why")
-
-    @dsl.component(base_image=IMAGE, install_kfp_package=False)
-    def inner_gate(go: bool) -> NamedTuple("Gate", go=bool, reason=str):
-        from collections import namedtuple
-
-        return namedtuple("Gate", "go reason")(go, "why")
-
-    @dsl.component(base_image=IMAGE, install_kfp_package=False)
-    def branch(reason: str) -> str:
-        return reason
-
-    @dsl.pipeline(name="gates")
-    def gates(go: bool):
-        outer = gate(go=go)
-        with dsl.If(outer.outputs["go"] == True):  # noqa: E712
-            inner = inner_gate(go=outer.outputs["go"])
-            with dsl.If(inner.outputs["go"] == True):  # noqa: E712
-                branch(reason=inner.outputs["reason"])
-
-    def ran(go: bool, fixed: bool) -> list[str]:
-        root = tmp_path / f"{go}-{fixed}"
-        kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False),
-                       pipeline_root=str(root), raise_on_error=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            if fixed:
-                with local._conditions_on_named_outputs():
-                    gates(go=go)
-            else:
-                gates(go=go)
-        (run_dir,) = root.iterdir()
-        return sorted(p.parent.name for p in run_dir.glob("*/executor_output.json"))
-
-    assert ran(True, fixed=False) == ["gate"], "kfp.local resolves named outputs now: " \
-        "drop pipelines.local._conditions_on_named_outputs"
-    assert ran(True, fixed=True) == ["branch", "gate", "inner-gate"]
-    assert ran(False, fixed=True) == ["gate"]
-
-
-@pytest.mark.slow
 def test_an_error_level_corpus_stops_the_run_at_the_gate(corpus_copy, tmp_path):
     for path in corpus_copy.glob("Session*/dialog/EmoEvaluation/*.txt"):
         path.write_text("\n\n".join(b for b in path.read_text().split("\n\n")
@@ -278,16 +221,17 @@ def test_the_compiled_pipeline_gives_the_kfp_ui_its_results():
     assert artifacts["evaluation"] == "system.Dataset"  # the PNGs and metrics.json, as ever
     artifacts, parameters = outputs_of("summarize")
     assert artifacts["plots"] == "system.HTML"
-    assert parameters == {"passed": "BOOLEAN", "reason": "STRING"}
-    assert outputs_of("check")[1] == {"retrain": "BOOLEAN", "reason": "STRING"}
+    assert parameters == {"Output": "BOOLEAN"}
+    artifacts, parameters = outputs_of("check")
+    assert (artifacts, parameters) == ({"decision": "system.Markdown"}, {"Output": "BOOLEAN"})
     conditions = {task["taskInfo"]["name"]: " ".join(task["triggerPolicy"]["condition"].split())
                   for c in [ir["root"], *components.values()] if "dag" in c
                   for task in c["dag"]["tasks"].values() if "triggerPolicy" in task}
     assert conditions == {
         "data-code-or-config-changed":
-            "inputs.parameter_values['pipelinechannel--check-retrain'] == true",
+            "inputs.parameter_values['pipelinechannel--check-Output'] == true",
         "ua-at-or-above-floor":
-            "inputs.parameter_values['pipelinechannel--summarize-passed'] == true"}
+            "inputs.parameter_values['pipelinechannel--summarize-Output'] == true"}
 
 
 def test_default_corpus_is_regenerated_exactly_as_data_dvc_records(tmp_path, monkeypatch):
