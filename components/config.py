@@ -122,8 +122,10 @@ class ValidateConfig(Section):
     max_quarantined_share: float = setting(0.20, "more than this is a broken corpus, not a "
                                                  "few bad files")
     strict: bool = setting(False, "every warning becomes an error")
-    reference_stats: str = setting("", "stats.json of a reference corpus, for the drift "
-                                       "check")
+    drift_reference: str = setting("champion", "what the corpus is compared with for drift: "
+                                               "champion (the statistics of the data the "
+                                               "current champion was trained on; none before "
+                                               "the first) | none | a stats.json path")
     workers: int = setting(0, "audio check processes; 0 = one per core")
     drift: DriftConfig = section(DriftConfig, "warn / fail above these distances from the "
                                               "reference")
@@ -137,6 +139,9 @@ class ValidateConfig(Section):
             raise ConfigError("validate.min_duration_s must be below validate.max_duration_s")
         if self.min_class_share * n_classes > 1:
             raise ConfigError("validate.min_class_share is more than the classes can all have")
+        if not self.drift_reference.strip():
+            raise ConfigError("validate.drift_reference must be champion, none or a "
+                              "stats.json path")
         self.drift.check()
 
 

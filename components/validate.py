@@ -296,14 +296,39 @@ def drift(current: dict, reference: dict, cfg: DriftConfig) -> list[dict]:
 
 # ---- the step ---------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class DriftReference:
+    """What the corpus is compared with: a stats.json (another run's Validated.STATS), and
+    what it is; or no file, and why there is no drift check."""
+
+    stats: Path | None
+    label: str
+
+    @classmethod
+    def named(cls, setting: str) -> "DriftReference":
+        """The reference validate.drift_reference names, as far as this step can see: a
+        file, or none. The champion's statistics are the registry's to find: the pipeline
+        resolves the champion when a run starts and passes them (kfp_components.validate);
+        `setting` may then be why there is none ("no drift check: no champion yet")."""
+        if setting == "none":
+            return cls(None, "no drift check (validate.drift_reference is none)")
+        if setting == "champion":
+            return cls(None, "no drift check (the champion is looked up by the pipeline, "
+                             "not by this step alone)")
+        if setting.startswith("no drift check"):
+            return cls(None, setting)
+        return cls(Path(setting), setting)
+
+
 def run(manifest_path: Path, out_dir: Path, classes: list[str], config: ValidateConfig,
-        reference_stats: Path | None = None) -> ValidationResult:
+        reference: DriftReference | None = None) -> ValidationResult:
     """Check the manifest and its audio; write the kept rows, quarantine and reports."""
-    manifest_path, manifest, reference_path = _load(manifest_path, config, reference_stats)
+    reference = reference or DriftReference.named(config.drift_reference)
+    manifest_path, manifest, reference_path = _load(manifest_path, reference)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checked = _check(manifest, classes, config, out_dir / Validated.GX_RESULT)
-    verdict = _decide(manifest_path, manifest, checked, classes, config, reference_path)
+    verdict = _decide(manifest_path, manifest, checked, classes, config, reference)
     _write(out_dir, verdict, checked.schema_ok)
     errors = verdict.report["errors"]
     if errors:
@@ -334,8 +359,8 @@ class _Verdict:
     report: dict
 
 
-def _load(manifest_path: Path, config: ValidateConfig,
-          reference_stats: Path | None) -> tuple[Path, pd.DataFrame, Path | None]:
+def _load(manifest_path: Path, reference: DriftReference
+          ) -> tuple[Path, pd.DataFrame, Path | None]:
     """The manifest file, its rows, and the reference statistics file (None: no drift check).
     Input that cannot be used stops the step before it writes anything."""
     manifest_path = outputs.manifest_file(manifest_path)
@@ -343,8 +368,7 @@ def _load(manifest_path: Path, config: ValidateConfig,
         manifest = outputs.read_manifest(manifest_path)
     except Exception as e:
         raise UserError(f"cannot read manifest {manifest_path}: {e}") from None
-    reference = reference_stats or config.reference_stats
-    reference_path = Path(reference) if reference else None
+    reference_path = reference.stats
     if reference_path is not None and not reference_path.is_file():
         raise UserError(f"reference statistics not found: {reference_path}")
     return manifest_path, manifest.reset_index(drop=True), reference_path
@@ -373,7 +397,7 @@ def _check(manifest: pd.DataFrame, classes: list[str], config: ValidateConfig,
 
 
 def _decide(manifest_path: Path, manifest: pd.DataFrame, checked: _Checked,
-            classes: list[str], config: ValidateConfig, reference_path: Path | None) -> _Verdict:
+            classes: list[str], config: ValidateConfig, reference: DriftReference) -> _Verdict:
     """Set the rows with problems aside, then judge the corpus that is left."""
     quarantine = _quarantine_table(manifest, checked.problems)
     kept = manifest.drop(index=list(checked.problems)).reset_index(drop=True)
@@ -395,9 +419,9 @@ def _decide(manifest_path: Path, manifest: pd.DataFrame, checked: _Checked,
 
     stats = corpus_stats(kept) if checked.schema_ok else {}
     drift_rows = None
-    if reference_path is not None and checked.schema_ok:
-        drift_rows = drift(stats, json.loads(reference_path.read_text()), config.drift)
-        _judge_drift(drift_rows, config.strict, errors, warnings)
+    if reference.stats is not None and checked.schema_ok:
+        drift_rows = drift(stats, json.loads(reference.stats.read_text()), config.drift)
+        _judge_drift(drift_rows, reference.label, config.strict, errors, warnings)
 
     report = {
         "passed": not errors,
@@ -410,18 +434,19 @@ def _decide(manifest_path: Path, manifest: pd.DataFrame, checked: _Checked,
         "audio": checked.audio,
         "expectations": checked.expectations,
         "drift": drift_rows,
-        "reference_stats": str(reference_path) if reference_path else None,
+        "reference_stats": str(reference.stats) if reference.stats else None,
+        "drift_reference": reference.label,
         "strict": config.strict,
         "manifest": str(manifest_path),
     }
     return _Verdict(kept, quarantine, stats, report)
 
 
-def _judge_drift(drift_rows: list[dict], strict: bool, errors: list[str],
+def _judge_drift(drift_rows: list[dict], against: str, strict: bool, errors: list[str],
                  warnings: list[str]) -> None:
     """Add each drifted metric to the errors (fail, or warn when strict) or the warnings."""
     for d in drift_rows:
-        message = (f"drift in {d['metric']}: {d['value']:.3f} against the reference "
+        message = (f"drift in {d['metric']}: {d['value']:.3f} against {against} "
                    f"(warn above {d['warn']}, fail above {d['fail']})")
         if d["status"] == "fail" or (d["status"] == "warn" and strict):
             errors.append(message)
@@ -498,7 +523,10 @@ def render_html(report: dict, quarantine: pd.DataFrame) -> str:
     parts.append(f"<h2>Audio checks</h2><p>{audio['checked']} wav files read, "
                  f"{audio['with_problems']} with problems.</p>")
     if report["drift"]:
-        parts += _html_drift(report["drift"], report["reference_stats"])
+        parts += _html_drift(report["drift"], report.get("drift_reference")
+                             or report["reference_stats"])
+    elif report.get("drift_reference"):
+        parts.append(f"<h2>Drift</h2><p>{html.escape(report['drift_reference'])}</p>")
     parts += _html_quarantine(quarantine)
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -546,8 +574,8 @@ def _html_expectations(expectations: list[dict]) -> list[str]:
 
 def _html_drift(drift_rows: list[dict], reference_stats: str | None) -> list[str]:
     e = html.escape
-    parts = ["<h2>Drift against the reference</h2><p><code>"
-             f"{e(reference_stats)}</code></p><table><tr><th>metric</th>"
+    parts = ["<h2>Drift</h2><p>Against "
+             f"{e(reference_stats)}</p><table><tr><th>metric</th>"
              "<th>value</th><th>warn above</th><th>fail above</th><th>status</th></tr>"]
     for d in drift_rows:
         css = {"ok": "ok", "warn": "warn", "fail": "bad"}[d["status"]]
@@ -580,4 +608,16 @@ def summary_lines(report: dict) -> list[str]:
     if report.get("ingest_findings"):
         lines.append("  (ingest_report.json beside the manifest names each of them)")
     lines += [f"  error: {x}" for x in report["errors"]]
+    lines.append("  " + drift_line(report))
     return lines
+
+
+def drift_line(report: dict) -> str:
+    """The drift in one line: each distance against the reference, or why none was
+    measured."""
+    against = report.get("drift_reference") or report.get("reference_stats") or "nothing"
+    if not report.get("drift"):
+        return f"drift: {against}" if against.startswith("no drift check") else \
+            f"drift: not measured against {against}"
+    return f"drift against {against}: " + ", ".join(
+        f"{d['metric']} {d['value']:.3f} ({d['status']})" for d in report["drift"])

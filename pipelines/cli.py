@@ -73,8 +73,10 @@ def cmd_validate(args) -> int:
         config.validate.strict = True
     out = Path(args.out)
     try:
+        reference = validate.DriftReference.named(str(args.reference)) if args.reference \
+            else None
         result = validate.run(Path(args.manifest), out, config.ingest.classes, config.validate,
-                              reference_stats=args.reference)
+                              reference)
     except validate.ValidationError:
         written = Validated(out)
         if (written.folder / written.REPORT).is_file():
@@ -235,6 +237,8 @@ def cmd_history(args) -> int:
         numbers = e.get("numbers") or {}
         figures = "".join(f" {k}={numbers[k]}" for k in ("ua", "champion_ua", "delta_ua")
                           if k in numbers)
+        if str(numbers.get("drift", "")).startswith("data drift"):
+            figures += f"; {numbers['drift']}"
         print(f"{e['time']}  {e['action']:<9} {e['alias']:<10} {e['from'] or '-':>4} -> "
               f"{e['to']:<4} by {e['who']}: {e['reason']}{figures}")
     return 0

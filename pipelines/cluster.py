@@ -42,7 +42,7 @@ RETRIED = {"fetch", "check", "track", "register"}
 UNCACHED = {"fetch", "check", "track", "register"}
 # evaluate reads the .wdseg word timings for the attention-alignment measure.
 READS_CORPUS = {"fetch", "ingest", "validate", "features", "evaluate", "register"}
-USES_MLFLOW = {"check", "track", "register"}
+USES_MLFLOW = {"fetch", "check", "track", "register"}  # fetch: the champion, for drift
 USES_S3 = {"fetch", "track", "register"}
 
 

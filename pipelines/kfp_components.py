@@ -21,11 +21,13 @@ IMAGE = os.environ.get("EMOALIGN_IMAGE", f"emoalign:{PROJECT_VERSION}")
 def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str,
           git_dirty: bool, config_yaml: str, protocol: str, seed: int
           ) -> NamedTuple("Fetched", corpus=str, data_hash=str, git_sha=str, git_dirty=bool,
-                          config_yaml=str, data_config_yaml=str):
+                          config_yaml=str, data_config_yaml=str, drift_reference=str):
     """The run's inputs and their lineage: the corpus folder (a path, or pulled through DVC
     at a revision) and its hash, the code's commit (when the submitter did not know it: the
     one baked into this image), the config with the run's protocol and seed applied
-    (empty / -1: as it says), and the part of it the data steps use (their cache key)."""
+    (empty / -1: as it says), the part of it the data steps use (their cache key), and what
+    validation compares the data with (validate.drift_reference, the champion resolved to
+    its version now: a validate task's inputs name the champion it compared with)."""
     from collections import namedtuple
 
     from components import fetch as step
@@ -38,9 +40,15 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
     folder, digest = step.run(corpus, dvc_repo, dvc_rev, data_hash)
     if not git_sha:
         git_sha, git_dirty = lineage.code_version()
+    drift_reference = config.validate.drift_reference
+    if drift_reference == "champion":
+        from components import registry
+
+        drift_reference = registry.champion_reference(config.registry.model_name)
     return namedtuple("Fetched", "corpus data_hash git_sha git_dirty config_yaml "
-                      "data_config_yaml")(folder, digest, git_sha, git_dirty, config.to_yaml(),
-                                          config.for_data_steps().to_yaml())
+                      "data_config_yaml drift_reference")(
+        folder, digest, git_sha, git_dirty, config.to_yaml(),
+        config.for_data_steps().to_yaml(), drift_reference)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -101,12 +109,15 @@ def ingest(
 def validate(
     manifest: Input[Dataset],
     config_yaml: str,
+    drift_reference: str,
     validated: Output[Dataset],
     report: Output[HTML],
     checks: Output[Metrics],
 ):
-    """Great Expectations + audio checks -> kept manifest, quarantine, reports, stats."""
+    """Great Expectations + audio checks -> kept manifest, quarantine, reports, stats; drift
+    against `drift_reference` (a registered version, a stats.json, or why none)."""
     import shutil
+    import tempfile
     from pathlib import Path
 
     from components import validate as step
@@ -115,8 +126,17 @@ def validate(
 
     config = config_from_yaml(config_yaml)
     out = Path(validated.path)
+    scratch = tempfile.mkdtemp()
+    if drift_reference.startswith("models:/"):
+        from components import registry
+
+        reference = step.DriftReference(*registry.version_stats(drift_reference,
+                                                                Path(scratch)))
+    else:  # none, a stats.json path, or why there is no champion to compare with
+        reference = step.DriftReference.named(drift_reference)
     try:
-        result = step.run(Path(manifest.path), out, config.ingest.classes, config.validate)
+        result = step.run(Path(manifest.path), out, config.ingest.classes, config.validate,
+                          reference)
     finally:
         # The report matters most when the gate stops the run.
         if (out / Validated.HTML).is_file():

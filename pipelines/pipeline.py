@@ -41,7 +41,9 @@ def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_m
     ingest = configure(steps.ingest(corpus=folder, config_yaml=data_config, data_hash=digest),
                        "ingest")
     validate = configure(steps.validate(manifest=ingest.outputs["manifest"],
-                                        config_yaml=data_config), "validate")
+                                        config_yaml=data_config,
+                                        drift_reference=fetched.outputs["drift_reference"]),
+                         "validate")
     validated = validate.outputs["validated"]
     features = configure(steps.features(validated=validated, config_yaml=data_config,
                                         data_hash=digest), "features")

@@ -204,7 +204,8 @@ def test_broken_schema_is_an_error(small_corpus, tmp_path):
 def test_drift_against_a_reference(small_corpus, tmp_path):
     reference = gate(small_corpus, tmp_path / "ref").out_dir / Validated.STATS
     same = validate.run(tmp_path / "ref" / "ingest", tmp_path / "same", CLASSES,
-                        ValidateConfig(), reference_stats=reference)
+                        ValidateConfig(),
+                        validate.DriftReference.named(str(reference)))
     assert [d["status"] for d in same.report["drift"]] == ["ok"] * 4
     assert [d["value"] for d in same.report["drift"]] == [0.0] * 4
 
@@ -217,7 +218,7 @@ def test_drift_against_a_reference(small_corpus, tmp_path):
     drifted.to_parquet(tmp_path / "drifted.parquet")
     with pytest.raises(validate.ValidationError, match="drift in class_share"):
         validate.run(tmp_path / "drifted.parquet", tmp_path / "d", CLASSES, ValidateConfig(),
-                     reference_stats=reference)
+                     reference=validate.DriftReference.named(str(reference)))
     report = json.loads((tmp_path / "d" / Validated.REPORT).read_text())
     status = {d["metric"]: d["status"] for d in report["drift"]}
     assert status["class_share"] == "fail" and status["oov"] == "fail"

@@ -6,10 +6,13 @@ new version (alias `challenger`) replaces the one in service (alias `champion`).
     tracking.py      the pipeline run's MLflow run: params, metrics, artifacts, lineage tags
     history.py       alias moves, recorded; the gate's lock; model URIs; promote, rollback
     gate.py          the champion re-scored beside the challenger; the decision
+    drift.py         the champion's data statistics, the drift check's default reference
     registration.py  a new version, judged by the gate; whether a schedule needs to train
     serving.py       a registered version's predictions (emoalign predict)
 """
 
+from components.registry.drift import (champion_reference, drift_summary, drift_tags,
+                                        version_stats)
 from components.registry.gate import decide, paired_bootstrap
 from components.registry.history import (CHALLENGER, CHAMPION, LOCK_TAG, read_history,
                                           resolve, promote, rollback)
@@ -19,6 +22,7 @@ from components.registry.store import (RegistryError, connect, redact, scrub,
                                        tracking_uri)
 from components.registry.tracking import flatten, track
 
-__all__ = ["CHALLENGER", "CHAMPION", "LOCK_TAG", "RegistryError", "connect", "decide",
-           "flatten", "paired_bootstrap", "predict_registered", "promote", "read_history", "redact", "register",
-           "resolve", "retrain_reason", "rollback", "scrub", "track", "tracking_uri"]
+__all__ = ["CHALLENGER", "CHAMPION", "LOCK_TAG", "RegistryError", "champion_reference", "connect",
+           "decide", "drift_summary", "drift_tags", "flatten", "paired_bootstrap",
+           "predict_registered", "promote", "read_history", "redact", "register", "resolve",
+           "retrain_reason", "rollback", "scrub", "track", "tracking_uri", "version_stats"]

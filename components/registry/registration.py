@@ -9,6 +9,7 @@ from pathlib import Path
 from components.config import Config
 from components.lineage import Lineage
 from components.outputs import Registered, StepOutputs
+from components.registry.drift import drift_summary
 from components.registry.gate import (challenge, decide, gate_data, gate_numbers,
                                       infra_check, recorded_predictions)
 from components.registry.history import (CHALLENGER, CHAMPION, alias_version, gate_lock,
@@ -48,6 +49,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
                 challenger_ua = same_utterances_ua or challenger_ua
             promoted, reason = decide(config, challenger_ua, infra, champion)
             numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)
+            numbers["drift"] = drift_summary(outputs.validated.report())  # beside the figures
             _record_decision(client, name, version, promoted, reason, numbers, infra, tags)
             decided = True
             champion_now = alias_version(client, name, CHAMPION)

@@ -11,6 +11,7 @@ from pathlib import Path
 from components.config import Config
 from components.lineage import DEFAULT_DATA, DVC_POINTER, Lineage, file_sha256
 from components.outputs import Evaluation, StepOutputs, Tracked
+from components.registry.drift import drift_tags
 from components.registry.store import (artifact_access, connect, ensure_experiment, redact,
                                        scrub, scrubbed_copy, secret_values)
 
@@ -58,7 +59,9 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
     tags = {**lineage_tags(lineage, config, file_sha256(outputs.ingested.manifest_path),
                            validation),
             # Where the weights were computed (the train task's node, not this one).
-            **outputs.trained.summary().get("environment", {})}
+            **outputs.trained.summary().get("environment", {}),
+            # How the data moved since the champion's (registered versions inherit these).
+            **drift_tags(outputs.validated.report())}
     secrets = secret_values()
 
     mlflow.set_tracking_uri(client.tracking_uri)
