@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -34,8 +35,8 @@ def dvc_add(repo, folder) -> str:
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-C", str(repo)]
     if not (repo / ".dvc").is_dir():
         subprocess.run(["git", "init", "-q", str(repo)], check=True)
-        subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["dvc", "add", "-q", folder.name], cwd=repo, check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", folder.name], cwd=repo, check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", f"data {folder.name}"], check=True)
     return lineage.dvc_pointer_hash(repo / f"{folder.name}.dvc")
