@@ -402,7 +402,14 @@ class Config(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return tree_sha256(self.to_dict())
+
+
+def tree_sha256(tree: dict) -> str:
+    """The config hash of a config tree (Config.to_dict, or a resolved config file as read),
+    whatever keys this version of the code knows: `emoalign audit` checks a model's logged
+    config with it, so a key added since still leaves old models auditable."""
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
 # ---- reading ---------------------------------------------------------------------------

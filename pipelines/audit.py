@@ -17,6 +17,7 @@ The verdict:
 """
 
 import os
+import copy
 import shutil
 import subprocess
 import sys
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from components import PROJECT_ROOT, environment, lineage, registry
-from components.config import Config, config_from_yaml
+from components.config import tree_sha256
 from components.errors import UserError
 from components.outputs import Evaluation, StepOutputs, read_json
 from components.registry.tracking import CONFIG_ARTIFACT, METRICS_ARTIFACT
@@ -75,7 +77,7 @@ class Recorded:
     registered model's files, downloaded into the audit's scratch folder."""
 
     tags: dict
-    config: Config
+    config: dict  # the logged config as it was written: the recorded commit's code reads it
     metrics: dict
     predictions: pd.DataFrame
     model_dir: Path
@@ -107,9 +109,9 @@ def audit(uri: str, corpus: Path | None, workdir: Path, keep: bool = False,
     # The re-run happens in another working directory (the worktree): absolute paths only.
     scratch = Path(tempfile.mkdtemp(prefix="emoalign-audit-", dir=Path(workdir).resolve()))
     recorded = _download(client, version, tags, scratch)
-    if recorded.config.sha256() == tags.get("config_sha256"):
+    if tree_sha256(recorded.config) == tags.get("config_sha256"):
         result.ok("config", f"resolved config matches config_sha256 "
-                            f"{recorded.config.sha256()[:12]}; seed {recorded.config.seed}")
+                            f"{tags['config_sha256'][:12]}; seed {recorded.config.get('seed')}")
     else:
         # Whatever a re-run gave, it would not be the recorded settings' model.
         result.fail("config", "the logged config does not hash to the recorded config_sha256; "
@@ -184,19 +186,21 @@ def _download(client, version, tags: dict, scratch: Path) -> Recorded:
     model_dir = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=version.source, dst_path=str(scratch / "registered"),
         tracking_uri=client.tracking_uri))
-    return Recorded(tags, config_from_yaml(artifact(CONFIG_ARTIFACT).read_text()),
+    return Recorded(tags, yaml.safe_load(artifact(CONFIG_ARTIFACT).read_text()),
                     read_json(artifact(METRICS_ARTIFACT)),
                     pd.read_csv(artifact(PREDICTIONS_ARTIFACT)), model_dir)
 
 
-def _rerun(result: Audit, sha: str, corpus: Path, config: Config, scratch: Path,
+def _rerun(result: Audit, sha: str, corpus: Path, config: dict, scratch: Path,
            threads: str) -> StepOutputs | None:
     """The steps again, in this process's Python, at the recorded commit, with the thread
-    count training had (fanned-out tasks share the cores; the count changes float sums)."""
-    config.features.cache_dir = ""  # rebuild the features; never trust a cache here
-    if not config.train.threads and threads.isdigit():
-        config.train.threads = int(threads)
-    (scratch / "config.yaml").write_text(config.to_yaml())
+    count training had (fanned-out tasks share the cores; the count changes float sums).
+    The config goes as logged (the keys that commit's code knows), with those two changes."""
+    config = copy.deepcopy(config)
+    config["features"]["cache_dir"] = ""  # rebuild the features; never trust a cache here
+    if not config["train"].get("threads") and threads.isdigit():
+        config["train"]["threads"] = int(threads)
+    (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     head, dirty_now = lineage.git_sha(PROJECT_ROOT)
     tree = PROJECT_ROOT
     if head != sha or dirty_now:
