@@ -16,8 +16,8 @@ The verdict:
   the environment matches and the weights still differ. `strict` demands bit-identity.
 """
 
-import os
 import copy
+import os
 import shutil
 import subprocess
 import sys
