@@ -343,7 +343,7 @@ def notify(status: dsl.PipelineTaskFinalStatus, config_yaml: str, pipeline_run: 
     from components.config import config_from_yaml
 
     if not send:
-        print("the local runner sends the notification")
+        print("the local runner sends the notification (if notify.webhook is set)")
         return
     try:  # an exit task that fails would fail a run that succeeded
         config = config_from_yaml(config_yaml)
