@@ -345,6 +345,22 @@ class RegistryConfig(Section):
 
 
 @dataclass
+class NotifyConfig(Section):
+    """Where the end of every pipeline run is reported (components/notify.py)."""
+
+    webhook: str = setting("", "http(s) URL that gets one JSON POST when a run ends, "
+                               "succeeded or failed (status, failed task and reason, "
+                               "registered version, gate decision, UA, WA); empty: none")
+
+    def check(self) -> None:
+        from components import notify
+
+        if self.webhook and not notify.is_http_url(self.webhook):
+            raise ConfigError("notify.webhook must be an http(s) URL, got "
+                              f"{notify.redacted(self.webhook)!r}")
+
+
+@dataclass
 class Config(Section):
     seed: int = setting(0)
     protocol: str = setting("holdout", "holdout: test on holdout_session; loso: "
@@ -358,6 +374,7 @@ class Config(Section):
     model: ModelConfig = section(ModelConfig)
     train: TrainConfig = section(TrainConfig)
     registry: RegistryConfig = section(RegistryConfig)
+    notify: NotifyConfig = section(NotifyConfig, "alerts at the end of a pipeline run")
 
     def check(self) -> None:
         """A ConfigError naming the first key that cannot be used."""
@@ -372,6 +389,7 @@ class Config(Section):
         self.train.check()
         self.registry.check()
         self.sample_corpus.check()
+        self.notify.check()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -383,11 +401,12 @@ class Config(Section):
 
     def for_task(self, seed: int) -> "Config":
         """The config one (fold, seed) task trains with: that seed, and none of the
-        run-wide fan-out settings, so a task's inputs (and KFP's cache key) do not change
+        run-wide fan-out and alert settings, so a task's inputs (and KFP's cache key) do not change
         when other seeds are added or the parallelism is changed."""
         task = copy.deepcopy(self)
         task.seed = seed
         task.train.seeds, task.train.parallelism = None, None
+        task.notify = NotifyConfig()  # the run's alerts are not the task's
         return task
 
     def for_data_steps(self) -> "Config":

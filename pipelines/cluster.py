@@ -33,16 +33,18 @@ RESOURCES = {
     "summarize": ("1", "4Gi", "8Gi"),
     "track": ("1", "2Gi", "4Gi"),
     "register": ("2", "4Gi", "8Gi"),
+    "notify": ("250m", "512Mi", "1Gi"),  # the exit task: a POST, an MLflow search
 }
 # Steps that touch the network (DVC remote, MLflow) retry transient failures.
 RETRIED = {"fetch", "check", "track", "register"}
 # Never from the cache: steps with effects outside their outputs (MLflow runs, registered
 # versions), and those whose answer depends on the outside world (a DVC revision such as
 # `main` moves; the champion changes).
-UNCACHED = {"fetch", "check", "track", "register"}
+UNCACHED = {"fetch", "check", "track", "register", "notify"}
 # evaluate reads the .wdseg word timings for the attention-alignment measure.
 READS_CORPUS = {"fetch", "ingest", "validate", "features", "evaluate", "register"}
-USES_MLFLOW = {"fetch", "check", "track", "register"}  # fetch: the champion, for drift
+# fetch: the champion, for drift; notify: the run's outcome, for the alert.
+USES_MLFLOW = {"fetch", "check", "track", "register", "notify"}
 USES_S3 = {"fetch", "track", "register"}
 
 

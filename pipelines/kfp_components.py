@@ -348,3 +348,47 @@ def register(
         f"# {result['model_name']} version {result['model_version']}\n\n"
         f"{'Promoted to champion' if result['promoted'] else 'Not promoted'}: "
         f"{result['reason']}\n")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def notify(status: dsl.PipelineTaskFinalStatus, config_yaml: str, pipeline_run: str,
+           send: bool):
+    """The exit task (dsl.ExitHandler): one POST to notify.webhook however the run ended
+    (nothing when it is empty). It sees the run's final status alone (state, the job's
+    resource name, the error message), and reads the rest from MLflow: the run tracked
+    under this pipeline run, and the version registered from it. `send` is False under
+    kfp.local, whose final status names no failed task: the local runner sends the same
+    payload itself, with the failed task and its reason (pipelines/local.py)."""
+    from components import notify as step
+    from components.config import config_from_yaml
+
+    if not send:
+        print("the local runner sends the notification (if notify.webhook is set)")
+        return
+    try:  # an exit task that fails would fail a run that succeeded
+        config = config_from_yaml(config_yaml)
+    except Exception as e:
+        print(f"no notification: the config does not load ({e})")
+        return
+    url = config.notify.webhook
+    if not url:
+        print("no notify.webhook: nothing to send")
+        return
+    from components import registry
+    from components.registry.store import secret_values
+
+    try:  # what the store knows; the notification goes out whatever it answers
+        client = registry.connect(timeout_s=step.TIMEOUT_S, consequence="sent without it")
+        outcome = step.recorded_outcome(client, config.registry.experiment,
+                                        config.registry.model_name, pipeline_run)
+    except Exception as e:
+        print("no results from MLflow: "
+              + step.redacted(registry.scrub(" ".join(str(e).split())))[:300])
+        outcome = {}
+    reason = status.error_message if status.state != "SUCCEEDED" else None
+    body = step.payload(pipeline_run, status.state, **outcome,
+                        model_name=config.registry.model_name, reason=reason or None,
+                        pipeline_job=status.pipeline_job_resource_name,
+                        reported_by="exit_task", secrets=secret_values())
+    if step.send(url, body):
+        print(f"notified {step.where(url)}: run {status.state.lower()}")

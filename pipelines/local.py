@@ -9,6 +9,10 @@ What a run did is read from what its tasks declared: each task's executor_output
 parameters, and its artifacts' URIs and metadata), and, when a task fails, the task chain
 kfp.local's exception names. The log is read for one thing alone: the failed task's
 exception line, which kfp.local passes on to nothing else.
+
+The end of a run, succeeded or failed, is posted to notify.webhook from here
+(`notify_run`), once: kfp.local runs the DAG's exit task, but the final status it gives it
+names no failed task, so the exit task is built not to send locally.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ ITERATION_SEP = "-iteration-"  # kfp.local's ParallelFor iteration tasks: <loop>
 
 class PipelineFailed(UserError):
     """A task failed; the message names the task, the reason and the log."""
+
+    def __init__(self, message: str, failed_task: str | None = None,
+                 reason: str | None = None, pipeline_run: str | None = None):
+        super().__init__(message)
+        self.failed_task, self.reason, self.pipeline_run = failed_task, reason, pipeline_run
 
 
 @dataclass
@@ -193,7 +202,10 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         try:
             parallelism = parallelism or min(os.cpu_count() or 1, KFP_LOCAL_MAX_PARALLEL)
-            build_pipeline(parallelism, tasks_per_machine=parallelism)(**arguments)
+            # kfp.local runs the exit task, but its final status names no failed task: the
+            # notification is run_local_pipeline's (notify_run).
+            build_pipeline(parallelism, tasks_per_machine=parallelism,
+                           exit_task_notifies=False)(**arguments)
         except RuntimeError as e:
             error = e
     seconds = time.perf_counter() - started
@@ -206,7 +218,10 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
     run = LocalRun(run_dir=run_dir, log_path=final_log, seconds=seconds)
     if error is not None:
         task, reason = _failure_reason(error, final_log.read_text(), run)
-        raise PipelineFailed(f"{task} failed: {reason} (log: {final_log})")
+        chain = _failed_chain(error)
+        raise PipelineFailed(f"{task} failed: {reason} (log: {final_log})",
+                             failed_task=chain[0] if chain else None, reason=reason,
+                             pipeline_run=run_dir.name if new_dirs else None)
     return run
 
 
@@ -251,32 +266,85 @@ def local_parallelism(config: Config) -> int:
 
 def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
                        force: bool = True) -> LocalRun:
-    """Run the DAG through kfp.local, tracking into the store MLflow's settings name."""
+    """Run the DAG through kfp.local, tracking into the store MLflow's settings name; tell
+    notify.webhook how it ended, succeeded or failed (once)."""
     from components import registry
 
-    # Before any work: a tracking store that does not answer stops the run here.
-    uri = registry.tracking_uri()
-    registry.connect(uri, consequence="nothing was trained or registered")
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the task subprocesses inherit it
-    print(f"tracking {registry.redact(uri)}")
-    run = run_pipeline(
-        {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
-         "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
-         "git_dirty": lineage.git_dirty, "force": force},
-        workdir / "pipeline_root", parallelism=local_parallelism(config))
-    (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
+    try:
+        # Before any work: a tracking store that does not answer stops the run here.
+        uri = registry.tracking_uri()
+        registry.connect(uri, consequence="nothing was trained or registered")
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # the task subprocesses inherit it
+        print(f"tracking {registry.redact(uri)}")
+        run = run_pipeline(
+            {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
+             "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
+             "git_dirty": lineage.git_dirty, "force": force},
+            workdir / "pipeline_root", parallelism=local_parallelism(config))
+        (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
+    except Exception as failure:
+        notify_run(config, failure=failure)
+        raise
+    if config.notify.webhook:
+        notify_run(config, summary=run_summary(run, config, lineage))
     return run
+
+
+def notify_run(config: Config, summary: dict | None = None,
+               failure: Exception | None = None) -> dict | None:
+    """POST the run's end to notify.webhook, as the exit task does on a cluster (with the
+    failed task and its reason, which kfp.local's final status does not give it): from the
+    run summary when it succeeded, from the failure when not. Returns the payload sent (None
+    when no webhook is set); an unreachable webhook is one line on stderr, never an error."""
+    from components import notify
+    from components.registry.store import secret_values
+
+    url = config.notify.webhook
+    if not url:
+        return None
+    if failure is None:
+        summary = summary or {}
+        version = summary.get("model_version")
+        facts = dict(retrained=summary.get("retrained"),
+                     retrain_reason=summary.get("retrain_reason") or summary.get("reason"),
+                     ua=summary.get("ua"), wa=summary.get("wa"), model_version=version,
+                     mlflow_run_id=summary.get("mlflow_run_id"),
+                     gate_decision=(None if version is None else
+                                    "promoted" if summary.get("promoted") else "rejected"),
+                     gate_reason=(summary.get("promotion_reason") if version is not None
+                                  else summary.get("ua_floor_check")))
+        body = notify.payload(summary.get("pipeline_run"), "succeeded", **facts,
+                              model_name=config.registry.model_name,
+                              reported_by="local_runner", secrets=secret_values())
+    else:
+        error = " ".join(str(failure).split())
+        if not isinstance(failure, UserError):
+            error = f"{type(failure).__name__}: {error}"
+        body = notify.payload(getattr(failure, "pipeline_run", None), "failed",
+                              failed_task=getattr(failure, "failed_task", None),
+                              reason=getattr(failure, "reason", None) or error,
+                              error=error, model_name=config.registry.model_name,
+                              reported_by="local_runner", secrets=secret_values())
+    notify.send(url, body)
+    return body
 
 
 def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, list[str]]:
     """(the run summary `--summary-json` writes, the lines `emoalign run` prints after the
     task status lines)."""
+    summary = run_summary(run, config, lineage)
+    if not summary["retrained"]:
+        return summary, ["", f"{summary['reason']}; finished in {run.seconds:.1f} s"]
+    return summary, _report_lines(run, config, summary)
+
+
+def run_summary(run: LocalRun, config: Config, lineage: Lineage) -> dict:
+    """The run summary `--summary-json` writes (and the notification is made of)."""
     if not run.parameter("check"):
         reason = run.artifact_metadata("check", "decision")["reason"]
-        return ({"retrained": False, "reason": reason, "data_hash": lineage.data_hash,
-                 "git_sha": lineage.git_sha or None, "pipeline_run": run.run_dir.name,
-                 "run_dir": str(run.run_dir), "model_name": config.registry.model_name},
-                ["", f"{reason}; finished in {run.seconds:.1f} s"])
+        return {"retrained": False, "reason": reason, "data_hash": lineage.data_hash,
+                "git_sha": lineage.git_sha or None, "pipeline_run": run.run_dir.name,
+                "run_dir": str(run.run_dir), "model_name": config.registry.model_name}
     out = run.outputs
     metrics, registration, tracked = (out.evaluation.metrics(), out.registered.read(),
                                       out.tracked.read())
@@ -296,8 +364,9 @@ def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, l
         "run_dir": str(run.run_dir), "config_sha256": config.sha256(), "seed": config.seed,
         **_data_summary(out), "model_kind": metrics["model_kind"],
         "protocol": metrics["protocol"],
+        "ua_floor_check": run.artifact_metadata("summarize", "model")["ua_floor_check"],
     }
-    return summary, _report_lines(run, config, summary)
+    return summary
 
 
 def _registration_summary(registration: dict | None) -> dict:
@@ -333,8 +402,7 @@ def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:
                   f"({summary['promotion_reason']})",
                   f"champion: version {summary['champion_version']}"]
     else:
-        lines.append("not registered: "
-                     + run.artifact_metadata("summarize", "model")["ua_floor_check"])
+        lines.append("not registered: " + summary["ua_floor_check"])
     lines.append(f"pipeline finished in {run.seconds:.1f} s; outputs under {run.run_dir}")
     return lines
 

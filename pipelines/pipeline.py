@@ -5,6 +5,9 @@
 The gates are the tasks' typed outputs: `check`'s bool `retrain` and `summarize`'s bool
 `passed` (each with a `reason` string beside it).
 
+The whole DAG runs inside a `dsl.ExitHandler` whose exit task, `notify`, reports the end of
+the run to notify.webhook, succeeded or failed.
+
 The (fold, seed) tasks fan out through `dsl.ParallelFor`, and `summarize` collects them
 (`dsl.Collected`). A ParallelFor's parallelism is part of the compiled DAG, so the pipeline
 is built for one: `build_pipeline(train.parallelism)`; kfp.local also shares one machine's
@@ -60,9 +63,27 @@ def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_m
         configure(steps.register(**done, run_id=track.outputs["Output"]), "register")
 
 
-def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1):
+def _fetch_check_and_train(corpus, config_yaml, force, parallelism: int,
+                           tasks_per_machine: int, **lineage):
+    fetch = configure(steps.fetch(corpus=corpus, config_yaml=config_yaml, **lineage), "fetch")
+    config_yaml = fetch.outputs["config_yaml"]  # with the run's protocol and seed
+    check = configure(steps.check(config_yaml=config_yaml, corpus=fetch.outputs["corpus"],
+                                  data_hash=fetch.outputs["data_hash"],
+                                  git_sha=fetch.outputs["git_sha"],
+                                  git_dirty=fetch.outputs["git_dirty"], force=force),
+                      "check")
+    with dsl.If(check.outputs["Output"] == True,
+                name="data-code-or-config-changed"):
+        _train_and_register(fetch, config_yaml, parallelism, tasks_per_machine)
+
+
+def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1,
+                   exit_task_notifies: bool = True):
     """The pipeline with at most `parallelism` (fold, seed) tasks at once (0: no limit), of
-    which `tasks_per_machine` share one machine's cores (1: each task has its own node)."""
+    which `tasks_per_machine` share one machine's cores (1: each task has its own node).
+    Its exit task posts to notify.webhook however the run ends, unless
+    `exit_task_notifies` is False (kfp.local, whose final status names no failed task: the
+    local runner sends the same payload, failed task and reason included)."""
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
@@ -70,19 +91,14 @@ def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1):
                           git_sha: str = "", git_dirty: bool = False, dvc_repo: str = "",
                           dvc_rev: str = "", protocol: str = "", seed: int = -1,
                           force: bool = True):
-        fetch = configure(steps.fetch(corpus=corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
-                                      data_hash=data_hash, git_sha=git_sha,
-                                      git_dirty=git_dirty, config_yaml=config_yaml,
-                                      protocol=protocol, seed=seed), "fetch")
-        config_yaml = fetch.outputs["config_yaml"]  # with the run's protocol and seed
-        check = configure(steps.check(config_yaml=config_yaml, corpus=fetch.outputs["corpus"],
-                                      data_hash=fetch.outputs["data_hash"],
-                                      git_sha=fetch.outputs["git_sha"],
-                                      git_dirty=fetch.outputs["git_dirty"], force=force),
-                          "check")
-        with dsl.If(check.outputs["Output"] == True,
-                    name="data-code-or-config-changed"):
-            _train_and_register(fetch, config_yaml, parallelism, tasks_per_machine)
+        notify = configure(steps.notify(config_yaml=config_yaml,
+                                        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                        send=exit_task_notifies), "notify")
+        with dsl.ExitHandler(notify, name="notify-when-done"):
+            _fetch_check_and_train(corpus, config_yaml, force, parallelism,
+                                   tasks_per_machine, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
+                                   data_hash=data_hash, git_sha=git_sha,
+                                   git_dirty=git_dirty, protocol=protocol, seed=seed)
 
     return emoalign_pipeline
 

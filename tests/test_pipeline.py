@@ -226,7 +226,8 @@ def test_the_compiled_pipeline_gives_the_kfp_ui_its_results():
     assert (artifacts, parameters) == ({"decision": "system.Markdown"}, {"Output": "BOOLEAN"})
     conditions = {task["taskInfo"]["name"]: " ".join(task["triggerPolicy"]["condition"].split())
                   for c in [ir["root"], *components.values()] if "dag" in c
-                  for task in c["dag"]["tasks"].values() if "triggerPolicy" in task}
+                  for task in c["dag"]["tasks"].values()
+                  if "condition" in task.get("triggerPolicy", {})}
     assert conditions == {
         "data-code-or-config-changed":
             "inputs.parameter_values['pipelinechannel--check-Output'] == true",
