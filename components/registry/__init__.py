@@ -7,6 +7,7 @@ new version (alias `challenger`) replaces the one in service (alias `champion`).
     history.py       alias moves, recorded; the gate's lock; model URIs; promote, rollback
     gate.py          the champion re-scored beside the challenger; the decision
     registration.py  a new version, judged by the gate; whether a schedule needs to train
+    card.py          the version's model card (model_card.md): artifact and description
     serving.py       a registered version's predictions (emoalign predict)
 """
 

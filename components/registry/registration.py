@@ -9,6 +9,7 @@ from pathlib import Path
 from components.config import Config
 from components.lineage import Lineage
 from components.outputs import Registered, StepOutputs
+from components.registry import card
 from components.registry.gate import (challenge, decide, gate_data, gate_numbers,
                                       infra_check, recorded_predictions)
 from components.registry.history import (CHALLENGER, CHAMPION, alias_version, gate_lock,
@@ -61,6 +62,12 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
               "model_uri": f"models:/{name}/{version}"}
     registered = Registered(Path(out_dir))
     registered.folder.mkdir(parents=True, exist_ok=True)
+    # The model card: beside registration.json, logged with the run, the version's
+    # description.
+    card_path = card.write(outputs, config, tags, result, registered.folder)
+    with artifact_access(client, f"store the model card of version {version}",
+                         f"version {version} is registered and judged without its card"):
+        result["model_card"] = card.publish(client, name, str(version), run_id, card_path)
     registered.path.write_text(json.dumps(result, indent=1))
     return result
 
