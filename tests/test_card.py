@@ -129,7 +129,7 @@ def test_the_card_is_the_description_the_artifact_and_the_kfp_output(two_runs, n
     tags = {k: v for k, v in client.get_run(registered.run_id).data.tags.items()
             if not k.startswith("mlflow.")}
     config = load_config(None, GATE + [f"seed={n}"])
-    facts = card.gather(run["outputs"], config, tags, registration)
+    facts = card.decided(card.gather(run["outputs"], config, tags), registration)
     assert card.render(facts) == run["card"]
     # Read from a real IEMOCAP release, the card would not call it sample speech.
     facts["data"]["sample_corpus"] = None

@@ -3,8 +3,9 @@ front matter with a `model-index`, then Markdown), built from what the run alrea
 metrics.json, predictions.csv, the ingest and validation reports, the gate's decision and
 the run's lineage tags.
 
-Two plain steps, so a test can call each: `gather` reads a run's outputs into a dict of
-facts (JSON types only), `render` writes the card from that dict. Registration logs the card
+Plain steps, so a test can call each: `gather` reads a run's outputs into a dict of facts
+(JSON types only), `decided` adds the version and the gate's decision, `render` writes the
+card from that dict. Registration logs the card
 as an artifact of the version's run, sets it as the version's description (what the MLflow
 UI shows) and writes it as the register task's Markdown output; `emoalign card` prints it.
 """
@@ -45,21 +46,19 @@ def artifact_dir(name: str, version: str) -> str:
 
 # ---- the facts ----------------------------------------------------------------------------
 
-def gather(outputs: StepOutputs, config: Config, tags: dict, registration: dict) -> dict:
-    """Everything the card says, from the run's outputs, its MLflow tags (lineage, env.*)
-    and the registration result (version, the gate's decision)."""
+def gather(outputs: StepOutputs, config: Config, tags: dict) -> dict:
+    """What the card says of the run, from its outputs and its MLflow tags (lineage, env.*).
+    Registration reads it before it registers anything: a run whose files cannot make a
+    card gets no version. `decided` adds the version and the gate's decision."""
     metrics = outputs.evaluation.metrics()
     predictions = outputs.evaluation.predictions()
     classes = metrics["classes"]
     ingest, validation = outputs.ingested.report(), outputs.validated.report()
     kept = read_manifest(outputs.validated.manifest_path)
     ua_ci, wa_ci = bootstrap_intervals(predictions, classes)
-    name, version = registration["model_name"], str(registration["model_version"])
     corpus = tags.get("corpus", "")
     return {
-        "model": {"name": name, "version": version,
-                  "uri": f"models:/{name}/{version}", "run_id": registration["mlflow_run_id"],
-                  "kind": metrics["model_kind"], "protocol": metrics["protocol"],
+        "model": {"kind": metrics["model_kind"], "protocol": metrics["protocol"],
                   "classes": classes, "merge_excited": config.ingest.merge_excited},
         "scores": {"ua": metrics["ua"], "wa": metrics["wa"], "ua_std": metrics["ua_std"],
                    "wa_std": metrics["wa_std"], "ua_ci95": ua_ci, "wa_ci95": wa_ci,
@@ -90,15 +89,25 @@ def gather(outputs: StepOutputs, config: Config, tags: dict, registration: dict)
                        "quarantine_by_check": validation["quarantine_by_check"],
                        "drift": validation.get("drift"),
                        "reference_stats": validation.get("reference_stats")},
-        "gate": {"promoted": registration["promoted"], "reason": registration["reason"],
-                 "numbers": registration["numbers"],
-                 "infra_check": registration["infra_check"],
-                 "champion_version": registration["champion_version"]},
         "lineage": {k: tags.get(k, "") for k in (
             "pipeline_run", "git_sha", "git_dirty", "config_sha256", "seed", "validation")},
         "environment": {k: v for k, v in sorted(tags.items()) if k.startswith("env.")},
-        "audit": audit_command(name, version, corpus),
     }
+
+
+def decided(facts: dict, registration: dict) -> dict:
+    """The facts with the registered version and the gate's decision on it (registration's
+    result)."""
+    name, version = registration["model_name"], str(registration["model_version"])
+    return {**facts,
+            "model": {**facts["model"], "name": name, "version": version,
+                      "uri": f"models:/{name}/{version}",
+                      "run_id": registration["mlflow_run_id"]},
+            "gate": {"promoted": registration["promoted"], "reason": registration["reason"],
+                     "numbers": registration["numbers"],
+                     "infra_check": registration["infra_check"],
+                     "champion_version": registration["champion_version"]},
+            "audit": audit_command(name, version, facts["data"]["corpus"])}
 
 
 def bootstrap_intervals(predictions: pd.DataFrame, classes: list[str],
@@ -396,14 +405,13 @@ def _lineage(facts: dict) -> list[str]:
 
 # ---- where the card goes ------------------------------------------------------------------
 
-def write(outputs: StepOutputs, config: Config, tags: dict, registration: dict,
-          out_dir: Path) -> Path:
-    """model_card.md in out_dir (the register task's folder)."""
+def write(facts: dict, out_dir: Path) -> Path:
+    """model_card.md in out_dir (the register task's folder), scrubbed of credentials."""
     from components.registry.store import scrub
 
     path = Path(out_dir) / CARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(scrub(render(gather(outputs, config, tags, registration))))
+    path.write_text(scrub(render(facts)))
     return path
 
 

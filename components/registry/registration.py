@@ -30,6 +30,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     metrics = outputs.evaluation.metrics()
     classes = metrics["classes"]
     data = gate_data(outputs)
+    facts = card.gather(outputs, config, tags)  # the model card's, before any version exists
     version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
     decided = False
     try:
@@ -64,7 +65,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     registered.folder.mkdir(parents=True, exist_ok=True)
     # The model card: beside registration.json, logged with the run, the version's
     # description.
-    card_path = card.write(outputs, config, tags, result, registered.folder)
+    card_path = card.write(card.decided(facts, result), registered.folder)
     with artifact_access(client, f"store the model card of version {version}",
                          f"version {version} is registered and judged without its card"):
         result["model_card"] = card.publish(client, name, str(version), run_id, card_path)
