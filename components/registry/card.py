@@ -153,11 +153,11 @@ def sample_corpus_evidence(ingest_report: dict, corpus: str) -> str | None:
     from components.sample_corpus import TRUTH_FILENAME
 
     if ingest_report.get("generated_sample"):
-        return f"the release read holds the generator's truth file, {TRUTH_FILENAME}"
+        return f"its release holds the generator's {TRUTH_FILENAME}"
     if corpus:
         for folder in (Path(corpus), Path(corpus) / iemocap.RELEASE_DIRNAME):
             if (folder / TRUTH_FILENAME).is_file():
-                return f"the corpus folder holds the generator's truth file, {TRUTH_FILENAME}"
+                return f"its folder holds the generator's {TRUTH_FILENAME}"
     return None
 
 
@@ -334,15 +334,14 @@ def _evaluation(facts: dict) -> list[str]:
     if facts["ablation"]:
         a = facts["ablation"]
         lines.append(f"Modality ablation: UA {_f(a['ua_without_speech'])} without speech, "
-                     f"{_f(a['ua_without_text'])} without the words (against {_f(s['ua'])}).")
+                     f"{_f(a['ua_without_text'])} without the words.")
     else:
         lines.append(f"Modality ablation: none (`{model['kind']}` hears one modality).")
     attention = facts["attention"] or {}
     if attention.get("words"):
-        lines.append(f"Attention lift {attention['lift']:.2f}: each word puts "
-                     f"{attention['mass_in_own_word']:.3f} of its attention on its own speech, "
-                     f"{attention['uniform_mass']:.3f} if spread evenly (1 = no alignment; "
-                     f"{attention['words']} words).")
+        lines.append(f"Attention lift {attention['lift']:.2f} (1 = none): a word's attention "
+                     f"on its own speech {attention['mass_in_own_word']:.3f}, spread evenly "
+                     f"{attention['uniform_mass']:.3f} ({attention['words']} words).")
     else:
         lines.append("Attention lift: not measured (no attention, or no forced alignment).")
     return lines
@@ -357,10 +356,10 @@ def _gate(facts: dict) -> list[str]:
             f"**{'Promoted to champion' if gate['promoted'] else 'Not promoted'}** (champion "
             f"now: {_version(gate['champion_version'])}): {gate['reason']}.",
             "",
-            f"Floor UA {n['ua_floor']}, tolerance {n['tolerance']}, judged on the seed "
-            f"ensemble's predictions of {n['n_test']} test utterances. Served through MLflow: "
+            f"Floor UA {n['ua_floor']}, tolerance {n['tolerance']}, on the seed ensemble's "
+            f"predictions. Served through MLflow: "
             f"{'ok' if infra['ok'] else 'FAILED'} on {infra.get('n', 0)} utterances"
-            + (f" (max |Δp| {infra['max_abs_diff_vs_evaluation']:.1e} against evaluation)"
+            + (f" (max |Δp| {infra['max_abs_diff_vs_evaluation']:.1e})"
                if "max_abs_diff_vs_evaluation" in infra else "")
             + (f": {infra['error']}" if infra.get("error") else "") + "."]
 
@@ -379,7 +378,7 @@ def _limitations(facts: dict) -> list[str]:
               f"{1 / max(1, s['n_utterances']):.3f}; read the intervals, not the third "
               "decimal.",
               f"- Only {', '.join(model['classes'])}: any other emotion is forced into one of "
-              "them. The words come from manual transcripts."]
+              "them."]
     for member, missing in facts["missing_classes"].items():
         lines.append(f"- {member}'s test session has no {', '.join(missing)}: its UA "
                      "averages the other classes.")
