@@ -244,6 +244,15 @@ def cmd_history(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from components import registry
+    from components.registry import card
+
+    client = registry.connect()
+    print(card.read(client, registry.resolve(client, args.uri)), end="")
+    return 0
+
+
 def cmd_audit(args) -> int:
     from pipelines.audit import audit
 
@@ -432,6 +441,11 @@ def _add_registry_commands(sub) -> None:
     p.add_argument("--name", default="emoalign")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("card", help="print a registered version's model card")
+    p.add_argument("uri", nargs="?", default="models:/emoalign@champion",
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
+    p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("audit", help="prove where a model came from and rebuild it")
     p.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")

@@ -329,13 +329,17 @@ def register(
     run_id: str,
     registration: Output[Dataset],
     decision: Output[Markdown],
+    card: Output[Markdown],
 ):
-    """New registered version (alias challenger); the gate moves champion if it passes."""
+    """New registered version (alias challenger); the gate moves champion if it passes.
+    `card` is the version's model card (also its description and an artifact of its run)."""
+    import shutil
     from pathlib import Path
 
     from components import registry
     from components.config import config_from_yaml
     from components.outputs import StepOutputs
+    from components.registry.card import CARD_FILE
 
     outputs = StepOutputs(Path(manifest.path), Path(validated.path), Path(model.path),
                           Path(evaluation.path))
@@ -348,6 +352,8 @@ def register(
         f"# {result['model_name']} version {result['model_version']}\n\n"
         f"{'Promoted to champion' if result['promoted'] else 'Not promoted'}: "
         f"{result['reason']}\n")
+    shutil.copyfile(Path(registration.path) / CARD_FILE, card.path)
+    card.metadata.update(model_card=result["model_card"], model_version=result["model_version"])
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

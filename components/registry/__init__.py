@@ -8,6 +8,7 @@ new version (alias `challenger`) replaces the one in service (alias `champion`).
     gate.py          the champion re-scored beside the challenger; the decision
     drift.py         the champion's data statistics, the drift check's default reference
     registration.py  a new version, judged by the gate; whether a schedule needs to train
+    card.py          the version's model card (model_card.md): artifact and description
     serving.py       a registered version's predictions (emoalign predict)
 """
 
