@@ -88,7 +88,8 @@ def gather(outputs: StepOutputs, config: Config, tags: dict) -> dict:
                        "warnings": validation["warnings"],
                        "quarantine_by_check": validation["quarantine_by_check"],
                        "drift": validation.get("drift"),
-                       "reference_stats": validation.get("reference_stats")},
+                       "reference_stats": validation.get("reference_stats"),
+                       "drift_reference": validation.get("drift_reference")},
         "lineage": {k: tags.get(k, "") for k in (
             "pipeline_run", "git_sha", "git_dirty", "config_sha256", "seed", "validation")},
         "environment": {k: v for k, v in sorted(tags.items()) if k.startswith("env.")},
@@ -294,13 +295,14 @@ def _training_data(facts: dict) -> list[str]:
               f"of {c['labelled']} labelled)"
               + ("".join(f"; {check}: {n}" for check, n in v["quarantine_by_check"].items()))
               + "."]
+    against = v.get("drift_reference") or f"`{v['reference_stats']}`"
     if v["drift"]:
-        lines += ["", f"Drift against `{v['reference_stats']}`:", ""]
+        lines += ["", f"Drift against {against}:", ""]
         lines += _table(["metric", "value", "warn above", "fail above", "status"],
                         [[d["metric"], d["value"], d["warn"], d["fail"], d["status"]]
                          for d in v["drift"]])
     else:
-        lines += ["", "Drift: not measured (no reference statistics were named)."]
+        lines += ["", f"Drift: {v.get('drift_reference') or 'not measured'}."]
     return lines
 
 
