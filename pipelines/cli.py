@@ -25,7 +25,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _load_config(args):
     from components.config import load_config
 
-    return load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
+    reference = config.validate.drift_reference
+    if reference not in ("champion", "none") and not Path(reference).is_file():
+        # Said before any work; a pipeline would only find it at its validate task.
+        raise UserError(f"validate.drift_reference: stats file not found: {reference}")
+    return config
 
 
 # ---- sample-corpus ----------------------------------------------------------------------

@@ -78,6 +78,13 @@ CASES = [
     ("register a folder that is not a pipeline run", ["register", "--pipeline-run",
                                                       "{tmp}/empty"],
      "is not a finished local pipeline run"),
+    ("webhook that is not http(s)", ["run", "--set", "notify.webhook=ftp://host/hook"],
+     "notify.webhook must be an http(s) URL"),
+    ("drift reference file that does not exist",
+     ["run", "--set", "validate.drift_reference={tmp}/nope.json"],
+     "validate.drift_reference: stats file not found: {tmp}/nope.json"),
+    ("model card of a version that does not exist", ["card", "models:/ghost/1"],
+     "no registered model named 'ghost'"),
 ]
 ENV_CASES = [
     ("tracking server that does not answer", ["run", "--corpus", "{corpus}"],
