@@ -406,7 +406,7 @@ def _lineage(facts: dict) -> list[str]:
 
 # ---- where the card goes ------------------------------------------------------------------
 
-def write(facts: dict, out_dir: Path) -> Path:
+def write_card(facts: dict, out_dir: Path) -> Path:
     """model_card.md in out_dir (the register task's folder), scrubbed of credentials."""
     from components.registry.store import scrub
 

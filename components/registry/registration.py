@@ -9,7 +9,7 @@ from pathlib import Path
 from components.config import Config
 from components.lineage import Lineage
 from components.outputs import Registered, StepOutputs
-from components.registry import card
+from components.registry.card import decided, gather, publish, write_card
 from components.registry.drift import drift_summary
 from components.registry.gate import (challenge, decide, gate_data, gate_numbers,
                                       infra_check, recorded_predictions)
@@ -31,7 +31,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     metrics = outputs.evaluation.metrics()
     classes = metrics["classes"]
     data = gate_data(outputs)
-    facts = card.gather(outputs, config, tags)  # the model card's, before any version exists
+    facts = gather(outputs, config, tags)  # the model card's, before any version exists
     version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
     decided = False
     try:
@@ -67,10 +67,10 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     registered.folder.mkdir(parents=True, exist_ok=True)
     # The model card: beside registration.json, logged with the run, the version's
     # description.
-    card_path = card.write(card.decided(facts, result), registered.folder)
+    card_path = write_card(decided(facts, result), registered.folder)
     with artifact_access(client, f"store the model card of version {version}",
                          f"version {version} is registered and judged without its card"):
-        result["model_card"] = card.publish(client, name, str(version), run_id, card_path)
+        result["model_card"] = publish(client, name, str(version), run_id, card_path)
     registered.path.write_text(json.dumps(result, indent=1))
     return result
 
