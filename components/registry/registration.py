@@ -33,7 +33,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     data = gate_data(outputs)
     facts = gather(outputs, config, tags)  # the model card's, before any version exists
     version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
-    decided = False
+    judged = False
     try:
         with artifact_access(client, f"read back the files of version {version}",
                              "nothing was registered"):
@@ -53,10 +53,10 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
             numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)
             numbers["drift"] = drift_summary(outputs.validated.report())  # beside the figures
             _record_decision(client, name, version, promoted, reason, numbers, infra, tags)
-            decided = True
+            judged = True
             champion_now = alias_version(client, name, CHAMPION)
     except BaseException:
-        if not decided:  # a judged version (perhaps the champion now) is never taken back
+        if not judged:  # a judged version (perhaps the champion now) is never taken back
             _withdraw(client, name, version)
         raise
     result = {"model_name": name, "model_version": str(version), "promoted": promoted,
