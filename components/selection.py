@@ -10,15 +10,32 @@ import torch
 from components.config import TrainConfig
 
 
-class BestEpoch:
+class Selection:
+    """What both selections keep: the weights, and the epoch they stand for; `state` is
+    what the checkpoint saves."""
+
+    def __init__(self, train: TrainConfig, **state):
+        self.train = train
+        self.state = {"weights": None, "epoch": 0, "val_ua": -1.0, **state}
+
+    @property
+    def weights(self) -> dict:
+        return self.state["weights"]
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose weights are kept (the last one averaged, under an average)."""
+        return self.state["epoch"]
+
+
+class BestEpoch(Selection):
     """The weights of the epoch with the best validation UA, from `min_epochs` on (before,
     the weights move too fast for a small validation set to judge: an early lucky score
     would win over the converged model); stops after `patience` epochs without a better
     one."""
 
     def __init__(self, train: TrainConfig):
-        self.train = train
-        self.state = {"weights": None, "epoch": 0, "val_ua": -1.0, "stale": 0}
+        super().__init__(train, stale=0)
 
     def observe(self, epoch: int, model: torch.nn.Module, val_ua: float | None) -> bool:
         """Take this epoch's weights if they are the best yet; says whether they were."""
@@ -34,25 +51,14 @@ class BestEpoch:
         return (self.state["stale"] >= self.train.patience
                 and next_epoch > self.train.min_epochs)
 
-    @property
-    def weights(self) -> dict:
-        return self.state["weights"]
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose weights are kept."""
-        return self.state["epoch"]
-
-
-class LastEpochsAverage(BestEpoch):
+class LastEpochsAverage(Selection):
     """The mean of the last `average_epochs` epochs' weights (every epoch runs; validation,
-    if any, is only watched): no small validation set can sway it. `epoch` is the last
-    epoch averaged."""
+    if any, is only watched): no small validation set can sway it."""
 
     def __init__(self, train: TrainConfig):
-        super().__init__(train)
+        super().__init__(train, averaged=0)
         self.first = train.epochs - min(train.average_epochs, train.epochs) + 1
-        self.state = {"weights": None, "epoch": 0, "val_ua": -1.0, "averaged": 0}
 
     def observe(self, epoch: int, model: torch.nn.Module, val_ua: float | None) -> bool:
         if epoch >= self.first:
@@ -72,5 +78,5 @@ class LastEpochsAverage(BestEpoch):
         return False
 
 
-def selection_for(train: TrainConfig) -> BestEpoch:
+def selection_for(train: TrainConfig) -> Selection:
     return BestEpoch(train) if train.selection == "best" else LastEpochsAverage(train)
