@@ -89,6 +89,12 @@ def main() -> None:
             else:
                 differing += 1
                 print(f"DIFFERS: {name}")
+                if name.suffix == ".json":
+                    old = json.loads(_comparable(a.read_bytes(), tmp / "before", name.name))
+                    new = json.loads(_comparable(b.read_bytes(), tmp / "after", name.name))
+                    for key in sorted(set(old) | set(new)) if isinstance(old, dict) else []:
+                        if old.get(key) != new.get(key):
+                            print(f"  {key}: {old.get(key)!r} -> {new.get(key)!r}"[:300])
     print(f"{same} files the same, {differing} different ({args.baseline} -> this checkout)")
     sys.exit(1 if differing else 0)
 
