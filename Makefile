@@ -22,7 +22,7 @@ $(STAMP): requirements.lock pyproject.toml
 test: install espeak-ng
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
-# The edit-run loop's tier: everything but the whole pipeline runs (90 s or less on 2 cores).
+# The edit-run loop's tier: everything but the whole pipeline runs (about 110 s on 2 cores).
 test-fast: install espeak-ng
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
