@@ -23,10 +23,6 @@ def setting(default: Any = MISSING, help: str = "", factory=MISSING) -> Any:
     return field(default=default, default_factory=factory, metadata={"help": help})
 
 
-def help_of(cls: type, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
-
-
 @dataclass
 class FeatureSpec:
     """MFCC settings. The `features` section of the config is this spec plus how the store
