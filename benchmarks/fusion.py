@@ -1,22 +1,30 @@
 """Fusion: the four model kinds against each other and against straightforward references,
-on the generated corpus and on espeak-ng speech, over folds and seeds.
+on the generated corpus, on espeak-ng speech and on espeak-ng's stressed corpus, over folds
+and seeds.
 
-    .venv/bin/python benchmarks/fusion.py [--voices builtin tts] [--utterances 2000]
+    .venv/bin/python benchmarks/fusion.py [--voices builtin tts stress] [--utterances 2000]
         [--protocol holdout|loso] [--seeds 0 1 2] [--kinds align speech text late_fusion]
         [--references speech text late_fusion align] [--set key=value ...] [--workers 2]
         [--cache DIR] [--save FILE] [--against FILE]
 
-For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, or espeak-ng
-with `--voice tts`), takes it through ingest, validate and features, then trains and
-evaluates every (kind, fold, seed) with emoalign's recipe at the benchmark's settings (hidden
-32, 30 epochs, one thread per training, `--workers` at a time), and the same folds and seeds
+For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, espeak-ng with
+`--voice tts`, or `stress`: espeak-ng with `--voice tts --stress`, where each utterance names
+two emotions, stresses one and is labelled by it; cache key `stress-N`), takes it through
+ingest, validate and features, then trains and evaluates every (kind, fold, seed) with
+emoalign's recipe at the benchmark's settings (hidden 32, 30 epochs, one thread per
+training, `--workers` at a time), and the same folds and seeds
 with benchmarks/reference.py's straightforward implementations (40 MFCCs, BiLSTM-64 over
 every frame, 25 epochs, last epoch). It prints, per corpus:
 - UA and WA, mean ± std over the (fold, seed) models, for each kind and each reference;
 - paired comparisons over the same (fold, seed): align minus each other kind, and each of
   our kinds minus its reference (mean ± std of the difference, wins, paired t-test p);
 - accuracy by cue from the corpus' truth file (`voice`: emotion only in the voice, `text`:
-  only in the words, `both`, `neutral`) and, for align, the modality ablation.
+  only in the words, `both`, `neutral`); on the stressed corpus instead, accuracy when the
+  stressed word is the first or the second emotion word (a model that reads the words but
+  does not hear the stress is right about half the time in both);
+- for align, the modality ablation and the attention lift (attention mass on a word's own
+  speech frames over what uniform attention puts there, from the .wdseg timings: 1 is no
+  alignment), mean ± std over the models.
 With `--save FILE` every model's UA and WA go to FILE (JSON); `--against FILE` compares this
 run with such a file, kind by kind over the same (fold, seed): how two recipes differ,
 paired, with each one's seed spread.
@@ -51,6 +59,9 @@ from components.outputs import Evaluation  # noqa: E402
 SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32", "model.embed_dim=32",
             "model.attention_dim=32", "model.frame_pool=10", "train.threads=1"]
 CUES = ("both", "voice", "text", "neutral")
+# The stressed corpus' utterances all have cue "stress": its columns are where the stressed
+# word sits instead.
+STRESS_COLUMNS = ("first", "second")
 
 
 def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
@@ -63,12 +74,13 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
     corpus = kept / "IEMOCAP_full_release"
     if not (corpus / sample_corpus.TRUTH_FILENAME).is_file():
         renderer = None
-        if voice == "tts":
+        if voice in ("tts", "stress"):
             from components import tts_corpus
 
             renderer = tts_corpus.TtsRenderer()
         shutil.rmtree(corpus, ignore_errors=True)
-        sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer)
+        sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer,
+                               stress=voice == "stress")
     config = load_config(None, [*SETTINGS, *overrides])
     if not (kept / "validated").is_dir():
         ingest.run(corpus, kept / "ingest")
@@ -99,7 +111,8 @@ def ours(job: tuple) -> dict:
     table = pd.read_csv(folder / "e" / name / Evaluation.PREDICTIONS)
     return {"who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
             "ablation": metrics.get("ablation"), "utt_ids": table["utt_id"].tolist(),
-            "correct": (table["label"] == table["predicted"]).to_numpy()}
+            "correct": (table["label"] == table["predicted"]).to_numpy(),
+            "lift": metrics.get("attention_alignment", {}).get("lift")}
 
 
 def theirs(job: tuple) -> dict:
@@ -115,7 +128,7 @@ def theirs(job: tuple) -> dict:
 def _as_result(who: str, fold: str, seed: int, r: dict) -> dict:
     return {"who": who, "fold": fold, "seed": seed, "ua": r["ua"], "wa": r["wa"],
             "ablation": None, "utt_ids": r["utt_ids"], "correct": r["labels"] == r["predicted"],
-            "labels": r["labels"], "probabilities": r["probabilities"]}
+            "labels": r["labels"], "probabilities": r["probabilities"], "lift": None}
 
 
 def late_fusion_references(results: list[dict]) -> list[dict]:
@@ -170,7 +183,9 @@ def prosody_ceiling(folder: Path, folds: list[str], seeds: list[int]) -> str | N
 
     truth = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
                        .read_text())
-    if not all("prosody" in u for u in truth["utterances"].values()):
+    # On the stressed corpus every delivery is neutral: the label is in which word is
+    # stressed, which these utterance-level values do not say.
+    if truth.get("stress") or not all("prosody" in u for u in truth["utterances"].values()):
         return None
     kept = pd.read_parquet(folder / "validated" / "manifest.parquet").dropna(subset=["label"])
 
@@ -195,18 +210,30 @@ def prosody_ceiling(folder: Path, folds: list[str], seeds: list[int]) -> str | N
             + "   (the generator's prosody values, not audio: the best the voice can tell)")
 
 
+def column_of(utterance: dict) -> str:
+    """The report's accuracy column for an utterance of the truth file: its cue, or on the
+    stressed corpus whether the stressed word is the first or second emotion word."""
+    stress = utterance.get("stress")
+    if stress:
+        return STRESS_COLUMNS[0] if stress["first"] else STRESS_COLUMNS[1]
+    return utterance["cue"]
+
+
 def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> None:
-    truth = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
-                       .read_text())["utterances"]
-    print(f"-- {voice} corpus: UA and WA mean ± std over (fold, seed) models; accuracy by cue")
-    print(f"{'':<16}{'UA':>13}  {'WA':>13}   " + "  ".join(f"{c:>7}" for c in CUES))
+    whole = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
+                       .read_text())
+    truth = whole["utterances"]
+    columns, by = ((STRESS_COLUMNS, "which emotion word is stressed") if whole.get("stress")
+                   else (CUES, "cue"))
+    print(f"-- {voice} corpus: UA and WA mean ± std over (fold, seed) models; accuracy by {by}")
+    print(f"{'':<16}{'UA':>13}  {'WA':>13}   " + "  ".join(f"{c:>7}" for c in columns))
     for who in dict.fromkeys(r["who"] for r in results):
         mine = [r for r in results if r["who"] == who]
         ua, wa = np.array([r["ua"] for r in mine]), np.array([r["wa"] for r in mine])
-        cue = np.concatenate([[truth[u]["cue"] for u in r["utt_ids"]] for r in mine])
+        cue = np.concatenate([[column_of(truth[u]) for u in r["utt_ids"]] for r in mine])
         correct = np.concatenate([r["correct"] for r in mine])
         by_cue = "  ".join(f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else
-                           f"{'-':>7}" for c in CUES)
+                           f"{'-':>7}" for c in columns)
         print(f"{who:<16}{ua.mean():.3f} ± {ua.std():.3f}  {wa.mean():.3f} ± {wa.std():.3f}"
               f"   {by_cue}   (n={len(mine)})")
     ceiling = prosody_ceiling(folder, sorted({r["fold"] for r in results}),
@@ -220,6 +247,10 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
     if ablations:
         print("align ablation (mean UA): " + ", ".join(
             f"{k} {np.mean([a[k] for a in ablations]):.3f}" for k in ablations[0]))
+    lifts = [r["lift"] for r in results if r["who"] == "align" and r.get("lift") is not None]
+    if lifts:
+        print(f"align attention lift (mass on a word's own frames / uniform; 1 = none): "
+              f"{np.mean(lifts):.2f} ± {np.std(lifts):.2f} (n={len(lifts)})")
     print("paired UA differences over the same (fold, seed):")
     for other in kinds:
         if other != "align":
@@ -258,7 +289,7 @@ def compare_runs(voice: str, results: list[dict], saved: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voices", nargs="+", default=["builtin", "tts"],
-                        choices=["builtin", "tts"])
+                        choices=["builtin", "tts", "stress"])
     parser.add_argument("--utterances", type=int, default=2000)
     parser.add_argument("--protocol", default="holdout", choices=["holdout", "loso"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -9,7 +9,10 @@ What makes it useful rather than merely well-formed:
   quality (breathiness, tension, tremor);
 - emotion is carried by the voice, by the words, or by both. A share of utterances has
   neutral words (only the voice tells) and a share has neutral delivery (only the words
-  tell), so only a model that fuses both modalities can get all of them right.
+  tell), so only a model that fuses both modalities can get all of them right;
+- or, with `stress` (components.stress_plan), every utterance names two emotions and is
+  labelled by the one its speaker stresses, so only a model that ties what it hears to the
+  word it reads can get them right.
 
 Every utterance draws from its own seeded stream, so the bytes written do not depend on the
 number of worker processes or the order in which utterances are synthesised.
@@ -36,8 +39,9 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from components import iemocap
+from components import iemocap, stress_plan
 from components.errors import UserError
+from components.stress_plan import StressPlan
 
 GENERATOR_VERSION = "1"
 TRUTH_FILENAME = "SAMPLE_CORPUS.json"
@@ -154,6 +158,7 @@ class UtterancePlan:
     cue: str          # both | voice | text | neutral | mixed
     text: str
     words: list[str] = field(default_factory=list)  # what is spoken, in order
+    stress: StressPlan | None = None  # --stress: which emotion word is stressed, and how
 
 
 @dataclass
@@ -274,11 +279,39 @@ def script_lines(seed: int, script: str) -> dict[str, list[str]]:
             for code in ["neu", *EMOTION_WORDS]}
 
 
-def plan_corpus(n: int, seed: int) -> tuple[list[UtterancePlan], dict[str, Speaker], list[dict]]:
-    """Decide every utterance (id, codes, words) and the dialogs' unlabelled extra lines."""
+def _content(rng: np.random.Generator, seed: int, scripts: dict, dialog: str, code: str,
+             ) -> dict:
+    """What one utterance of the ordinary corpus says and how: codes, cue and text."""
+    voice_code, text_code, cue = choose_modalities(rng, code)
+    script = dialog.split("_", 1)[1]
+    if script.startswith("script"):
+        base = script.split("_")[0]
+        if base not in scripts:
+            scripts[base] = script_lines(seed, base)
+        pool = scripts[base][text_code if text_code in scripts[base] else "neu"]
+        text = _pick(rng, pool)
+    else:
+        excited = VOICES.get(voice_code, VOICES["neu"]).energy > 1.2
+        text = compose_text(rng, text_code, n_words_for(rng), excited)
+    return {"voice_code": voice_code, "text_code": text_code, "cue": cue, "text": text}
+
+
+def _stressed_content(rng: np.random.Generator, code: str) -> dict:
+    """What one utterance of a --stress corpus says. The delivery is neutral and the words
+    name two classes ("mixed"): only the stressed word tells the label."""
+    text, stress = stress_plan.plan_utterance(rng, code)
+    return {"voice_code": "neu", "text_code": "mixed", "cue": "stress", "text": text,
+            "stress": stress}
+
+
+def plan_corpus(n: int, seed: int, stress: bool = False,
+                ) -> tuple[list[UtterancePlan], dict[str, Speaker], list[dict]]:
+    """Decide every utterance (id, codes, words) and the dialogs' unlabelled extra lines.
+    `stress`: the four classes in equal shares, each utterance planned by stress_plan."""
     rng = np.random.default_rng([seed, 0])
     speakers = make_speakers(rng)
-    codes = [c for c, k in sorted(allocate_codes(n).items()) for _ in range(k)]
+    allocated = stress_plan.allocate(n) if stress else allocate_codes(n)
+    codes = [c for c, k in sorted(allocated.items()) for _ in range(k)]
     codes = [codes[i] for i in rng.permutation(n)]
     per_session = [n // 5 + (1 if s < n % 5 else 0) for s in range(5)]
     plans: list[UtterancePlan] = []
@@ -294,23 +327,14 @@ def plan_corpus(n: int, seed: int) -> tuple[list[UtterancePlan], dict[str, Speak
             for k in range(size):
                 gender = lead if k % 2 == 0 else ("M" if lead == "F" else "F")
                 code = codes[len(plans)]
-                voice_code, text_code, cue = choose_modalities(rng, code)
-                script = dialog.split("_", 1)[1]
-                if script.startswith("script"):
-                    base = script.split("_")[0]
-                    if base not in scripts:
-                        scripts[base] = script_lines(seed, base)
-                    pool = scripts[base][text_code if text_code in scripts[base] else "neu"]
-                    text = _pick(rng, pool)
-                else:
-                    excited = VOICES.get(voice_code, VOICES["neu"]).energy > 1.2
-                    text = compose_text(rng, text_code, n_words_for(rng), excited)
+                content = (_stressed_content(rng, code) if stress else
+                           _content(rng, seed, scripts, dialog, code))
                 utt_id = f"{dialog}_{gender}{turns[gender]:03d}"
                 turns[gender] += 1
                 plans.append(UtterancePlan(
                     index=len(plans), utt_id=utt_id, session=session, dialog=dialog,
-                    gender=gender, code=code, voice_code=voice_code, text_code=text_code,
-                    cue=cue, text=text, words=spoken_words(text) or ["mm"],
+                    gender=gender, code=code, **content,
+                    words=spoken_words(content["text"]) or ["mm"],
                 ))
             # Real transcriptions hold lines that are no labelled utterance.
             if rng.random() < 0.5:
@@ -452,6 +476,11 @@ class Renderer:
     (components.tts_corpus) plug into generate(). Instances travel to worker processes, so
     they hold plain values only."""
 
+    # Whether it speaks a plan's stressed word (UtterancePlan.stress) with emphasis. The
+    # built-in voice does not: its words are hashed vowel runs, not words a listener knows,
+    # so a stressed corpus spoken by it would not be the task that corpus poses.
+    speaks_stress = False
+
     def __call__(self, plan: UtterancePlan, speaker: Speaker, seed: int,
                  ) -> tuple[np.ndarray, list[tuple[float, float, str]], dict | None]:
         """int16 samples at SR, the (start_s, end_s, word) span of every spoken word, and what
@@ -519,10 +548,13 @@ def _annotations(rng: np.random.Generator, plan: UtterancePlan) -> tuple[list[st
 # ---- the whole corpus -------------------------------------------------------------------
 
 def generate(out_dir: Path, utterances: int = 600, seed: int = 0, workers: int = 1,
-             wdseg: bool = True, renderer: Renderer | None = None) -> dict:
-    """Write the corpus under out_dir (the release root) and return its ground truth."""
+             wdseg: bool = True, renderer: Renderer | None = None, stress: bool = False,
+             ) -> dict:
+    """Write the corpus under out_dir (the release root) and return its ground truth.
+    `stress`: the corpus whose labels are which emotion word is stressed (stress_plan)."""
     renderer = renderer or Renderer()
-    plans, speakers, extras = plan_corpus(utterances, seed)
+    check_stress(renderer, stress)
+    plans, speakers, extras = plan_corpus(utterances, seed, stress)
     out_dir.mkdir(parents=True, exist_ok=True)
     for plan in plans:
         session_dir = out_dir / f"Session{plan.session}"
@@ -549,16 +581,29 @@ def generate(out_dir: Path, utterances: int = 600, seed: int = 0, workers: int =
     truth.update(seed=seed, n_utterances=utterances, wdseg=wdseg, speakers={
         k: asdict(v) for k, v in speakers.items()})
     renderer.describe(truth, plans, rendered)
+    if stress:
+        # Only a stressed corpus says so: the ordinary corpora's bytes stay as they were.
+        truth["generator"] += " --stress"
+        truth.update(stress=True, stress_plan=stress_plan.describe())
     (out_dir / TRUTH_FILENAME).write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     return truth
 
 
+def check_stress(renderer: Renderer, stress: bool) -> None:
+    if stress and not renderer.speaks_stress:
+        raise UserError("--stress needs --voice tts: only espeak-ng speaks a stressed word")
+
+
 def write(out: Path, utterances: int, seed: int, workers: int = 1, wdseg: bool = True,
-          force: bool = False, renderer: Renderer | None = None) -> dict:
+          force: bool = False, renderer: Renderer | None = None, stress: bool = False) -> dict:
     """generate() into `out`, a folder that must be empty or (with `force`) hold a sample
     corpus, which is replaced; return the ground truth. Anything else there is never deleted."""
     out = Path(out)
-    if utterances < MIN_UTTERANCES:
+    check_stress(renderer or Renderer(), stress)  # before anything is touched
+    if stress and utterances < len(stress_plan.CODES):
+        raise UserError(f"--utterances must be at least {len(stress_plan.CODES)} with --stress "
+                        f"(one per class), got {utterances}")
+    if not stress and utterances < MIN_UTTERANCES:
         raise UserError(f"--utterances must be at least {MIN_UTTERANCES} (one per IEMOCAP code), "
                         f"got {utterances}")
     if out.exists() and any(out.iterdir()):
@@ -567,7 +612,8 @@ def write(out: Path, utterances: int, seed: int, workers: int = 1, wdseg: bool =
         if not (out / TRUTH_FILENAME).is_file():
             raise UserError(f"{out} is not a generated sample corpus; refusing to delete it")
         shutil.rmtree(out)
-    return generate(out, utterances, seed, workers=workers, wdseg=wdseg, renderer=renderer)
+    return generate(out, utterances, seed, workers=workers, wdseg=wdseg, renderer=renderer,
+                    stress=stress)
 
 
 def _write_dialog_files(out_dir: Path, plans: list[UtterancePlan], rendered: list[Rendered],
@@ -646,9 +692,15 @@ def _truth(plans: list[UtterancePlan], total_seconds: float, extra_lines: int) -
                                           if p.code in class_of).items())),
             "cue": dict(sorted(Counter(p.cue for p in plans).items())),
         },
-        "utterances": {p.utt_id: {"code": p.code, "voice": p.voice_code, "text": p.text_code,
-                                  "cue": p.cue} for p in plans},
+        "utterances": {p.utt_id: _utterance_truth(p) for p in plans},
     }
+
+
+def _utterance_truth(plan: UtterancePlan) -> dict:
+    truth = {"code": plan.code, "voice": plan.voice_code, "text": plan.text_code, "cue": plan.cue}
+    if plan.stress:
+        truth["stress"] = plan.stress.truth()
+    return truth
 
 
 def default_workers() -> int:

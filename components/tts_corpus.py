@@ -11,7 +11,9 @@ espeak-ng:
 - every word is its own chunk of speech: one espeak-ng call per utterance speaks the words
   with long breaks between them, the chunks are cut apart at those silences and laid end to
   end with short pauses, so each word's .wdseg span is exactly where its sound is;
-- a light synthetic reverb and coloured room noise at a per-utterance SNR go on top.
+- a light synthetic reverb and coloured room noise at a per-utterance SNR go on top;
+- with `--stress` (components.stress_plan) the delivery is neutral except on one planned
+  word, spoken louder (-a), higher (-p) and slower (-s) by the plan's emphasis.
 Every random draw comes from the utterance's own seeded stream and espeak-ng is
 deterministic, so a seed gives the same bytes whatever the number of workers.
 """
@@ -31,6 +33,7 @@ from scipy.signal import fftconvolve, resample_poly
 from components import sample_corpus
 from components.errors import UserError
 from components.sample_corpus import SR, Rendered, Renderer, Speaker, UtterancePlan
+from components.stress_plan import StressPlan
 
 ESPEAK = "espeak-ng"
 ESPEAK_SR = 22_050  # what espeak-ng writes; 16_000 / 22_050 = 320 / 441
@@ -128,11 +131,6 @@ def draw_delivery(rng: np.random.Generator, voice: SpeakerVoice, voice_code: str
     jittered. Always four draws from rng, whatever the emotion."""
     p = PROSODY.get(voice_code, PROSODY["neu"])
     z = rng.standard_normal(4)
-
-    def bounded(key: str, value: float) -> int:
-        lo, hi = LIMITS[key]
-        return int(np.clip(round(value), lo, hi))
-
     return {
         "voice": voice.voice,
         "rate": bounded("rate", voice.rate * p.rate * math.exp(JITTER.rate * z[0])),
@@ -141,6 +139,20 @@ def draw_delivery(rng: np.random.Generator, voice: SpeakerVoice, voice_code: str
         "amplitude": bounded("amplitude",
                              voice.amplitude * p.loudness * math.exp(JITTER.loudness * z[3])),
     }
+
+
+def bounded(key: str, value: float) -> int:
+    lo, hi = LIMITS[key]
+    return int(np.clip(round(value), lo, hi))
+
+
+def stressed_delivery(delivery: dict, stress: StressPlan) -> dict:
+    """The utterance's delivery with the plan's emphasis on top. The pitch raise is relative,
+    in the points speaker_voice uses (one -p point per 1 % of the speaker's F0)."""
+    return {**delivery,
+            "rate": bounded("rate", delivery["rate"] * stress.rate),
+            "pitch": bounded("pitch", delivery["pitch"] + 100.0 * stress.pitch),
+            "amplitude": bounded("amplitude", delivery["amplitude"] * stress.loudness)}
 
 
 def _espeak(binary: str, delivery: dict, words: list[str]) -> np.ndarray:
@@ -209,6 +221,8 @@ def _coloured_noise(rng: np.random.Generator, n: int, colour: float) -> np.ndarr
 class TtsRenderer(Renderer):
     """sample_corpus's plan spoken by espeak-ng. Construction checks espeak-ng is there."""
 
+    speaks_stress = True
+
     def __init__(self, room: bool = True):
         self.binary, self.version = espeak_version()
         self.room = room  # False: no reverb, no noise (the dry speech, for checks)
@@ -227,6 +241,15 @@ class TtsRenderer(Renderer):
         delivery = draw_delivery(rng, speaker_voice(speaker), plan.voice_code)
         room = {key: float(rng.uniform(lo, hi)) for key, (lo, hi) in ROOM.items()}
         chunks, cut = speak_words(self.binary, delivery, plan.words)
+        stressed = None
+        if plan.stress:
+            # The whole utterance again with the emphasis, keeping only the stressed word: it
+            # is then the same word in the same place of the same clause, and differs from
+            # its unstressed self by loudness, pitch and rate alone.
+            stressed = stressed_delivery(delivery, plan.stress)
+            loud, stressed_cut = speak_words(self.binary, stressed, plan.words)
+            chunks[plan.stress.index] = loud[plan.stress.index]
+            stressed["cut"] = stressed_cut
 
         # Words end to end at 22,050 Hz: short pauses, now and then a longer one.
         tempo = BASE_RATE / delivery["rate"]
@@ -256,6 +279,8 @@ class TtsRenderer(Renderer):
             y = self._room(rng, y, spans, room)
         samples = np.clip(np.round(y * OUTPUT_GAIN), -32768, 32767).astype("<i2")
         info = {**delivery, **{k: round(v, 3) for k, v in room.items()}, "cut": cut}
+        if stressed:
+            info["stressed"] = {k: stressed[k] for k in ("rate", "pitch", "amplitude", "cut")}
         return samples, spans, info
 
     @staticmethod
@@ -288,6 +313,9 @@ class TtsRenderer(Renderer):
             "limits": {k: list(v) for k, v in LIMITS.items()},
             "room_ranges": {k: list(v) for k, v in ROOM.items()},
         }
+        if any(plan.stress for plan in plans):
+            truth["voice"]["stress"] = ("the stressed word: -a times loudness, -p plus 100 "
+                                        "times pitch, -s times rate")
         for plan, r in zip(plans, rendered):
             truth["utterances"][plan.utt_id]["prosody"] = r.info
 

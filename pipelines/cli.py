@@ -45,9 +45,11 @@ def cmd_sample_corpus(args) -> int:
         renderer = tts_corpus.TtsRenderer()  # says how to install espeak-ng when it is missing
     out = Path(args.out_dir)
     truth = sample_corpus.write(out, args.utterances, args.seed, workers=args.workers,
-                                wdseg=not args.no_wdseg, force=args.force, renderer=renderer)
+                                wdseg=not args.no_wdseg, force=args.force, renderer=renderer,
+                                stress=args.stress)
     hours = truth["total_audio_seconds"] / 3600
     voice = f", espeak-ng {renderer.version}" if renderer else ""
+    voice += ", stressed words" if args.stress else ""
     print(f"wrote {args.utterances} utterances ({hours:.2f} h of audio, seed {args.seed}"
           f"{voice}) to {out}")
     print("codes: " + ", ".join(f"{k} {v}" for k, v in truth["counts"]["code"].items()))
@@ -384,6 +386,10 @@ def _add_step_commands(sub) -> None:
                    help="who speaks: the built-in synthesiser (default) or espeak-ng (tts; "
                         "needs `apt-get install espeak-ng`); the plan, labels and "
                         "transcriptions are the same")
+    p.add_argument("--stress", action="store_true",
+                   help="with --voice tts: each utterance names two emotions of different "
+                        "classes, stresses one, and is labelled by the stressed one "
+                        "(neu, hap, ang, sad in equal shares)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing sample corpus in OUT_DIR")
     p.set_defaults(func=cmd_sample_corpus)

@@ -148,3 +148,46 @@ def test_voice_settings_change_the_audio():
     sad_len, sad_rms = rendered("sad")
     assert angry_rms > 1.3 * neutral_rms > 1.3 * sad_rms  # louder, softer
     assert sad_len > 1.15 * neutral_len  # slower
+
+
+# ---- --stress: the plan (the audio is tests/test_tts_corpus.py's) -------------------------
+
+def test_stress_vocabulary_is_large_distinct_and_apart_from_the_carrier_words():
+    from components import stress_plan
+
+    vocabulary = stress_plan.VOCABULARY
+    assert sorted(vocabulary) == sorted(stress_plan.CODES) == ["ang", "hap", "neu", "sad"]
+    for code, words in vocabulary.items():
+        assert len(set(words)) >= 30, code
+        assert all(re.fullmatch(r"[a-z]+", w) for w in words), code
+    every = [w for words in vocabulary.values() for w in words]
+    assert len(every) == len(set(every))  # no word in two classes
+    carriers = {w.lower() for t in stress_plan.TEMPLATES
+                for w in re.sub(r"\{\w+\}", " ", t).split()}
+    carriers |= {w for fill in stress_plan.FILLERS.values() for f in fill for w in f.split()}
+    assert not carriers & set(every)
+
+
+def test_stress_plan_names_two_classes_and_labels_the_stressed_one():
+    from components import stress_plan
+
+    plans, _, _ = sample_corpus.plan_corpus(400, seed=5, stress=True)
+    assert Counter(p.code for p in plans) == {c: 100 for c in stress_plan.CODES}
+    pairs, firsts = Counter(), 0
+    for p in plans:
+        s = p.stress
+        assert (p.cue, p.voice_code) == ("stress", "neu")
+        assert p.words == sample_corpus.spoken_words(p.text)
+        assert p.words[s.index] == s.word and p.words[s.other_index] == s.other_word
+        assert s.code == p.code != s.other_code
+        assert s.word in stress_plan.VOCABULARY[s.code]
+        assert s.other_word in stress_plan.VOCABULARY[s.other_code]
+        assert sum(w in stress_plan.VOCABULARY[c] for w in p.words
+                   for c in stress_plan.CODES) == 2  # the carrier words are neutral
+        assert s.loudness >= 1.3 and s.pitch >= 0.08 and s.rate <= 0.9
+        pairs[s.code, s.other_code] += 1
+        firsts += s.index < s.other_index
+    assert len(pairs) == 12  # every ordered pair of different classes
+    assert 150 < firsts < 250  # which comes first says nothing of which is stressed
+    again, _, _ = sample_corpus.plan_corpus(400, seed=5, stress=True)
+    assert again == plans

@@ -244,3 +244,99 @@ def test_builtin_voice_is_the_default(tmp_path):
     direct = tmp_path / "direct"
     sample_corpus.generate(direct, 15, seed=0)
     assert tree_digest(default) == tree_digest(builtin) == tree_digest(direct)
+
+
+# ---- --stress: the label is which emotion word is stressed -------------------------------
+
+N_STRESS, STRESS_SEED = 24, 5
+
+
+@pytest.fixture(scope="module")
+def stressed_release(tmp_path_factory) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed: apt-get install espeak-ng")
+    root = tmp_path_factory.mktemp("stress") / "IEMOCAP_full_release"
+    sample_corpus.generate(root, N_STRESS, seed=STRESS_SEED, renderer=tts_corpus.TtsRenderer(),
+                           stress=True)
+    return root
+
+
+def emotion_spans(root: Path, utt_id: str, stress: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The samples inside the stressed word's .wdseg span and inside the other emotion
+    word's, checking the .wdseg names the words the truth file does."""
+    x, words = utterance(root, utt_id)
+    other = next(w for w in stress["emotion_words"] if w["index"] != stress["index"])
+    spans = []
+    for index, word in ((stress["index"], stress["word"]), (other["index"], other["word"])):
+        first, last, said = words[index]
+        assert said == word
+        spans.append(x[first * 160:(last + 1) * 160])
+    return spans[0], spans[1]
+
+
+@needs_espeak
+def test_stressed_corpus_has_the_layout_and_counts_ingest_reads(stressed_release, tmp_path):
+    truth = truth_of(stressed_release)
+    assert truth["stress"] is True and "--stress" in truth["generator"]
+    report = ingest.run(stressed_release, tmp_path / "ingest").report
+    assert report["problem_count"] == 0, report["findings"]
+    assert report["n_label_blocks"] == len(truth["utterances"]) == N_STRESS
+    assert report["counts"]["label_raw"] == truth["counts"]["code"] == {
+        "ang": 6, "hap": 6, "neu": 6, "sad": 6}
+    assert truth["counts"]["cue"] == {"stress": N_STRESS}
+    for utt_id in truth["utterances"]:
+        uid = iemocap.parse_utt_id(utt_id)
+        session = stressed_release / f"Session{uid.session}"
+        assert (iemocap.wdseg_dir(session) / uid.dialog / f"{utt_id}.wdseg").is_file()
+
+
+@needs_espeak
+def test_stressed_truth_names_two_classes_and_labels_the_stressed_word(stressed_release):
+    truth = truth_of(stressed_release)
+    texts = {}
+    for path in stressed_release.glob("Session*/dialog/transcriptions/*.txt"):
+        for line in path.read_text().splitlines():
+            if "XX" not in line.split()[0] and not line.startswith(("F:", "M:")):
+                parsed = iemocap.parse_transcript_line(line)
+                texts[parsed.utt_id] = parsed.text
+    for utt_id, u in truth["utterances"].items():
+        s, words = u["stress"], sample_corpus.spoken_words(texts[utt_id])
+        assert words[s["index"]] == s["word"]
+        (a, b) = s["emotion_words"]
+        assert a["index"] < b["index"] and a["class"] != b["class"]
+        assert {a["word"], b["word"]} == {words[a["index"]], words[b["index"]]}
+        assert s["index"] in (a["index"], b["index"]) and s["first"] == (s["index"] == a["index"])
+        assert u["code"] == s["class"] == (a if s["first"] else b)["class"]
+        assert s["loudness"] > 1 and s["pitch"] > 0 and s["rate"] < 1
+        p = u["prosody"]  # the delivery is neutral but for the stressed word
+        assert p["stressed"]["amplitude"] > p["amplitude"] and p["stressed"]["pitch"] > p[
+            "pitch"] and p["stressed"]["rate"] < p["rate"]
+
+
+@needs_espeak
+def test_stressed_word_is_louder_and_higher_than_the_other_emotion_word(stressed_release):
+    truth = truth_of(stressed_release)
+    louder, higher = [], []
+    for utt_id, u in truth["utterances"].items():
+        stressed, other = emotion_spans(stressed_release, utt_id, u["stress"])
+        louder.append(rms(stressed) / rms(other))
+        higher.append(median_f0(stressed) / median_f0(other))
+    assert np.mean(louder) > 1.5 and np.mean(np.array(louder) > 1.1) > 0.9
+    assert np.median(higher) > 1.08
+
+
+@needs_espeak
+def test_stressed_corpus_same_bytes_with_two_workers(stressed_release, tmp_path):
+    again = tmp_path / "again"
+    result = emoalign("sample-corpus", again, "--voice", "tts", "--stress", "--utterances",
+                      N_STRESS, "--seed", STRESS_SEED, "--workers", 2)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {N_STRESS} utterances" in result.stdout and "stressed" in result.stdout
+    assert tree_digest(again) == tree_digest(stressed_release)
+
+
+def test_stress_with_the_builtin_voice_is_one_line(tmp_path):
+    out = tmp_path / "corpus"
+    result = emoalign("sample-corpus", out, "--stress", "--utterances", 20)
+    assert_one_line_error(result, "--stress", "--voice tts")
+    assert not out.exists()
