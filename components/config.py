@@ -205,6 +205,8 @@ class ModelConfig(Architecture, Section):
                 raise ConfigError(f"model.{key} must be at least 1")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.dropout must be in [0, 1)")
+        if not 0 <= self.alignment_prior <= 1:
+            raise ConfigError("model.alignment_prior must be in [0, 1]")
 
 
 @dataclass

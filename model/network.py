@@ -4,10 +4,15 @@
                                                                       ├─ attention: each word
     words (B, W) ─► embedding ─► BiLSTM ─► h (B, W, 2H) ──────────────┘  over all frames
                                                    a_i = Σ_j α_ij s_j    (B, W, 2H)
+                               α_i = softmax_j(score(h_i, s_j) - (i/W - j/T')² / 2σ²)
     [a_i ; h_i] ─► BiLSTM ─► max over words ─► dropout ─► linear ─► class logits
 
 Baselines trained by the same loop: speech-only and text-only (encoder ─► max pool ─►
 linear), and decision-level fusion (both, each with its own loss, probabilities averaged).
+The diagonal prior (σ = spec.alignment_prior, a share of the utterance; 0: none) starts
+each word's attention where its speech usually is, in order along the utterance: free
+attention learns no alignment on its own (every word looks at the same salient frames),
+and a word's own frames are what the fusion needs to read how that word was said.
 Padded frames and words are masked everywhere: in the LSTMs (BiLSTM), in the attention
 and in the pooling.
 """
@@ -129,7 +134,9 @@ class Attention(nn.Module):
             self.query = nn.Linear(d, spec.attention_dim)
             self.key = nn.Linear(d, spec.attention_dim)
 
-    def forward(self, words, speech, speech_mask):
+    def forward(self, words, speech, speech_mask, bias=None):
+        """`bias` (B, W, T'), when given, is added to the scores before the softmax: the
+        diagonal prior (`diagonal_prior`)."""
         if self.kind == "additive":
             # (B, W, T', A), the largest tensor of the model: tanh in place spares a copy
             # (the sum is not needed for the backward pass; tanh's output is).
@@ -138,6 +145,8 @@ class Attention(nn.Module):
         else:
             scores = self.query(words) @ self.key(speech).transpose(1, 2)
             scores = scores / self.key.out_features ** 0.5
+        if bias is not None:
+            scores = scores + bias
         scores = scores.masked_fill(~speech_mask[:, None, :], float("-inf"))  # (B, W, T')
         weights = torch.softmax(scores, dim=-1)
         return weights @ speech, weights  # (B, W, 2H), (B, W, T')
@@ -192,6 +201,7 @@ class AlignModel(EmotionModel):
         self.speech = SpeechEncoder(spec)
         self.text = TextEncoder(spec)
         self.attention = Attention(spec)
+        self.alignment_prior = spec.alignment_prior
         self.fusion = BiLSTM(4 * spec.hidden, spec.hidden)
         self.dropout = nn.Dropout(spec.dropout)
         self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
@@ -213,7 +223,11 @@ class AlignModel(EmotionModel):
         speech_mask = _lengths_mask(speech_lengths, speech.shape[1])
         text = self.text(words, word_lengths)
         word_mask = _lengths_mask(word_lengths, words.shape[1])
-        aligned, weights = self.attention(text, speech, speech_mask)
+        prior = None
+        if self.alignment_prior > 0:
+            prior = diagonal_prior(word_lengths, speech_lengths, words.shape[1],
+                                   speech.shape[1], self.alignment_prior)
+        aligned, weights = self.attention(text, speech, speech_mask, prior)
         fused = self.fusion(torch.cat([aligned, text], dim=-1), word_lengths)
         logits = self.out(self.dropout(masked_max(fused, word_mask)))
         unimodal = None
@@ -245,6 +259,23 @@ def _mean_loss(outputs: torch.Tensor, labels: torch.Tensor, weight=None) -> torc
     return sum(F.cross_entropy(o, labels, weight=weight) for o in outputs) / len(outputs)
 
 
+def relative_distance(word_lengths, step_lengths, w: int, t: int) -> torch.Tensor:
+    """(B, W, T) how far step j of T is from word i of W, as a share of the utterance: the
+    word's place i/W against the step's j/T."""
+    device = word_lengths.device
+    word_pos = (torch.arange(w, device=device)[None, :] + 0.5) / word_lengths[:, None]
+    step_pos = (torch.arange(t, device=device)[None, :] + 0.5) / step_lengths[:, None]
+    return word_pos[:, :, None] - step_pos[:, None, :]
+
+
+def diagonal_prior(word_lengths, step_lengths, w: int, t: int, width: float) -> torch.Tensor:
+    """A log-Gaussian bias on the attention scores around the diagonal: word i of W starts
+    out attending near step j of T where j/T is close to i/W, and its content scores move it
+    from there. Speech follows its words in order, so this is where a word's frames usually
+    are, and unlike a loss on the weights it holds at prediction too."""
+    return -relative_distance(word_lengths, step_lengths, w, t) ** 2 / (2 * width ** 2)
+
+
 def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
                            step_lengths: torch.Tensor, width: float = 0.2) -> torch.Tensor:
     """Guided attention (Tachibana et al. 2018): the attention mass far from the diagonal,
@@ -254,9 +285,7 @@ def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
     are relative, so leading silence or a pause only shifts the band a little, and
     `width` (a share of the utterance) leaves room for that."""
     b, w, t = weights.shape
-    word_pos = (torch.arange(w, device=weights.device)[None, :] + 0.5) / word_lengths[:, None]
-    step_pos = (torch.arange(t, device=weights.device)[None, :] + 0.5) / step_lengths[:, None]
-    distance = word_pos[:, :, None] - step_pos[:, None, :]  # (B, W, T)
+    distance = relative_distance(word_lengths, step_lengths, w, t)
     penalty = 1 - torch.exp(-distance ** 2 / (2 * width ** 2))
     per_word = (weights.float() * penalty).sum(-1)  # padded steps hold no attention
     word_mask = _lengths_mask(word_lengths, w)

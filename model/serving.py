@@ -60,7 +60,7 @@ class LoadedMember:
 def load_member(path: Path, device="cpu") -> LoadedMember:
     # weights_only: a bundle holds tensors, lists and plain numbers, never code.
     bundle = torch.load(Path(path), map_location=device, weights_only=True)
-    model = build_model(ModelSpec(**bundle["spec"]))
+    model = build_model(ModelSpec.from_dict(bundle["spec"]))
     model.load_state_dict(bundle["state_dict"])
     model.to(device).eval()
     inputs = Inputs(Vocabulary.from_list(bundle["vocab"]),

@@ -85,6 +85,8 @@ class Architecture:
     attention_dim: int = setting(64, "attention's projection size")
     frame_pool: int = setting(5, "frames averaged before the speech LSTM (50 ms steps)")
     dropout: float = setting(0.3)
+    alignment_prior: float = setting(0.1, "align only: width of the diagonal prior on the "
+                                     "attention, as a share of the utterance (0: none)")
 
 
 @dataclass
@@ -103,6 +105,15 @@ class ModelSpec(Architecture):
     SAVED_ORDER: ClassVar[tuple] = ("kind", "n_classes", "feature_dim", "vocab_size",
                                     "embed_dim", "hidden", "attention", "attention_dim",
                                     "frame_pool", "dropout", "unimodal_heads")
+
+    # What a bundle saved before a setting existed was built with, where that differs from
+    # the setting's default today.
+    BEFORE_THE_SETTING: ClassVar[dict] = {"alignment_prior": 0.0}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        """The spec a bundle saved (to_dict), old bundles included."""
+        return cls(**{**cls.BEFORE_THE_SETTING, **data})
 
     @classmethod
     def of(cls, architecture: Architecture, **data) -> "ModelSpec":

@@ -8,8 +8,8 @@ import torchaudio
 from model.data import Example, batch_indices, collate
 from model.features import deltas
 from model.metrics import attention_in_own_word, scores
-from model.network import (KINDS, BiLSTM, LossTerms, ModelSpec, build_model, model_class,
-                           off_diagonal_attention)
+from model.network import (KINDS, BiLSTM, LossTerms, ModelSpec, build_model, diagonal_prior,
+                           model_class, off_diagonal_attention)
 from model.vocab import Vocabulary, load_word_vectors
 
 
@@ -163,6 +163,39 @@ def test_guided_attention_loss_moves_attention_onto_the_diagonal():
         loss.backward()
         optimizer.step()
     assert penalty().item() < 0.75 * first  # measured: 0.57 -> 0.35
+
+
+def test_the_diagonal_prior_starts_each_word_at_its_place_and_content_can_move_it():
+    words, steps = torch.tensor([4, 2]), torch.tensor([20, 10])
+    prior = diagonal_prior(words, steps, 4, 20, width=0.1)
+    # Word i of W peaks at the step j of T where (j + 0.5) / T is (i + 0.5) / W.
+    assert prior[0].argmax(-1).tolist() == [2, 7, 12, 17]
+    assert prior[1, :2, :10].argmax(-1).tolist() == [2, 7]
+    # Untrained, the model's attention sits on the diagonal with the prior, not without.
+    batch = collate(examples(6, seed=5))
+    penalty = {}
+    for width in (0.0, 0.1):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(kind="align", vocab_size=30, hidden=16, embed_dim=8,
+                                      attention_dim=8, alignment_prior=width)).eval()
+        with torch.no_grad():
+            out = model.outputs(batch.frames, batch.frame_lengths, batch.words,
+                                batch.word_lengths)
+        penalty[width] = off_diagonal_attention(out.attention, batch.word_lengths,
+                                                out.speech_lengths).item()
+    assert penalty[0.1] < 0.5 * penalty[0.0]
+    # A bias, not a mask: scores strong enough take a word anywhere in the utterance.
+    scores = torch.zeros(1, 4, 20)
+    scores[0, 0, 19] = 50.0
+    weights = torch.softmax(scores + prior[:1], -1)
+    assert weights[0, 0].argmax() == 19 and weights[0, 1].argmax() == 7
+
+
+def test_a_bundle_saved_before_the_prior_existed_loads_without_it():
+    saved = ModelSpec(kind="align", vocab_size=30).to_dict()
+    del saved["alignment_prior"]
+    assert ModelSpec.from_dict(saved).alignment_prior == 0.0
+    assert ModelSpec.from_dict({**saved, "alignment_prior": 0.1}).alignment_prior == 0.1
 
 
 def test_attention_in_own_word_against_spread_evenly():
