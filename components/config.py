@@ -23,7 +23,7 @@ import yaml
 
 from components import PROJECT_ROOT
 from components.errors import ConfigError
-from model.spec import ATTENTIONS, KINDS, Architecture, FeatureSpec, setting
+from model.spec import ATTENTIONS, FEATURE_KINDS, KINDS, Architecture, FeatureSpec, setting
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -147,8 +147,8 @@ class ValidateConfig(Section):
 
 @dataclass
 class FeaturesConfig(FeatureSpec, Section):
-    """The MFCC settings (model/spec.py's FeatureSpec, whose fields come first here) and how
-    the feature store keeps the frames."""
+    """The speech feature settings (model/spec.py's FeatureSpec, whose fields come first
+    here) and how the feature store keeps the frames."""
 
     # Pitch and energy, each speaker normalised with their own statistics, were chosen on
     # the generated and the espeak-ng corpus at three seeds (benchmarks/RESULTS.md,
@@ -166,6 +166,15 @@ class FeaturesConfig(FeatureSpec, Section):
                                  "runs/feature_cache")
 
     def check(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ConfigError(f"features.kind must be {' or '.join(FEATURE_KINDS)}, got "
+                              f"{self.kind!r}")
+        if not 0 <= self.pre_emphasis < 1:
+            raise ConfigError(f"features.pre_emphasis must be in [0, 1), got "
+                              f"{self.pre_emphasis}")
+        if self.max_seconds < 0:
+            raise ConfigError(f"features.max_seconds must be 0 (whole utterances) or more, "
+                              f"got {self.max_seconds}")
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"features.dtype must be float16 or float32, got {self.dtype!r}")
         if self.normalization not in ("global", "speaker", "none"):
