@@ -23,7 +23,8 @@ import yaml
 
 from components import PROJECT_ROOT
 from components.errors import ConfigError
-from model.spec import ATTENTIONS, FEATURE_KINDS, KINDS, Architecture, FeatureSpec, setting
+from model.spec import (ATTENTIONS, CELLS, FEATURE_KINDS, KINDS, WORD_POOLINGS,
+                        Architecture, FeatureSpec, setting)
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -206,12 +207,20 @@ class ModelConfig(Architecture, Section):
     def check(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.attention not in ATTENTIONS:
-            raise ConfigError(f"model.attention must be additive or dot, got "
-                              f"{self.attention!r}")
-        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count"):
+        for key, allowed in (("attention", ATTENTIONS), ("cell", CELLS),
+                             ("word_pooling", WORD_POOLINGS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"model.{key} must be {', '.join(allowed[:-1])} or "
+                                  f"{allowed[-1]}, got {getattr(self, key)!r}")
+        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count",
+                    "attention_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be at least 1")
+        if self.attention == "multihead" and (2 * self.hidden) % self.attention_heads:
+            raise ConfigError(f"model.attention_heads ({self.attention_heads}) must divide "
+                              f"2 * model.hidden ({2 * self.hidden}) under multihead attention")
+        if self.frame_projection < 0:
+            raise ConfigError("model.frame_projection must be 0 or more")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.dropout must be in [0, 1)")
 

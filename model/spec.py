@@ -9,7 +9,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 KINDS = ("align", "speech", "text", "late_fusion")
-ATTENTIONS = ("additive", "dot")
+ATTENTIONS = ("additive", "dot", "multihead")
+CELLS = ("lstm", "gru")
+WORD_POOLINGS = ("max", "attention")
 FEATURE_KINDS = ("mfcc", "spectrum")
 # Vocabulary ids every model shares: padding, and every word the vocabulary lacks.
 PAD_ID, UNK_ID = 0, 1
@@ -110,12 +112,26 @@ class Architecture:
     it, and a trained model's ModelSpec adds what the data decide."""
 
     kind: str = setting("align", "align | speech | text | late_fusion")
-    attention: str = setting("additive", "additive (the paper) | dot (scaled dot product)")
+    attention: str = setting("additive", "additive (the paper) | dot (scaled dot product) | "
+                                         "multihead (scaled dot product in attention_heads "
+                                         "heads of 2 * hidden / heads values: the authors' "
+                                         "code)")
     embed_dim: int = setting(100, "word embedding size")
-    hidden: int = setting(64, "LSTM units per direction")
-    attention_dim: int = setting(64, "attention's projection size")
+    hidden: int = setting(64, "recurrent units per direction")
+    attention_dim: int = setting(64, "attention's projection size (additive and dot)")
     frame_pool: int = setting(5, "frames averaged before the speech LSTM (50 ms steps)")
     dropout: float = setting(0.3)
+    cell: str = setting("lstm", "lstm | gru: the cell of every recurrent layer")
+    attention_heads: int = setting(8, "attention multihead: heads (must divide 2 * hidden)")
+    word_pooling: str = setting("max", "align: how the fusion states become one vector: max "
+                                       "over words | attention (u = tanh(W h + b), weights "
+                                       "softmax(u . c) over the words; the authors' code)")
+    frame_projection: int = setting(0, "units of the per-frame relu layer before the speech "
+                                       "LSTM; 0: hidden")
+    encoder_dropout: bool = setting(False, "dropout also after the frame projection, after "
+                                           "each encoder and on the aligned speech (the "
+                                           "authors' code); false: on the word embeddings "
+                                           "and before the output layer only")
 
 
 @dataclass
@@ -142,5 +158,4 @@ class ModelSpec(Architecture):
                    **data)
 
     def to_dict(self) -> dict:
-        values = asdict(self)
-        return {**{key: values[key] for key in self.SAVED_ORDER}, **values}
+        return _saved(self, self.SAVED_ORDER)

@@ -73,6 +73,32 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_model(prepared, tmp_path,
     assert curve("crashed") == curve("whole")
 
 
+def test_resume_with_the_authors_model_settings_gives_the_same_model(prepared, tmp_path,
+                                                                    monkeypatch, capsys):
+    """GRUs, multi-head attention, attention pooling, a frame projection and dropout after
+    every encoder: a run resumed after a crash still ends with the same weights."""
+    cfg = config("train.epochs=2", "model.cell=gru", "model.attention=multihead",
+                 "model.attention_heads=4", "model.word_pooling=attention",
+                 "model.frame_projection=24", "model.encoder_dropout=true")
+    train.run(prepared["store"], prepared["validated"], tmp_path / "whole", cfg)
+    real_checkpoint = train.MemberTrainer.checkpoint
+
+    def crash_after_epoch_one(self):
+        real_checkpoint(self)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train.MemberTrainer, "checkpoint", crash_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
+    monkeypatch.setattr(train.MemberTrainer, "checkpoint", real_checkpoint)
+    train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
+    assert "session5-seed0: resumed after epoch 1" in capsys.readouterr().out
+    whole = weights(tmp_path / "whole" / "session5-seed0" / "model.pt")
+    resumed = weights(tmp_path / "crashed" / "session5-seed0" / "model.pt")
+    assert "speech.lstm.forward_gru.weight_ih_l0" in whole and "pool.context.weight" in whole
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_a_checkpoint_from_other_settings_is_refused(prepared, tmp_path):
     train.run(prepared["store"], prepared["validated"], tmp_path / "m", config())
     with pytest.raises(train.TrainError, match="other data or settings"):
