@@ -23,8 +23,8 @@ import yaml
 
 from components import PROJECT_ROOT
 from components.errors import ConfigError
-from model.spec import (ATTENTIONS, CELLS, FEATURE_KINDS, KINDS, WORD_POOLINGS,
-                        Architecture, FeatureSpec, setting)
+from model.spec import (ATTENTIONS, CELLS, FEATURE_KINDS, KINDS, UNKNOWN_WORD_INITS,
+                        WORD_POOLINGS, Architecture, FeatureSpec, setting)
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -202,13 +202,21 @@ class ModelConfig(Architecture, Section):
 
     word_vectors: str = setting("", "a local GloVe-format file (never downloaded); \"\" = "
                                     "embeddings learnt from scratch")
+    unknown_word_init: str = setting("normal", "word_vectors: the vectors of words the file "
+                                               "lacks: normal (sd 0.1) | uniform (in [-1, 1], "
+                                               "the authors' code)")
     min_word_count: int = setting(1)
+    # The tokenizer is kept with the trained model, so serving tokenizes as training did.
+    punctuation_tokens: bool = setting(False, "tokens are [\\w']+ words and the marks . , ! "
+                                              "? ; (the authors' code); false: words only")
+    max_words: int = setting(0, "the first this many tokens of a transcript; 0: all")
 
     def check(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         for key, allowed in (("attention", ATTENTIONS), ("cell", CELLS),
-                             ("word_pooling", WORD_POOLINGS)):
+                             ("word_pooling", WORD_POOLINGS),
+                             ("unknown_word_init", UNKNOWN_WORD_INITS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"model.{key} must be {', '.join(allowed[:-1])} or "
                                   f"{allowed[-1]}, got {getattr(self, key)!r}")
@@ -219,8 +227,9 @@ class ModelConfig(Architecture, Section):
         if self.attention == "multihead" and (2 * self.hidden) % self.attention_heads:
             raise ConfigError(f"model.attention_heads ({self.attention_heads}) must divide "
                               f"2 * model.hidden ({2 * self.hidden}) under multihead attention")
-        if self.frame_projection < 0:
-            raise ConfigError("model.frame_projection must be 0 or more")
+        for key in ("frame_projection", "max_words"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key} must be 0 or more")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.dropout must be in [0, 1)")
 

@@ -13,6 +13,7 @@ ATTENTIONS = ("additive", "dot", "multihead")
 CELLS = ("lstm", "gru")
 WORD_POOLINGS = ("max", "attention")
 FEATURE_KINDS = ("mfcc", "spectrum")
+UNKNOWN_WORD_INITS = ("normal", "uniform")  # word vectors of words a vector file lacks
 # Vocabulary ids every model shares: padding, and every word the vocabulary lacks.
 PAD_ID, UNK_ID = 0, 1
 FEATURE_CODE_VERSION = "1"  # bump when model/features.py changes what it returns

@@ -55,6 +55,8 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
      "model.attention_heads (8) must divide 2 * model.hidden (20)"),
     (["model.word_pooling=mean"], "model.word_pooling must be max or attention"),
     (["model.frame_projection=-1"], "model.frame_projection must be 0 or more"),
+    (["model.max_words=-5"], "model.max_words must be 0 or more"),
+    (["model.unknown_word_init=zeros"], "model.unknown_word_init must be normal or uniform"),
     (["features.kind=mel"], "features.kind must be mfcc or spectrum, got 'mel'"),
     (["features.pre_emphasis=1.0"], "features.pre_emphasis must be in [0, 1)"),
     (["features.max_seconds=-1"], "features.max_seconds must be 0"),

@@ -300,6 +300,35 @@ def test_vocabulary_and_unknown_words(tmp_path):
         load_word_vectors(vectors, vocab, 3)
 
 
+def test_the_authors_tokens_and_a_word_limit():
+    from model.text import Tokenizer
+
+    text = "Oh, I'm fine. Really?! [LAUGHTER]"
+    assert Tokenizer()(text) == ["oh", "i'm", "fine", "really"]
+    assert Tokenizer(punctuation=True)(text) == ["oh", ",", "i'm", "fine", ".", "really", "?",
+                                                 "!"]
+    assert Tokenizer(punctuation=True, max_words=3)(text) == ["oh", ",", "i'm"]
+    assert Tokenizer().to_dict() == {}  # today's: nothing new in a bundle
+    limited = Tokenizer(punctuation=True, max_words=3)
+    assert Tokenizer.from_dict(limited.to_dict()) == limited
+    vocab = Vocabulary.build(["Oh, fine.", "Fine!"], tokenizer=limited)
+    assert vocab.words[2] == "fine" and "," in vocab.ids and "!" in vocab.ids
+    assert vocab.encode("fine, fine, fine.") == [vocab.ids["fine"], vocab.ids[","],
+                                                 vocab.ids["fine"]]
+
+
+def test_word_vectors_draw_unknown_words_as_asked(tmp_path):
+    vocab = Vocabulary.build(["hello there you"])
+    vectors = tmp_path / "glove.txt"
+    vectors.write_text("hello 1 2 3\n")
+    normal, _ = load_word_vectors(vectors, vocab, 3)
+    uniform, found = load_word_vectors(vectors, vocab, 3, unknown="uniform")
+    assert found == 1 and uniform[2].tolist() == [1, 2, 3] and not uniform[0].any()
+    unknown = uniform[[1, 3, 4]]
+    assert np.abs(unknown).max() <= 1 and np.abs(unknown).max() > 0.3
+    assert np.abs(normal[[1, 3, 4]]).max() < 0.5
+
+
 def test_bucketing_cuts_padding_and_covers_everything():
     rng = np.random.default_rng(0)
     lengths = rng.integers(50, 3000, size=500).tolist()
