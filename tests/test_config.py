@@ -66,6 +66,33 @@ def test_mistakes_name_the_key(overrides, message):
         load_config(None, overrides)
 
 
+def test_the_authors_recipe_preset_sets_only_keys_that_exist():
+    """configs/xu2019.yaml: every key it sets is a config key, and the config holds its
+    value; multihead attention and the spectrum need nothing more."""
+    from components.config import PROJECT_ROOT, _read_yaml
+
+    path = PROJECT_ROOT / "configs" / "xu2019.yaml"
+    config = load_config(path, [])
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
+    for dotted, value in leaves(_read_yaml(path.read_text())):
+        node = config
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        assert node == value, dotted
+    assert config.features.spec().dim == 257
+    assert (config.model.hidden, config.model.attention_heads) == (100, 8)
+    assert "exc" not in config.ingest.label_map()
+    tiny = load_config(path, ["model.hidden=6", "model.attention_heads=4"])
+    assert tiny.model.attention_heads == 4
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

@@ -99,6 +99,39 @@ def test_resume_with_the_authors_model_settings_gives_the_same_model(prepared, t
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def test_the_authors_recipe_trains_evaluates_and_serves(prepared, tmp_path):
+    """configs/xu2019.yaml, made small: its spectrum store, two epochs, the evaluation; the
+    bundle keeps the tokenizer, so serving scores an utterance as evaluation did."""
+    from components import features
+    from components.config import PROJECT_ROOT
+    from model.serving import Predictor
+    from model.text import Tokenizer
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "xu2019.yaml", [
+        "train.epochs=2", "model.hidden=8", "model.embed_dim=16", "model.frame_projection=16",
+        "model.attention_heads=4", "model.frame_pool=10", "train.threads=1",
+        "features.workers=1"])
+    features.run(prepared["validated"], tmp_path / "store", cfg.features)
+    train.run(tmp_path / "store", prepared["validated"], tmp_path / "m", cfg)
+    metrics = evaluate.run(tmp_path / "m", tmp_path / "store", prepared["validated"],
+                           tmp_path / "e", cfg)
+    assert metrics["classes"] == ["angry", "happy", "neutral", "sad"] and metrics["n_test"] > 0
+    assert 0 <= metrics["ua"] <= 1 and metrics["attention_alignment"]["words"] > 0
+    path = tmp_path / "m" / "session5-seed0" / "model.pt"
+    bundle = torch.load(path, weights_only=True)
+    assert bundle["tokenizer"] == {"punctuation": True, "max_words": 100}
+    assert bundle["feature_spec"]["kind"] == "spectrum" and bundle["spec"]["cell"] == "gru"
+    predictor = Predictor([path])
+    assert predictor.members[0].inputs.vocab.tokenizer == Tokenizer(True, 100)
+    predictions = pd.read_csv(tmp_path / "e" / "predictions.csv").head(3)
+    rows = outputs.labelled_rows(prepared["validated"] / "manifest.parquet",
+                                 cfg.ingest.classes)
+    served = predictor.predict_proba(list(rows.loc[predictions["utt_id"], "wav_path"]),
+                                     list(rows.loc[predictions["utt_id"], "transcript"]))
+    expected = predictions[[f"p_{c}" for c in cfg.ingest.classes]].to_numpy()
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_a_checkpoint_from_other_settings_is_refused(prepared, tmp_path):
     train.run(prepared["store"], prepared["validated"], tmp_path / "m", config())
     with pytest.raises(train.TrainError, match="other data or settings"):
