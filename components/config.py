@@ -226,7 +226,8 @@ class ModelConfig(Architecture, Section):
                 raise ConfigError(f"model.{key} must be at least 1")
         if self.attention == "multihead" and (2 * self.hidden) % self.attention_heads:
             raise ConfigError(f"model.attention_heads ({self.attention_heads}) must divide "
-                              f"2 * model.hidden ({2 * self.hidden}) under multihead attention")
+                              f"2 * model.hidden ({2 * self.hidden}) under multihead "
+                              "attention")
         for key in ("frame_projection", "max_words"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key} must be 0 or more")

@@ -68,7 +68,8 @@ def evaluate_member(trained: TrainedModel, member_dir: Path, store: FeatureStore
                    for e, p, lp in zip(examples, predicted, log_p)]
     if model.modalities == {"speech", "text"}:
         result["ablation"] = _ablation(model, examples, labels, classes, device)
-    attention = (_attention_cases(model, examples, rows, bundle, loaded.inputs.vocab.tokenizer)
+    tokenizer = loaded.inputs.vocab.tokenizer
+    attention = (_attention_cases(model, examples, rows, bundle, tokenizer)
                  if model.has_attention else [])
     if attention:
         result["attention_alignment"] = _alignment_summary(attention)

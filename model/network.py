@@ -113,7 +113,9 @@ class AttentionPooling(nn.Module):
 
 
 def word_pooling(spec: ModelSpec) -> nn.Module:
-    return AttentionPooling(2 * spec.hidden) if spec.word_pooling == "attention" else MaxPooling()
+    if spec.word_pooling == "attention":
+        return AttentionPooling(2 * spec.hidden)
+    return MaxPooling()
 
 
 def encoder_dropout(spec: ModelSpec) -> nn.Module:

@@ -251,7 +251,8 @@ def test_a_spectrum_store_serves_the_same_values(manifest, wavs, tmp_path):
         workers=1, kind="spectrum", pre_emphasis=0.97, max_seconds=1.5, deltas=False,
         delta_deltas=False, pitch=False, energy=False, normalization="global"))
     store = feature_store.FeatureStore(tmp_path / "s", verify=True)
-    assert (store.spec.kind, store.spec.max_seconds, store.meta["dim"]) == ("spectrum", 1.5, 257)
+    assert (store.spec.kind, store.spec.max_seconds) == ("spectrum", 1.5)
+    assert store.meta["dim"] == 257
     assert store.index["length"].max() == 151  # 1.5 s at most
     for utt in store.index["utt_id"].iloc[:3]:
         audio, _ = soundfile.read(wavs[utt], dtype="float32")

@@ -47,7 +47,8 @@ AUTHORS = {"cell": "gru", "attention": "multihead", "attention_heads": 4,
 VARIANTS = {"default": {}, "gru": {"cell": "gru"},
             "multihead": {"attention": "multihead", "attention_heads": 4},
             "attention_pooling": {"word_pooling": "attention"},
-            "projection": {"frame_projection": 24, "encoder_dropout": True}, "authors": AUTHORS}
+            "projection": {"frame_projection": 24, "encoder_dropout": True},
+            "authors": AUTHORS}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
