@@ -23,7 +23,8 @@ import yaml
 
 from components import PROJECT_ROOT
 from components.errors import ConfigError
-from model.spec import ATTENTIONS, KINDS, Architecture, FeatureSpec, setting
+from model.spec import (ATTENTIONS, CELLS, FEATURE_KINDS, KINDS, UNKNOWN_WORD_INITS,
+                        WORD_POOLINGS, Architecture, FeatureSpec, setting)
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -147,8 +148,8 @@ class ValidateConfig(Section):
 
 @dataclass
 class FeaturesConfig(FeatureSpec, Section):
-    """The MFCC settings (model/spec.py's FeatureSpec, whose fields come first here) and how
-    the feature store keeps the frames."""
+    """The speech feature settings (model/spec.py's FeatureSpec, whose fields come first
+    here) and how the feature store keeps the frames."""
 
     # Pitch and energy, each speaker normalised with their own statistics, were chosen on
     # the generated and the espeak-ng corpus at three seeds (benchmarks/RESULTS.md,
@@ -166,6 +167,15 @@ class FeaturesConfig(FeatureSpec, Section):
                                  "runs/feature_cache")
 
     def check(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ConfigError(f"features.kind must be {' or '.join(FEATURE_KINDS)}, got "
+                              f"{self.kind!r}")
+        if not 0 <= self.pre_emphasis < 1:
+            raise ConfigError(f"features.pre_emphasis must be in [0, 1), got "
+                              f"{self.pre_emphasis}")
+        if self.max_seconds < 0:
+            raise ConfigError(f"features.max_seconds must be 0 (whole utterances) or more, "
+                              f"got {self.max_seconds}")
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"features.dtype must be float16 or float32, got {self.dtype!r}")
         if self.normalization not in ("global", "speaker", "none"):
@@ -192,17 +202,35 @@ class ModelConfig(Architecture, Section):
 
     word_vectors: str = setting("", "a local GloVe-format file (never downloaded); \"\" = "
                                     "embeddings learnt from scratch")
+    unknown_word_init: str = setting("normal", "word_vectors: the vectors of words the file "
+                                               "lacks: normal (sd 0.1) | uniform (in [-1, 1], "
+                                               "the authors' code)")
     min_word_count: int = setting(1)
+    # The tokenizer is kept with the trained model, so serving tokenizes as training did.
+    punctuation_tokens: bool = setting(False, "tokens are [\\w']+ words and the marks . , ! "
+                                              "? ; (the authors' code); false: words only")
+    max_words: int = setting(0, "the first this many tokens of a transcript; 0: all")
 
     def check(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.attention not in ATTENTIONS:
-            raise ConfigError(f"model.attention must be additive or dot, got "
-                              f"{self.attention!r}")
-        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count"):
+        for key, allowed in (("attention", ATTENTIONS), ("cell", CELLS),
+                             ("word_pooling", WORD_POOLINGS),
+                             ("unknown_word_init", UNKNOWN_WORD_INITS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"model.{key} must be {', '.join(allowed[:-1])} or "
+                                  f"{allowed[-1]}, got {getattr(self, key)!r}")
+        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count",
+                    "attention_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be at least 1")
+        if self.attention == "multihead" and (2 * self.hidden) % self.attention_heads:
+            raise ConfigError(f"model.attention_heads ({self.attention_heads}) must divide "
+                              f"2 * model.hidden ({2 * self.hidden}) under multihead "
+                              "attention")
+        for key in ("frame_projection", "max_words"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key} must be 0 or more")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.dropout must be in [0, 1)")
         if not 0 <= self.alignment_prior <= 1:

@@ -68,7 +68,9 @@ def evaluate_member(trained: TrainedModel, member_dir: Path, store: FeatureStore
                    for e, p, lp in zip(examples, predicted, log_p)]
     if model.modalities == {"speech", "text"}:
         result["ablation"] = _ablation(model, examples, labels, classes, device)
-    attention = _attention_cases(model, examples, rows, bundle) if model.has_attention else []
+    tokenizer = loaded.inputs.vocab.tokenizer
+    attention = (_attention_cases(model, examples, rows, bundle, tokenizer)
+                 if model.has_attention else [])
     if attention:
         result["attention_alignment"] = _alignment_summary(attention)
     return {"scores": result, "predictions": predictions, "classes": classes,
@@ -88,11 +90,10 @@ def _ablation(model, examples, labels, classes, device) -> dict:
             for name, part in (("ua_without_speech", no_speech), ("ua_without_text", no_text))}
 
 
-def _attention_cases(model, examples, rows, bundle, batch_size: int = 64) -> list[dict]:
+def _attention_cases(model, examples, rows, bundle, tokenize,
+                     batch_size: int = 64) -> list[dict]:
     """Word-by-step attention weights of test utterances, with each word's time span from
-    the corpus' forced alignment (.wdseg) where there is one."""
-    from model.text import tokenize
-
+    the corpus' forced alignment (.wdseg) where there is one; `tokenize` is the model's."""
     step_seconds = FeatureSpec.from_dict(bundle["feature_spec"]).step_seconds(
         bundle["spec"]["frame_pool"])
     cases = []

@@ -31,6 +31,7 @@ from model.metrics import scores
 from model.network import LossTerms, build_model, model_class
 from model.serving import Inputs, predict_log_probs
 from model.spec import PAD_ID, UNK_ID, ModelSpec
+from model.text import Tokenizer
 from model.vocab import Vocabulary, load_word_vectors
 
 
@@ -75,7 +76,7 @@ class MemberTrainer:
         self.classes = list(config.ingest.classes)
         out_dir.mkdir(parents=True, exist_ok=True)
         vocab = Vocabulary.build(rows.loc[fold.train_ids, "transcript"],
-                                 config.model.min_word_count)
+                                 config.model.min_word_count, tokenizer_of(config))
         self.inputs = Inputs(vocab, store.normalizer(fold.test_session,
                                                      config.features.normalization),
                              self.classes)
@@ -89,7 +90,8 @@ class MemberTrainer:
         torch.manual_seed(config.seed * 1009 + task.fold_index)
         self.model = build_model(self.spec).to(device)
         if config.model.word_vectors and "text" in self.model.modalities:
-            _use_word_vectors(self.model, Path(config.model.word_vectors), vocab, self.spec)
+            _use_word_vectors(self.model, Path(config.model.word_vectors), vocab, self.spec,
+                              config.model.unknown_word_init)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr)
         self.scheduler = lr_scheduler(self.optimizer, config)
         self.weight = self._class_weights() if config.train.class_weights else None
@@ -218,6 +220,8 @@ class MemberTrainer:
                   "classes": self.classes, "feature_spec": store.spec.to_dict(),
                   "feature_dtype": store.meta["dtype"], "fold": fold.name, "seed": fold.seed,
                   "best_epoch": kept_epoch, "best_val_ua": kept_val_ua}
+        if tokenizer := self.inputs.vocab.tokenizer.to_dict():  # none: today's, as before
+            bundle["tokenizer"] = tokenizer
         _save_atomic(bundle, self.out_dir / TrainedModel.MODEL)
         (self.out_dir / TrainedModel.HISTORY).write_text(json.dumps(self.state["history"],
                                                                     indent=1))
@@ -320,11 +324,17 @@ def _up_to(high: int) -> int:
     return int(torch.randint(0, max(high, 0) + 1, ()))
 
 
-def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec) -> None:
+def tokenizer_of(config: Config) -> Tokenizer:
+    """How the model's transcripts become tokens (saved with the model)."""
+    return Tokenizer(config.model.punctuation_tokens, config.model.max_words)
+
+
+def _use_word_vectors(model, path: Path, vocab: Vocabulary, spec: ModelSpec,
+                      unknown: str = "normal") -> None:
     if not path.is_file():
         raise TrainError(f"word vector file not found: {path}")
     try:
-        matrix, found = load_word_vectors(path, vocab, spec.embed_dim)
+        matrix, found = load_word_vectors(path, vocab, spec.embed_dim, unknown)
     except ValueError as e:
         raise TrainError(f"word vectors: {e}") from None
     encoders = [m for m in model.modules() if hasattr(m, "embed")]

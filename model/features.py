@@ -1,7 +1,7 @@
-"""Speech frames as the model sees them: MFCCs from torchaudio, optionally voicing, log-F0
-and log energy per frame (prosody, which MFCCs mostly discard), deltas of all of them, then
-optional frame stacking, then mean/variance normalisation with statistics fitted on
-training data.
+"""Speech frames as the model sees them: MFCCs from torchaudio (or the magnitude spectrum,
+`FeatureSpec.kind`), optionally voicing, log-F0 and log energy per frame (prosody, which
+MFCCs mostly discard), deltas of all of them, then optional frame stacking, then
+mean/variance normalisation with statistics fitted on training data.
 
 Training (through the feature store) and serving (the MLflow pyfunc) both call `extract`
 and `Normalizer.apply`, so the two can never compute features differently.
@@ -30,7 +30,7 @@ class Extractor:
         self.spec = spec
         self.win = int(round(spec.sample_rate * spec.win_ms / 1000))
         self.hop = int(round(spec.sample_rate * spec.hop_ms / 1000))
-        self.n_fft = 1 << (self.win - 1).bit_length()  # next power of two: 400 -> 512
+        self.n_fft = spec.n_fft  # next power of two: 400 -> 512
         self.reference = torchaudio.transforms.MFCC(
             sample_rate=spec.sample_rate, n_mfcc=spec.n_mfcc,
             melkwargs={"n_fft": self.n_fft, "win_length": self.win, "hop_length": self.hop,
@@ -51,10 +51,22 @@ class Extractor:
         db = torch.maximum(db, db.max() - self.top_db)
         return db @ self.dct
 
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """(samples,) -> (T, n_fft/2 + 1): the magnitude |STFT| on the MFCC's frame grid."""
+        z = torch.stft(x, self.n_fft, self.hop, self.win, self.window, center=True,
+                       pad_mode="reflect", return_complex=True).T  # (T, freq)
+        return (z.real.square() + z.imag.square()).sqrt()
+
     @torch.no_grad()
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
-        coefficients = self.mfcc(x)  # (T, n_mfcc)
+        if self.spec.max_seconds:
+            x = x[:int(round(self.spec.max_seconds * self.spec.sample_rate))]
+        emphasised = pre_emphasis(x, self.spec.pre_emphasis) if self.spec.pre_emphasis else x
+        if self.spec.kind == "spectrum":
+            coefficients = self.spectrum(emphasised)  # (T, n_fft/2 + 1)
+        else:
+            coefficients = self.mfcc(emphasised)  # (T, n_mfcc)
         if self.spec.pitch or self.spec.energy:
             coefficients = torch.cat([coefficients, self.prosody(x)], dim=1)  # (T, base_dim)
         parts = [coefficients]
@@ -90,6 +102,11 @@ class Extractor:
         n_frames = 1 + len(x) // self.hop
         padded = torch.nn.functional.pad(x, (self.win // 2, width))
         return padded.unfold(0, width, self.hop)[:n_frames]
+
+
+def pre_emphasis(x: torch.Tensor, a: float) -> torch.Tensor:
+    """x[t] - a x[t-1], the first sample kept, so the frames stay where they were."""
+    return torch.cat([x[:1], x[1:] - a * x[:-1]])
 
 
 # Mean power below which a frame is silence (-70 dBFS): never voiced.

@@ -13,8 +13,13 @@ The diagonal prior (σ = spec.alignment_prior, a share of the utterance; 0: none
 each word's attention where its speech usually is, in order along the utterance: free
 attention learns no alignment on its own (every word looks at the same salient frames),
 and a word's own frames are what the fusion needs to read how that word was said.
-Padded frames and words are masked everywhere: in the LSTMs (BiLSTM), in the attention
+Padded frames and words are masked everywhere: in the recurrent layers (BiRNN), in the attention
 and in the pooling.
+
+The authors' code (didi/delta, AlignClassModel) differs in places, each a ModelSpec
+setting: GRUs (`cell`), a 512-unit relu layer per frame (`frame_projection`), 8-head
+attention (`attention: multihead`, MultiHeadAttention), attention pooling over the words
+(`word_pooling`, AttentionPooling) and dropout after every encoder (`encoder_dropout`).
 """
 
 from dataclasses import dataclass
@@ -24,35 +29,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.spec import KINDS, ModelSpec
+from model.spec import CELLS, KINDS, ModelSpec
 
 
 def _lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]  # (B, L)
 
 
-class BiLSTM(nn.Module):
-    """A bidirectional LSTM over padded sequences that padding never enters, with the outputs
-    of a packed run. Each direction is a one-way LSTM over the whole padded batch; the
-    backward one reads every sequence reversed within its length, so its padding too comes
-    after the real steps. On CPU this is several times faster than a packed run, which steps
-    through ever smaller batches (benchmarks/train.py)."""
+class BiRNN(nn.Module):
+    """A bidirectional LSTM (or GRU) over padded sequences that padding never enters, with
+    the outputs of a packed run. Each direction is a one-way RNN over the whole padded batch;
+    the backward one reads every sequence reversed within its length, so its padding too
+    comes after the real steps. On CPU this is several times faster than a packed run,
+    which steps through ever smaller batches (benchmarks/train.py)."""
 
-    def __init__(self, inputs: int, hidden: int):
+    def __init__(self, inputs: int, hidden: int, cell: str = "lstm"):
         super().__init__()
-        # Built in the parameter order of nn.LSTM(bidirectional=True), so a seed initialises
-        # both the same.
-        self.forward_lstm = nn.LSTM(inputs, hidden, batch_first=True)
-        self.backward_lstm = nn.LSTM(inputs, hidden, batch_first=True)
-        self._register_load_state_dict_pre_hook(_split_bidirectional_weights)
+        if cell not in CELLS:
+            raise ValueError(f"unknown recurrent cell {cell!r}")
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        # forward_lstm and backward_lstm, as saved models name an LSTM's; built in the
+        # parameter order of nn.LSTM(bidirectional=True), so a seed initialises both the same.
+        self.directions = f"forward_{cell}", f"backward_{cell}"
+        for name in self.directions:
+            self.add_module(name, rnn(inputs, hidden, batch_first=True))
+        if cell == "lstm":
+            self._register_load_state_dict_pre_hook(_split_bidirectional_weights)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        forward_rnn, backward_rnn = (getattr(self, name) for name in self.directions)
         lengths = lengths.clamp(min=1)
         mask = _lengths_mask(lengths, x.shape[1])[..., None]
-        ahead, _ = self.forward_lstm(x)
-        back, _ = self.backward_lstm(reverse_within(x, lengths))
+        ahead, _ = forward_rnn(x)
+        back, _ = backward_rnn(reverse_within(x, lengths))
         out = torch.cat([ahead, reverse_within(back, lengths)], dim=-1)
         return out * mask  # (B, L, 2H), zeros past each length
+
+
+BiLSTM = BiRNN  # its name before GRUs were a choice (an LSTM unless told otherwise)
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -80,18 +94,58 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
 
 
+class MaxPooling(nn.Module):
+    """(B, L, D) -> (B, D): the max over the real steps."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_max(x, mask)
+
+
+class AttentionPooling(nn.Module):
+    """(B, L, D) -> (B, D): a learnt weighted mean over the real steps, as in hierarchical
+    attention networks (Yang et al. 2016) and the authors' code: u_i = tanh(W h_i + b),
+    alpha = softmax over i of u_i . c."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.project = nn.Linear(dim, dim)
+        self.context = nn.Linear(dim, 1, bias=False)  # c
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.context(torch.tanh(self.project(x))).squeeze(-1)  # (B, L)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        return (weights[..., None] * x).sum(1)
+
+
+def word_pooling(spec: ModelSpec) -> nn.Module:
+    if spec.word_pooling == "attention":
+        return AttentionPooling(2 * spec.hidden)
+    return MaxPooling()
+
+
+def encoder_dropout(spec: ModelSpec) -> nn.Module:
+    """Dropout where the authors' code has it beside ours (ModelSpec.encoder_dropout); a
+    no-op otherwise, which draws no random numbers, so models without it train as before."""
+    return nn.Dropout(spec.dropout) if spec.encoder_dropout else nn.Identity()
+
+
 class SpeechEncoder(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.pool = spec.frame_pool
-        self.project = nn.Linear(spec.feature_dim, spec.hidden)
-        self.lstm = BiLSTM(spec.hidden, spec.hidden)
+        width = spec.frame_projection or spec.hidden
+        self.project = nn.Linear(spec.feature_dim, width)
+        # `lstm`, whatever the cell: the name saved models give the encoder's RNN.
+        self.lstm = BiRNN(width, spec.hidden, spec.cell)
+        self.projected_dropout = encoder_dropout(spec)
+        self.state_dropout = encoder_dropout(spec)
 
     def forward(self, frames, frame_lengths):
         # Average consecutive frames: a 4 s turn is 400 frames, too long a chain for an LSTM.
         if self.pool > 1:
             frames, frame_lengths = pool_frames(frames, frame_lengths, self.pool)
-        states = self.lstm(torch.relu(self.project(frames)), frame_lengths)
+        projected = self.projected_dropout(torch.relu(self.project(frames)))
+        states = self.state_dropout(self.lstm(projected, frame_lengths))
         return states, frame_lengths  # (B, T', 2H)
 
 
@@ -112,11 +166,13 @@ class TextEncoder(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.embed = nn.Embedding(spec.vocab_size, spec.embed_dim, padding_idx=0)
-        self.lstm = BiLSTM(spec.embed_dim, spec.hidden)
+        self.lstm = BiRNN(spec.embed_dim, spec.hidden, spec.cell)
         self.dropout = nn.Dropout(spec.dropout)
+        self.state_dropout = encoder_dropout(spec)
 
     def forward(self, words, word_lengths):
-        return self.lstm(self.dropout(self.embed(words)), word_lengths)  # (B, W, 2H)
+        states = self.lstm(self.dropout(self.embed(words)), word_lengths)
+        return self.state_dropout(states)  # (B, W, 2H)
 
 
 class Attention(nn.Module):
@@ -150,6 +206,37 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~speech_mask[:, None, :], float("-inf"))  # (B, W, T')
         weights = torch.softmax(scores, dim=-1)
         return weights @ speech, weights  # (B, W, 2H), (B, W, T')
+
+
+class MultiHeadAttention(nn.Module):
+    """The authors' alignment (didi/delta, AlignClassModel): scaled dot-product attention in
+    `attention_heads` heads, each word state the query, the speech states keys and values,
+    all projected to 2H and split into heads of 2H / heads, the heads' outputs joined and
+    projected back to 2H. Same interface as Attention; its weights are the heads' mean."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        d = 2 * spec.hidden
+        if d % spec.attention_heads:
+            raise ValueError(f"{spec.attention_heads} heads do not divide {d} values")
+        self.heads = spec.attention_heads
+        self.query, self.key, self.value = (nn.Linear(d, d) for _ in range(3))
+        self.out = nn.Linear(d, d)
+
+    def forward(self, words, speech, speech_mask, bias=None):
+        """`bias` (B, W, T'), when given, is added to every head's scores (as in
+        Attention)."""
+        def split(x):  # (B, L, 2H) -> (B, heads, L, 2H / heads)
+            return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+        q, k, v = split(self.query(words)), split(self.key(speech)), split(self.value(speech))
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, heads, W, T')
+        if bias is not None:
+            scores = scores + bias[:, None]
+        scores = scores.masked_fill(~speech_mask[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        joined = (weights @ v).transpose(1, 2).reshape(words.shape)  # (B, W, 2H)
+        return self.out(joined), weights.mean(1)  # (B, W, 2H), (B, W, T')
 
 
 @dataclass(frozen=True)
@@ -200,9 +287,12 @@ class AlignModel(EmotionModel):
         super().__init__()
         self.speech = SpeechEncoder(spec)
         self.text = TextEncoder(spec)
-        self.attention = Attention(spec)
+        self.attention = (MultiHeadAttention if spec.attention == "multihead" else
+                          Attention)(spec)
         self.alignment_prior = spec.alignment_prior
-        self.fusion = BiLSTM(4 * spec.hidden, spec.hidden)
+        self.aligned_dropout = encoder_dropout(spec)
+        self.fusion = BiRNN(4 * spec.hidden, spec.hidden, spec.cell)
+        self.pool = word_pooling(spec)
         self.dropout = nn.Dropout(spec.dropout)
         self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
         if spec.unimodal_heads:
@@ -228,8 +318,9 @@ class AlignModel(EmotionModel):
             prior = diagonal_prior(word_lengths, speech_lengths, words.shape[1],
                                    speech.shape[1], self.alignment_prior)
         aligned, weights = self.attention(text, speech, speech_mask, prior)
+        aligned = self.aligned_dropout(aligned)
         fused = self.fusion(torch.cat([aligned, text], dim=-1), word_lengths)
-        logits = self.out(self.dropout(masked_max(fused, word_mask)))
+        logits = self.out(self.dropout(self.pool(fused, word_mask)))
         unimodal = None
         if hasattr(self, "speech_head"):
             unimodal = (self.speech_head(self.dropout(masked_max(speech, speech_mask))),

@@ -19,6 +19,7 @@ from model.data import Example, batch_indices, collate
 from model.features import Extractor, FeatureSpec, Normalizer
 from model.network import build_model
 from model.spec import ModelSpec
+from model.text import Tokenizer
 from model.vocab import Vocabulary
 
 
@@ -63,8 +64,9 @@ def load_member(path: Path, device="cpu") -> LoadedMember:
     model = build_model(ModelSpec.from_dict(bundle["spec"]))
     model.load_state_dict(bundle["state_dict"])
     model.to(device).eval()
-    inputs = Inputs(Vocabulary.from_list(bundle["vocab"]),
-                    Normalizer.from_dict(bundle["normalizer"]), list(bundle["classes"]))
+    # Bundles saved with today's tokenizer have no "tokenizer" key.
+    vocab = Vocabulary.from_list(bundle["vocab"], Tokenizer.from_dict(bundle.get("tokenizer")))
+    inputs = Inputs(vocab, Normalizer.from_dict(bundle["normalizer"]), list(bundle["classes"]))
     return LoadedMember(model, inputs, bundle)
 
 

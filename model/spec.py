@@ -9,7 +9,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 KINDS = ("align", "speech", "text", "late_fusion")
-ATTENTIONS = ("additive", "dot")
+ATTENTIONS = ("additive", "dot", "multihead")
+CELLS = ("lstm", "gru")
+WORD_POOLINGS = ("max", "attention")
+FEATURE_KINDS = ("mfcc", "spectrum")
+UNKNOWN_WORD_INITS = ("normal", "uniform")  # word vectors of words a vector file lacks
 # Vocabulary ids every model shares: padding, and every word the vocabulary lacks.
 PAD_ID, UNK_ID = 0, 1
 FEATURE_CODE_VERSION = "1"  # bump when model/features.py changes what it returns
@@ -23,12 +27,33 @@ def setting(default: Any = MISSING, help: str = "", factory=MISSING) -> Any:
     return field(default=default, default_factory=factory, metadata={"help": help})
 
 
+def _saved(spec, always: tuple, absent_means: dict | None = None) -> dict:
+    """A spec's settings as saved: the `always` ones in that order, then each setting added
+    since only where it differs from what its absence means (its default, or the value in
+    `absent_means` for a setting whose default is not how older models were built). A model
+    or store that does not use a new setting is saved (and keyed) byte for byte as before it
+    existed; loading gives a missing setting what its absence means."""
+    absent_means = absent_means or {}
+    values = asdict(spec)
+    newer = {f.name: values[f.name] for f in fields(spec) if f.name not in always
+             and values[f.name] != absent_means.get(f.name, f.default)}
+    return {**{key: values[key] for key in always}, **newer}
+
+
 @dataclass
 class FeatureSpec:
-    """MFCC settings. The `features` section of the config is this spec plus how the store
-    keeps the frames (components/config.py)."""
+    """Speech feature settings. The `features` section of the config is this spec plus how
+    the store keeps the frames (components/config.py)."""
 
     sample_rate: ClassVar[int] = 16_000  # IEMOCAP's; validation quarantines any other
+    # The settings stores and bundles have always listed; those added since are listed only
+    # when they differ from their defaults (_saved), so today's stores keep their cache key.
+    SAVED_ALWAYS: ClassVar[tuple] = ("n_mfcc", "n_mels", "win_ms", "hop_ms", "deltas",
+                                     "delta_deltas", "stack", "subsample", "pitch", "energy",
+                                     "f0_min", "f0_max")
+    kind: str = setting("mfcc", "mfcc | spectrum (the magnitude |STFT|, n_fft/2 + 1 bins per "
+                                "frame: 257 at 25 ms windows; no log, n_mfcc and n_mels "
+                                "unused)")
     n_mfcc: int = setting(13, "cepstral coefficients per frame")
     n_mels: int = setting(40, "mel bands they are computed from")
     win_ms: float = setting(25.0, "analysis window (ms)")
@@ -43,11 +68,22 @@ class FeatureSpec:
     energy: bool = setting(False, "+ log energy per frame, with its deltas")
     f0_min: float = setting(60.0, "F0 search range (Hz)")
     f0_max: float = setting(500.0)
+    pre_emphasis: float = setting(0.0, "x[t] - a x[t-1] on the waveform before the MFCC or "
+                                       "spectrum (not pitch or energy); 0: none")
+    max_seconds: float = setting(0.0, "each utterance cut to its first this many seconds, in "
+                                      "training and serving alike; 0: whole")
+
+    @property
+    def n_fft(self) -> int:
+        """FFT size: the window's length in samples, up to a power of two (400 -> 512)."""
+        win = int(round(self.sample_rate * self.win_ms / 1000))
+        return 1 << (win - 1).bit_length()
 
     @property
     def base_dim(self) -> int:
         """Values per frame before deltas and stacking."""
-        return self.n_mfcc + 2 * self.pitch + self.energy
+        spectral = self.n_fft // 2 + 1 if self.kind == "spectrum" else self.n_mfcc
+        return spectral + 2 * self.pitch + self.energy
 
     @property
     def dim(self) -> int:
@@ -62,7 +98,7 @@ class FeatureSpec:
         return FeatureSpec(**{f.name: getattr(self, f.name) for f in fields(FeatureSpec)})
 
     def to_dict(self) -> dict:
-        return {"sample_rate": self.sample_rate, **asdict(self.spec())}
+        return {"sample_rate": self.sample_rate, **_saved(self.spec(), self.SAVED_ALWAYS)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSpec":
@@ -79,14 +115,28 @@ class Architecture:
     it, and a trained model's ModelSpec adds what the data decide."""
 
     kind: str = setting("align", "align | speech | text | late_fusion")
-    attention: str = setting("additive", "additive (the paper) | dot (scaled dot product)")
+    attention: str = setting("additive", "additive (the paper) | dot (scaled dot product) | "
+                                         "multihead (scaled dot product in attention_heads "
+                                         "heads of 2 * hidden / heads values: the authors' "
+                                         "code)")
     embed_dim: int = setting(100, "word embedding size")
-    hidden: int = setting(64, "LSTM units per direction")
-    attention_dim: int = setting(64, "attention's projection size")
+    hidden: int = setting(64, "recurrent units per direction")
+    attention_dim: int = setting(64, "attention's projection size (additive and dot)")
     frame_pool: int = setting(5, "frames averaged before the speech LSTM (50 ms steps)")
     dropout: float = setting(0.3)
     alignment_prior: float = setting(0.1, "align only: width of the diagonal prior on the "
                                      "attention, as a share of the utterance (0: none)")
+    cell: str = setting("lstm", "lstm | gru: the cell of every recurrent layer")
+    attention_heads: int = setting(8, "attention multihead: heads (must divide 2 * hidden)")
+    word_pooling: str = setting("max", "align: how the fusion states become one vector: max "
+                                       "over words | attention (u = tanh(W h + b), weights "
+                                       "softmax(u . c) over the words; the authors' code)")
+    frame_projection: int = setting(0, "units of the per-frame relu layer before the speech "
+                                       "LSTM; 0: hidden")
+    encoder_dropout: bool = setting(False, "dropout also after the frame projection, after "
+                                           "each encoder and on the aligned speech (the "
+                                           "authors' code); false: on the word embeddings "
+                                           "and before the output layer only")
 
 
 @dataclass
@@ -107,7 +157,7 @@ class ModelSpec(Architecture):
                                     "frame_pool", "dropout", "unimodal_heads")
 
     # What a bundle saved before a setting existed was built with, where that differs from
-    # the setting's default today.
+    # the setting's default today: such a bundle lacks the key, so its absence means this.
     BEFORE_THE_SETTING: ClassVar[dict] = {"alignment_prior": 0.0}
 
     @classmethod
@@ -122,5 +172,4 @@ class ModelSpec(Architecture):
                    **data)
 
     def to_dict(self) -> dict:
-        values = asdict(self)
-        return {**{key: values[key] for key in self.SAVED_ORDER}, **values}
+        return _saved(self, self.SAVED_ORDER, self.BEFORE_THE_SETTING)

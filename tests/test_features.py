@@ -205,6 +205,61 @@ def test_cli_features_reuses(manifest, tmp_path):
     assert meta["dtype"] == "float16" and meta["dim"] == (13 + 3) * 3
 
 
+# ---- the authors' features: magnitude spectrum, pre-emphasis, a length limit ------------
+
+SPECTRUM = FeatureSpec(kind="spectrum", deltas=False, delta_deltas=False)
+
+
+def test_the_magnitude_spectrum_with_pre_emphasis_and_a_length_limit():
+    from dataclasses import replace
+
+    audio = (0.1 * np.random.default_rng(0).standard_normal(40000)).astype(np.float32)
+    frames = extract(audio, SPECTRUM)  # 2.5 s
+    assert SPECTRUM.dim == 257 and frames.shape == (1 + 40000 // 160, 257)
+    expected = torch.stft(torch.from_numpy(audio), 512, 160, 400, torch.hann_window(400),
+                          center=True, pad_mode="reflect", return_complex=True).abs().T
+    np.testing.assert_allclose(frames, expected.numpy(), rtol=1e-4, atol=1e-5)
+    # Pre-emphasis filters the waveform first: x[t] - 0.97 x[t-1].
+    emphasised = extract(audio, replace(SPECTRUM, pre_emphasis=0.97))
+    filtered = np.concatenate([audio[:1], audio[1:] - 0.97 * audio[:-1]])
+    np.testing.assert_allclose(emphasised, extract(filtered, SPECTRUM), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(emphasised, frames, rtol=0.1)
+    # max_seconds cuts (MFCCs too); a shorter utterance is left whole, never padded.
+    for spec in (SPECTRUM, FeatureSpec()):
+        cut = extract(audio, replace(spec, max_seconds=1.0))
+        np.testing.assert_array_equal(cut, extract(audio[:16000], spec))
+        assert len(cut) == 101
+        assert len(extract(audio, replace(spec, max_seconds=7.0))) == 251
+    # Deltas and prosody join the spectrum as they join MFCCs.
+    assert FeatureSpec(kind="spectrum", pitch=True, energy=True).dim == (257 + 3) * 3
+
+
+def test_new_feature_settings_change_the_store_key_only_when_used(manifest):
+    """Stores made before kind, pre_emphasis and max_seconds existed keep their cache key."""
+    rows = outputs.read_manifest(manifest)
+    assert set(FeatureSpec().to_dict()) == {"sample_rate", *FeatureSpec.SAVED_ALWAYS}
+    today = features.cache_key(rows, FeaturesConfig())
+    assert features.cache_key(rows, FeaturesConfig(kind="mfcc", pre_emphasis=0.0,
+                                                   max_seconds=0.0)) == today
+    used = {features.cache_key(rows, FeaturesConfig(**setting)) for setting in
+            ({"kind": "spectrum"}, {"pre_emphasis": 0.97}, {"max_seconds": 7.0})}
+    assert len(used) == 3 and today not in used
+
+
+def test_a_spectrum_store_serves_the_same_values(manifest, wavs, tmp_path):
+    features.run(manifest, tmp_path / "s", FeaturesConfig(
+        workers=1, kind="spectrum", pre_emphasis=0.97, max_seconds=1.5, deltas=False,
+        delta_deltas=False, pitch=False, energy=False, normalization="global"))
+    store = feature_store.FeatureStore(tmp_path / "s", verify=True)
+    assert (store.spec.kind, store.spec.max_seconds) == ("spectrum", 1.5)
+    assert store.meta["dim"] == 257
+    assert store.index["length"].max() == 151  # 1.5 s at most
+    for utt in store.index["utt_id"].iloc[:3]:
+        audio, _ = soundfile.read(wavs[utt], dtype="float32")
+        np.testing.assert_array_equal(extract(audio, store.spec).astype(np.float16),
+                                      store.get(utt))
+
+
 # ---- prosody: voicing, log-F0, log energy -----------------------------------------------
 
 PROSODY = FeatureSpec(pitch=True, energy=True)

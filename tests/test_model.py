@@ -8,8 +8,8 @@ import torchaudio
 from model.data import Example, batch_indices, collate
 from model.features import deltas
 from model.metrics import attention_in_own_word, scores
-from model.network import (KINDS, BiLSTM, LossTerms, ModelSpec, build_model, diagonal_prior,
-                           model_class, off_diagonal_attention)
+from model.network import (KINDS, BiLSTM, BiRNN, LossTerms, ModelSpec, build_model,
+                           diagonal_prior, model_class, off_diagonal_attention)
 from model.vocab import Vocabulary, load_word_vectors
 
 
@@ -41,11 +41,22 @@ def test_every_kind_gives_class_scores_and_learns(kind):
     assert loss.item() < 0.5 * first  # it can fit a small batch
 
 
+# The settings the authors' code uses (configs/xu2019.yaml), each alone and all together.
+AUTHORS = {"cell": "gru", "attention": "multihead", "attention_heads": 4,
+           "word_pooling": "attention", "frame_projection": 24, "encoder_dropout": True}
+VARIANTS = {"default": {}, "gru": {"cell": "gru"},
+            "multihead": {"attention": "multihead", "attention_heads": 4},
+            "attention_pooling": {"word_pooling": "attention"},
+            "projection": {"frame_projection": 24, "encoder_dropout": True},
+            "authors": AUTHORS}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_padding_never_changes_an_utterance_score(kind):
+def test_padding_never_changes_an_utterance_score(kind, variant):
     torch.manual_seed(0)
     model = build_model(ModelSpec(kind=kind, vocab_size=30, hidden=16, embed_dim=8,
-                                  attention_dim=8)).eval()
+                                  attention_dim=8, **VARIANTS[variant])).eval()
     data = examples(6, seed=1)
     together = collate(data)
     with torch.no_grad():
@@ -88,7 +99,22 @@ def test_bilstm_equals_a_packed_bidirectional_lstm_and_loads_its_weights():
     torch.testing.assert_close(loaded.forward_lstm.weight_ih_l0, saved.weight_ih_l0)
 
 
-@pytest.mark.parametrize("attention", ["additive", "dot"])
+def test_a_bigru_equals_a_packed_bidirectional_gru():
+    lengths = torch.tensor([7, 3, 1, 5])
+    x = torch.randn(4, 7, 6)
+    torch.manual_seed(3)
+    packed_gru = torch.nn.GRU(6, 5, batch_first=True, bidirectional=True)
+    torch.manual_seed(3)
+    ours = BiRNN(6, 5, "gru")
+    assert [n for n, _ in ours.named_parameters()][0] == "forward_gru.weight_ih_l0"
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                     enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_gru(packed)[0],
+                                                         batch_first=True, total_length=7)
+    torch.testing.assert_close(ours(x, lengths), expected)
+
+
+@pytest.mark.parametrize("attention", ["additive", "dot", "multihead"])
 def test_attention_weights_cover_only_real_frames(attention):
     model = build_model(ModelSpec(kind="align", vocab_size=30, hidden=16, embed_dim=8,
                                   attention_dim=8, attention=attention, frame_pool=5)).eval()
@@ -100,6 +126,83 @@ def test_attention_weights_cover_only_real_frames(attention):
     for i in range(4):
         torch.testing.assert_close(weights[i].sum(-1), torch.ones(weights.shape[1]))
         assert torch.all(weights[i, :, pooled[i]:] == 0)
+
+
+def test_the_authors_variant_shapes_and_layers():
+    """GRUs, a 24-unit frame projection, 4-head attention whose weights are the heads' mean,
+    attention pooling over the words and dropout after each encoder: shapes, and the
+    layers that are (or are not) there."""
+    torch.manual_seed(0)
+    spec = ModelSpec(kind="align", vocab_size=30, hidden=16, embed_dim=8, frame_pool=5,
+                     alignment_prior=0.0, **AUTHORS)
+    model = build_model(spec)
+    names = dict(model.named_parameters())
+    assert names["speech.project.weight"].shape == (24, 39)
+    assert names["speech.lstm.forward_gru.weight_ih_l0"].shape == (3 * 16, 24)
+    assert names["fusion.backward_gru.weight_hh_l0"].shape == (3 * 16, 16)
+    assert names["attention.query.weight"].shape == (32, 32)
+    assert names["pool.context.weight"].shape == (1, 32)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 6
+    plain = build_model(ModelSpec(kind="align", vocab_size=30))
+    assert sum(isinstance(m, torch.nn.Dropout) for m in plain.modules()) == 2
+    assert not any("gru" in n or "pool." in n for n, _ in plain.named_parameters())
+
+    batch = collate(examples(5, seed=2))
+    model.eval()
+    with torch.no_grad():
+        out = model.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+        # The heads' own weights, averaged, are what attention_outputs returns.
+        text = model.text(batch.words, batch.word_lengths)
+        speech, steps = model.speech(batch.frames, batch.frame_lengths)
+        mask = torch.arange(speech.shape[1])[None] < steps[:, None]
+        attention = model.attention
+        q = attention.query(text).view(5, -1, 4, 8).transpose(1, 2)
+        k = attention.key(speech).view(5, -1, 4, 8).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~mask[:, None, None],
+                                                                   float("-inf"))
+        heads = scores.softmax(-1)  # (B, 4, W, T')
+    assert out.logits.shape == (5, 4)
+    assert out.attention.shape == (5, batch.words.shape[1], speech.shape[1])
+    torch.testing.assert_close(out.attention, heads.mean(1))
+    assert not torch.allclose(heads[:, 0], heads[:, 1])
+
+
+def test_multihead_needs_heads_that_divide_the_states():
+    with pytest.raises(ValueError, match="3 heads do not divide 32"):
+        build_model(ModelSpec(kind="align", vocab_size=30, hidden=16, attention="multihead",
+                              attention_heads=3))
+
+
+def test_attention_pooling_weighs_real_words_only():
+    from model.network import AttentionPooling
+
+    torch.manual_seed(0)
+    pool = AttentionPooling(6)
+    x = torch.randn(2, 4, 6)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    pooled = pool(x, mask)
+    x_changed = x.clone()
+    x_changed[0, 2:] = 100.0  # padding: never weighed
+    torch.testing.assert_close(pool(x_changed, mask), pooled)
+    u = torch.tanh(pool.project(x[0, :2])) @ pool.context.weight[0]
+    torch.testing.assert_close(pooled[0], u.softmax(0) @ x[0, :2])
+
+
+def test_settings_added_since_are_saved_only_when_used():
+    """A bundle keeps the spec's keys in SAVED_ORDER, as it always has; a setting added
+    since appears only when it is not its default, so a model without it saves the same
+    bytes, and a bundle saved before it existed loads with its default."""
+    plain = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0).to_dict()
+    assert list(plain) == list(ModelSpec.SAVED_ORDER)
+    # The prior is on by default, but a bundle without the key was built without it.
+    assert ModelSpec(kind="align", vocab_size=30).to_dict() == {**plain, "alignment_prior": 0.1}
+    authors = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0, **AUTHORS).to_dict()
+    assert list(authors)[:len(plain)] == list(plain)
+    assert {k: authors[k] for k in list(authors)[len(plain):]} == {
+        k: v for k, v in AUTHORS.items() if k != "attention"}
+    assert ModelSpec.from_dict(plain) == ModelSpec(kind="align", vocab_size=30,
+                                                   alignment_prior=0.0)
+    assert ModelSpec.from_dict(authors).cell == "gru"
 
 
 def test_unimodal_heads_classify_each_encoder_and_prediction_ignores_them():
@@ -232,6 +335,35 @@ def test_vocabulary_and_unknown_words(tmp_path):
     vectors.write_text("hello 1 2\n")
     with pytest.raises(ValueError, match="expected a word and 3 numbers"):
         load_word_vectors(vectors, vocab, 3)
+
+
+def test_the_authors_tokens_and_a_word_limit():
+    from model.text import Tokenizer
+
+    text = "Oh, I'm fine. Really?! [LAUGHTER]"
+    assert Tokenizer()(text) == ["oh", "i'm", "fine", "really"]
+    assert Tokenizer(punctuation=True)(text) == ["oh", ",", "i'm", "fine", ".", "really", "?",
+                                                 "!"]
+    assert Tokenizer(punctuation=True, max_words=3)(text) == ["oh", ",", "i'm"]
+    assert Tokenizer().to_dict() == {}  # today's: nothing new in a bundle
+    limited = Tokenizer(punctuation=True, max_words=3)
+    assert Tokenizer.from_dict(limited.to_dict()) == limited
+    vocab = Vocabulary.build(["Oh, fine.", "Fine!"], tokenizer=limited)
+    assert vocab.words[2] == "fine" and "," in vocab.ids and "!" in vocab.ids
+    assert vocab.encode("fine, fine, fine.") == [vocab.ids["fine"], vocab.ids[","],
+                                                 vocab.ids["fine"]]
+
+
+def test_word_vectors_draw_unknown_words_as_asked(tmp_path):
+    vocab = Vocabulary.build(["hello there you"])
+    vectors = tmp_path / "glove.txt"
+    vectors.write_text("hello 1 2 3\n")
+    normal, _ = load_word_vectors(vectors, vocab, 3)
+    uniform, found = load_word_vectors(vectors, vocab, 3, unknown="uniform")
+    assert found == 1 and uniform[2].tolist() == [1, 2, 3] and not uniform[0].any()
+    unknown = uniform[[1, 3, 4]]
+    assert np.abs(unknown).max() <= 1 and np.abs(unknown).max() > 0.3
+    assert np.abs(normal[[1, 3, 4]]).max() < 0.5
 
 
 def test_bucketing_cuts_padding_and_covers_everything():

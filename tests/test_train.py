@@ -73,6 +73,65 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_model(prepared, tmp_path,
     assert curve("crashed") == curve("whole")
 
 
+def test_resume_with_the_authors_model_settings_gives_the_same_model(prepared, tmp_path,
+                                                                    monkeypatch, capsys):
+    """GRUs, multi-head attention, attention pooling, a frame projection and dropout after
+    every encoder: a run resumed after a crash still ends with the same weights."""
+    cfg = config("train.epochs=2", "model.cell=gru", "model.attention=multihead",
+                 "model.attention_heads=4", "model.word_pooling=attention",
+                 "model.frame_projection=24", "model.encoder_dropout=true")
+    train.run(prepared["store"], prepared["validated"], tmp_path / "whole", cfg)
+    real_checkpoint = train.MemberTrainer.checkpoint
+
+    def crash_after_epoch_one(self):
+        real_checkpoint(self)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train.MemberTrainer, "checkpoint", crash_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
+    monkeypatch.setattr(train.MemberTrainer, "checkpoint", real_checkpoint)
+    train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
+    assert "session5-seed0: resumed after epoch 1" in capsys.readouterr().out
+    whole = weights(tmp_path / "whole" / "session5-seed0" / "model.pt")
+    resumed = weights(tmp_path / "crashed" / "session5-seed0" / "model.pt")
+    assert "speech.lstm.forward_gru.weight_ih_l0" in whole and "pool.context.weight" in whole
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_the_authors_recipe_trains_evaluates_and_serves(prepared, tmp_path):
+    """configs/xu2019.yaml, made small: its spectrum store, two epochs, the evaluation; the
+    bundle keeps the tokenizer, so serving scores an utterance as evaluation did."""
+    from components import features
+    from components.config import PROJECT_ROOT
+    from model.serving import Predictor
+    from model.text import Tokenizer
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "xu2019.yaml", [
+        "train.epochs=2", "model.hidden=8", "model.embed_dim=16", "model.frame_projection=16",
+        "model.attention_heads=4", "model.frame_pool=10", "train.threads=1",
+        "features.workers=1"])
+    features.run(prepared["validated"], tmp_path / "store", cfg.features)
+    train.run(tmp_path / "store", prepared["validated"], tmp_path / "m", cfg)
+    metrics = evaluate.run(tmp_path / "m", tmp_path / "store", prepared["validated"],
+                           tmp_path / "e", cfg)
+    assert metrics["classes"] == ["angry", "happy", "neutral", "sad"] and metrics["n_test"] > 0
+    assert 0 <= metrics["ua"] <= 1 and metrics["attention_alignment"]["words"] > 0
+    path = tmp_path / "m" / "session5-seed0" / "model.pt"
+    bundle = torch.load(path, weights_only=True)
+    assert bundle["tokenizer"] == {"punctuation": True, "max_words": 100}
+    assert bundle["feature_spec"]["kind"] == "spectrum" and bundle["spec"]["cell"] == "gru"
+    predictor = Predictor([path])
+    assert predictor.members[0].inputs.vocab.tokenizer == Tokenizer(True, 100)
+    predictions = pd.read_csv(tmp_path / "e" / "predictions.csv").head(3)
+    rows = outputs.labelled_rows(prepared["validated"] / "manifest.parquet",
+                                 cfg.ingest.classes)
+    served = predictor.predict_proba(list(rows.loc[predictions["utt_id"], "wav_path"]),
+                                     list(rows.loc[predictions["utt_id"], "transcript"]))
+    expected = predictions[[f"p_{c}" for c in cfg.ingest.classes]].to_numpy()
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_a_checkpoint_from_other_settings_is_refused(prepared, tmp_path):
     train.run(prepared["store"], prepared["validated"], tmp_path / "m", config())
     with pytest.raises(train.TrainError, match="other data or settings"):
