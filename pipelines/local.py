@@ -389,7 +389,9 @@ def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, l
     task status lines)."""
     summary = run_summary(run, config, lineage)
     if not summary["retrained"]:
-        return summary, ["", f"{summary['reason']}; finished in {run.seconds:.1f} s"]
+        ended = ("the pipeline was not started" if isinstance(run, NotStarted)
+                 else f"finished in {run.seconds:.1f} s")
+        return summary, ["", f"{summary['reason']}; {ended}"]
     return summary, _report_lines(run, config, summary)
 
 
