@@ -324,8 +324,8 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
     return run
 
 
-def record_not_started(decided: check.Decision, config: Config, lineage: Lineage, pipeline_root: Path,
-                       started: float) -> NotStarted:
+def record_not_started(decided: check.Decision, config: Config, lineage: Lineage,
+                       pipeline_root: Path, started: float) -> NotStarted:
     """A folder for a retrain that did not start the pipeline, as kfp.local would name its
     run (`pipeline_run` in the summary and the notification): the check's decision at the
     path the check task writes it to, and a log saying how it was reached."""
