@@ -169,8 +169,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    """What a schedule runs: the pipeline, which stops after its check step when the
-    champion was trained from this data, code and config (unless --force)."""
+    """What a schedule runs: the pipeline, unless the champion was trained from this data,
+    code and config (and not --force). Locally that answer is the check step's own
+    (components/check.py), asked before kfp.local starts: "nothing to retrain" starts no
+    pipeline. On a cluster (`emoalign schedule`) the pipeline's check task gives it."""
     args.only_if_changed = not args.force
     return cmd_run(args)
 

@@ -58,22 +58,16 @@ def check(config_yaml: str, corpus: str, data_hash: str, git_sha: str, git_dirty
     this data, code and config. Why, in `decision` (its text, and its metadata `reason`)."""
     from pathlib import Path
 
-    if force:  # emoalign run: no need to load MLflow at all
-        reason = "forced: trained whatever the champion was trained from"
-    else:
-        from components import registry
-        from components.config import config_from_yaml
-        from components.lineage import Lineage
+    from components import check as step
+    from components.config import config_from_yaml
+    from components.lineage import Lineage
 
-        reason = registry.retrain_reason(config_from_yaml(config_yaml),
-                                         Lineage(corpus, data_hash, git_sha, git_dirty))
-        print(reason or "nothing to retrain")
-    retrain = bool(reason)
-    reason = reason or ("nothing to retrain: the champion was trained from this data, code "
-                        "and config")
-    decision.metadata["reason"] = reason
-    Path(decision.path).write_text(f"# {'Retrain' if retrain else 'No retrain'}\n\n{reason}\n")
-    return retrain
+    decided = step.run(config_from_yaml(config_yaml),
+                       Lineage(corpus, data_hash, git_sha, git_dirty), force)
+    print(decided.reason)
+    decision.metadata["reason"] = decided.reason
+    Path(decision.path).write_text(decided.markdown())
+    return decided.retrain
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -13,6 +13,11 @@ exception line, which kfp.local passes on to nothing else.
 The end of a run, succeeded or failed, is posted to notify.webhook from here
 (`notify_run`), once: kfp.local runs the DAG's exit task, but the final status it gives it
 names no failed task, so the exit task is built not to send locally.
+
+`emoalign retrain` asks the check task's question (components/check.py) in this process
+before starting kfp.local: when the champion was trained from this data, code and config,
+the pipeline is not started at all (`NotStarted`); the summary and the notification are
+the ones a pipeline stopped by its check task gives.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from components import check
 from components.config import Config, config_from_yaml
 from components.errors import UserError
 from components.lineage import DEFAULT_DATA, Lineage
 from components.outputs import STEP_OUTPUTS, StepOutputs
+from pipelines import PIPELINE_NAME
 
 RESOLVED_CONFIG = "config.resolved.yaml"  # beside the run's task folders
 
@@ -72,6 +80,10 @@ class LocalRun:
                     if (uri := self.artifact_uri(task, reader.KFP_OUTPUT)) is not None}
         return dataclasses.replace(StepOutputs.of_pipeline_run(self.run_dir), **declared)
 
+    def decision(self) -> tuple[bool, str]:
+        """The check task's answer: whether the run trains, and why (or why not)."""
+        return self.parameter("check"), self.artifact_metadata("check", "decision")["reason"]
+
     def _executor_output(self, task: str) -> dict:
         """What KFP recorded of a finished task's outputs: its parameters, and its artifacts'
         URIs and metadata (a task that failed or did not run has none)."""
@@ -95,6 +107,18 @@ class LocalRun:
             return Path(self._artifact(task, name)["uri"])
         except (OSError, KeyError, IndexError):
             return None
+
+
+@dataclass
+class NotStarted(LocalRun):
+    """A retrain with nothing to retrain, answered before kfp.local was started (the check
+    step's question, asked in this process): no task ran. Its folder, named as kfp.local
+    names a run's, keeps what the check task's would: the decision (check/decision), the
+    resolved config, and a log saying why the pipeline did not start."""
+    reason: str = ""
+
+    def decision(self) -> tuple[bool, str]:
+        return False, self.reason
 
 
 class _StatusTee(io.TextIOBase):
@@ -185,7 +209,7 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
     where its outputs are."""
     from kfp import local
 
-    from pipelines.pipeline import PIPELINE_NAME, build_pipeline
+    from pipelines.pipeline import build_pipeline
 
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
@@ -276,11 +300,21 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
         registry.connect(uri, consequence="nothing was trained or registered")
         os.environ["MLFLOW_TRACKING_URI"] = uri  # the task subprocesses inherit it
         print(f"tracking {registry.redact(uri)}")
-        run = run_pipeline(
-            {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
-             "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
-             "git_dirty": lineage.git_dirty, "force": force},
-            workdir / "pipeline_root", parallelism=local_parallelism(config))
+        started = time.perf_counter()
+        # The check task's question, asked here first (this process has MLflow loaded
+        # already): "no" needs no pipeline, whose fetch, check and exit tasks would each
+        # start a process and import MLflow to give the same answer. "Yes" runs the
+        # pipeline, which asks again in its check task, as on a cluster.
+        decided = None if force else check.run(config, lineage)
+        if decided is not None and not decided.retrain:
+            run = record_not_started(decided, config, lineage, workdir / "pipeline_root",
+                                     started)
+        else:
+            run = run_pipeline(
+                {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
+                 "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
+                 "git_dirty": lineage.git_dirty, "force": force},
+                workdir / "pipeline_root", parallelism=local_parallelism(config))
         (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
     except Exception as failure:
         notify_run(config, failure=failure)
@@ -288,6 +322,27 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
     if config.notify.webhook:
         notify_run(config, summary=run_summary(run, config, lineage))
     return run
+
+
+def record_not_started(decided: check.Decision, config: Config, lineage: Lineage,
+                       pipeline_root: Path, started: float) -> NotStarted:
+    """A folder for a retrain that did not start the pipeline, as kfp.local would name its
+    run (`pipeline_run` in the summary and the notification): the check's decision at the
+    path the check task writes it to, and a log saying how it was reached."""
+    now = datetime.now()
+    run_dir = Path(pipeline_root).resolve() / f"{PIPELINE_NAME}-{now:%Y-%m-%d-%H-%M-%S-%f}"
+    (run_dir / "check").mkdir(parents=True)
+    (run_dir / "check" / "decision").write_text(decided.markdown())
+    log_path = run_dir / "pipeline.log"
+    log_path.write_text(
+        f"{now:%Y-%m-%d %H:%M:%S} the pipeline was not started: `emoalign "
+        "retrain` asked the check step's question (components/check.py) in its own process\n"
+        f"data hash {lineage.data_hash}, code {lineage.git_sha or '?'}"
+        f"{' (uncommitted changes)' if lineage.git_dirty else ''}, config sha256 "
+        f"{config.sha256()}, registered model {config.registry.model_name!r}\n"
+        f"{decided.reason}\n")
+    return NotStarted(run_dir=run_dir, log_path=log_path,
+                      seconds=time.perf_counter() - started, reason=decided.reason)
 
 
 def notify_run(config: Config, summary: dict | None = None,
@@ -334,14 +389,16 @@ def run_report(run: LocalRun, config: Config, lineage: Lineage) -> tuple[dict, l
     task status lines)."""
     summary = run_summary(run, config, lineage)
     if not summary["retrained"]:
-        return summary, ["", f"{summary['reason']}; finished in {run.seconds:.1f} s"]
+        ended = ("the pipeline was not started" if isinstance(run, NotStarted)
+                 else f"finished in {run.seconds:.1f} s")
+        return summary, ["", f"{summary['reason']}; {ended}"]
     return summary, _report_lines(run, config, summary)
 
 
 def run_summary(run: LocalRun, config: Config, lineage: Lineage) -> dict:
     """The run summary `--summary-json` writes (and the notification is made of)."""
-    if not run.parameter("check"):
-        reason = run.artifact_metadata("check", "decision")["reason"]
+    retrain, reason = run.decision()
+    if not retrain:
         return {"retrained": False, "reason": reason, "data_hash": lineage.data_hash,
                 "git_sha": lineage.git_sha or None, "pipeline_run": run.run_dir.name,
                 "run_dir": str(run.run_dir), "model_name": config.registry.model_name}
@@ -350,7 +407,7 @@ def run_summary(run: LocalRun, config: Config, lineage: Lineage) -> dict:
                                       out.tracked.read())
     summary = {
         "retrained": True,
-        "retrain_reason": run.artifact_metadata("check", "decision")["reason"],
+        "retrain_reason": reason,
         "wa": metrics["wa"], "ua": metrics["ua"],
         **{k: metrics[k] for k in ("ua_mean", "ua_std", "wa_mean", "wa_std", "results")},
         "per_class_recall": {c: v["recall"] for c, v in metrics["per_class"].items()},

@@ -16,10 +16,10 @@ cores among the tasks running at once (`tasks_per_machine`).
 
 from kfp import dsl
 
+from pipelines import PIPELINE_NAME
 from pipelines import kfp_components as steps  # each step as a KFP component
 from pipelines.cluster import configure
 
-PIPELINE_NAME = "emoalign"
 FAN_OUT = "fold-seed"  # the ParallelFor's name
 
 

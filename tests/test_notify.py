@@ -11,8 +11,8 @@ import types
 import pytest
 from kfp import dsl
 
-from components import notify
-from components.config import load_config
+from components import check, notify, registry
+from components.config import config_from_yaml, load_config
 from components.errors import ConfigError
 from components.lineage import Lineage
 from conftest import SENTINEL, assert_one_line_error, emoalign
@@ -127,6 +127,45 @@ def test_a_failed_run_is_reported_once_with_the_failed_task_and_its_reason(
     log = (run_dir / "pipeline.log").read_text()
     assert "Task 'notify' finished with status SUCCESS" in log  # kfp.local ran the exit task
     assert "the local runner sends the notification" in log
+
+
+def test_nothing_to_retrain_starts_no_pipeline_and_is_reported_as_before(tmp_path, webhook,
+                                                                       monkeypatch):
+    """`emoalign retrain` asks the check step's question before starting kfp.local. "Nothing
+    to retrain" starts no pipeline, leaves a record (the check's decision, the config) and
+    sends what a pipeline stopped by its check task sent: succeeded, retrained false, the
+    reason. A reason to train runs the pipeline unforced (its check task asks again); a
+    forced run does not ask first."""
+    nothing = check.Decision(False, check.NOTHING_TO_RETRAIN)
+    config = load_config(None, [f"notify.webhook={webhook.url}"])
+    seen = Lineage("corpus", "0" * 32 + ".dir", "abc", False)
+    monkeypatch.setattr(registry, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(check, "run", lambda *a, **k: nothing)
+    monkeypatch.setattr(local, "run_pipeline", lambda *a, **k: pytest.fail("pipeline started"))
+    run = local.run_local_pipeline(config, seen, tmp_path, force=False)
+    assert isinstance(run, local.NotStarted)
+    assert run.run_dir.parent == (tmp_path / "pipeline_root").resolve()
+    assert (run.run_dir / "check" / "decision").read_text() == nothing.markdown()
+    assert config_from_yaml((run.run_dir / local.RESOLVED_CONFIG).read_text()) == config
+    summary, lines = local.run_report(run, config, seen)
+    assert (summary["retrained"], summary["reason"]) == (False, check.NOTHING_TO_RETRAIN)
+    assert lines[-1] == f"{check.NOTHING_TO_RETRAIN}; the pipeline was not started"
+    (body,) = bodies(webhook)
+    expected = {"status": "succeeded", "pipeline_run": run.run_dir.name, "retrained": False,
+                "retrain_reason": check.NOTHING_TO_RETRAIN, "model_version": None,
+                "gate_decision": None, "failed_task": None, "reported_by": "local_runner"}
+    assert {k: body[k] for k in expected} == expected
+
+    started = []
+    ran = local.LocalRun(tmp_path, tmp_path / "pipeline.log", 1.0)
+    monkeypatch.setattr(local, "run_pipeline", lambda arguments, *a, **k:
+                        started.append(arguments["force"]) or ran)
+    monkeypatch.setattr(check, "run", lambda *a, **k: check.Decision(True, "config changed"))
+    quiet = load_config()
+    assert local.run_local_pipeline(quiet, seen, tmp_path, force=False) is ran
+    monkeypatch.setattr(check, "run", lambda *a, **k: pytest.fail("asked when forced"))
+    assert local.run_local_pipeline(quiet, seen, tmp_path, force=True) is ran
+    assert started == [False, True] and len(webhook.received) == 1
 
 
 def test_an_unreachable_webhook_is_one_line_and_the_run_goes_on(tmp_path, webhook,

@@ -106,8 +106,9 @@ def test_history_records_every_alias_move_consistently(two_runs):
 
 def test_retrain_stops_early_when_nothing_changed_since_the_champion(two_runs, tmp_path,
                                                                     monkeypatch):
-    """`emoalign retrain` with the champion's own data, code and config stops after its check
-    task; a change to any of them is a reason to train (the check step's answer, asked
+    """`emoalign retrain` with the champion's own data, code and config answers "nothing to
+    retrain" without starting the pipeline (the check step's question, asked in its own
+    process); a change to any of them is a reason to train (the check step's answer, asked
     directly: what a whole run does with it is every other run's test)."""
     sha, dirty = lineage.git_sha(Path(__file__).resolve().parents[1])
     if sha is None or dirty:
@@ -121,9 +122,13 @@ def test_retrain_stops_early_when_nothing_changed_since_the_champion(two_runs, t
                      *_sets(GATE + [f"seed={n}"]), env=two_runs["env"])
     assert again.returncode == 0, again.stderr
     assert "nothing to retrain" in again.stdout
-    assert "Executing task 'check'" in again.stdout
-    assert "Executing task 'ingest'" not in again.stdout
-    assert json.loads((tmp_path / "again.json").read_text())["retrained"] is False
+    assert "Executing task" not in again.stdout  # kfp.local was not started
+    summary = json.loads((tmp_path / "again.json").read_text())
+    assert summary["retrained"] is False
+    # Its record: the check's decision where the check task writes it, and why.
+    record = Path(summary["run_dir"])
+    assert (record / "check" / "decision").read_text().startswith("# No retrain\n")
+    assert "the pipeline was not started" in (record / "pipeline.log").read_text()
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", two_runs["uri"])
     same = Lineage(str(two_runs["corpora"][n]), summaries[n]["data_hash"], sha, False)
@@ -137,6 +142,37 @@ def test_retrain_stops_early_when_nothing_changed_since_the_champion(two_runs, t
     assert registry.retrain_reason(config, other_data).startswith("data changed: ")
     assert registry.retrain_reason(config, Lineage(same.corpus, same.data_hash, sha, True)) \
         .startswith("code changed: ")
+
+
+def test_the_check_task_and_emoalign_retrain_ask_one_decision(monkeypatch, tmp_path):
+    """components/check.py decides for both: forced without asking MLflow, "nothing to
+    retrain" when the registry finds no reason, its reason otherwise. The check task only
+    writes that decision down (its bool, its Markdown, its reason)."""
+    from kfp import dsl
+
+    from components import check
+    from pipelines import kfp_components
+
+    asked = []
+    monkeypatch.setattr(registry, "retrain_reason", lambda config, seen: asked.append(seen))
+    config, seen = Config(), Lineage("corpus", "0" * 32 + ".dir", "abc", False)
+    assert check.run(config, seen, force=True) == check.Decision(True, check.FORCED)
+    assert asked == []  # forced: the registry is not asked
+    assert check.run(config, seen) == check.Decision(False, check.NOTHING_TO_RETRAIN)
+    assert asked == [seen]
+    for reason in (None, "config changed"):
+        monkeypatch.setattr(registry, "retrain_reason", lambda *a, reason=reason: reason)
+        decided = check.run(config, seen)
+        assert decided.retrain is (reason is not None)
+        decision = dsl.Markdown(name="decision", uri=str(tmp_path / f"decision-{reason}"))
+        retrain = kfp_components.check.python_func(
+            config_yaml=config.to_yaml(), corpus=seen.corpus, data_hash=seen.data_hash,
+            git_sha=seen.git_sha, git_dirty=seen.git_dirty, force=False, decision=decision)
+        assert retrain is decided.retrain
+        assert decision.metadata["reason"] == decided.reason == (reason or
+                                                                  check.NOTHING_TO_RETRAIN)
+        assert Path(decision.path).read_text() == decided.markdown()
+    assert decided.markdown() == "# Retrain\n\nconfig changed\n"
 
 
 def test_promote_by_hand_rollback_and_their_history(two_runs, tmp_path):
