@@ -4,8 +4,8 @@ and seeds.
 
     .venv/bin/python benchmarks/fusion.py [--voices builtin tts stress] [--utterances 2000]
         [--protocol holdout|loso] [--seeds 0 1 2] [--kinds align speech text late_fusion]
-        [--references speech text late_fusion align] [--set key=value ...] [--workers 2]
-        [--cache DIR] [--save FILE] [--against FILE]
+        [--references speech text late_fusion align] [--config FILE] [--set key=value ...]
+        [--workers 2] [--cache DIR] [--save FILE] [--against FILE]
 
 For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, espeak-ng with
 `--voice tts`, or `stress`: espeak-ng with `--voice tts --stress`, where each utterance names
@@ -25,7 +25,9 @@ every frame, 25 epochs, last epoch). It prints, per corpus:
 - for align, the modality ablation and the attention lift (attention mass on a word's own
   speech frames over what uniform attention puts there, from the .wdseg timings: 1 is no
   alignment), mean ± std over the models.
-With `--save FILE` every model's UA and WA go to FILE (JSON); `--against FILE` compares this
+With `--config FILE` ours train from that file (a preset: configs/xu2019.yaml) on one thread
+each instead of the benchmark's model size, and with a class set of its own the corpus is
+ingested into a manifest of its own. With `--save FILE` every model's UA and WA go to FILE (JSON); `--against FILE` compares this
 run with such a file, kind by kind over the same (fold, seed): how two recipes differ,
 paired, with each one's seed spread.
 An accuracy figure, not a timing: it backs the README's fusion table.
@@ -52,7 +54,7 @@ from scipy import stats  # noqa: E402
 import reference  # noqa: E402
 from components import (evaluate, features, folds, ingest, sample_corpus, train,  # noqa: E402
                         validate)
-from components.config import load_config  # noqa: E402
+from components.config import IngestConfig, load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
 
 # The benchmark's model size (the fusion test's): small enough for 2 cores.
@@ -64,8 +66,14 @@ CUES = ("both", "voice", "text", "neutral")
 STRESS_COLUMNS = ("first", "second")
 
 
+def recipe(config_file: Path | None) -> list[str]:
+    """The settings under `--set`: the benchmark's model size, or with a config file (a
+    preset such as configs/xu2019.yaml) that file's own, on one thread per training."""
+    return SETTINGS if config_file is None else ["train.threads=1"]
+
+
 def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
-            cache: Path | None = None) -> Path:
+            cache: Path | None = None, config_file: Path | None = None) -> Path:
     """The corpus, its validated manifest, our feature store and the reference's. With
     `cache`, the corpus, manifest and stores are kept there and reused by later runs (the
     stores keyed by their feature settings); `scratch` then links to them."""
@@ -81,15 +89,21 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
         shutil.rmtree(corpus, ignore_errors=True)
         sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer,
                                stress=voice == "stress")
-    config = load_config(None, [*SETTINGS, *overrides])
-    if not (kept / "validated").is_dir():
-        ingest.run(corpus, kept / "ingest")
-        validate.run(kept / "ingest", kept / "validated", config.ingest.classes,
-                     config.validate)
+    config = load_config(config_file, [*recipe(config_file), *overrides])
+    # Another class set (a preset's) labels the corpus otherwise: its own manifest.
+    labels = config.ingest.label_map()
+    validated = "validated" if labels == IngestConfig().label_map() else \
+        "validated-" + "-".join(f"{code}={name}" for code, name in sorted(labels.items()))
+    if not (kept / validated).is_dir():
+        ingest.run(corpus, kept / f"ingest{validated.removeprefix('validated')}",
+                   config.ingest)
+        validate.run(kept / f"ingest{validated.removeprefix('validated')}", kept / validated,
+                     config.ingest.classes, config.validate)
     folder.mkdir(parents=True, exist_ok=True)
     if cache:
-        for name in ("IEMOCAP_full_release", "validated"):
-            (folder / name).symlink_to(kept / name)
+        (folder / "IEMOCAP_full_release").symlink_to(kept / "IEMOCAP_full_release")
+    if not (folder / "validated").exists():
+        (folder / "validated").symlink_to(kept / validated)
     stores = kept / "stores" if cache else None
     features.run(folder / "validated", folder / "store", config.features, stores)
     features.run(folder / "validated", folder / "refstore",
@@ -98,8 +112,9 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
 
 
 def ours(job: tuple) -> dict:
-    folder, kind, fold, seed, overrides, protocol = job
-    config = load_config(None, [*SETTINGS, *overrides, f"model.kind={kind}", f"seed={seed}",
+    folder, kind, fold, seed, overrides, protocol, config_file = job
+    config = load_config(config_file, [*recipe(config_file), *overrides, f"model.kind={kind}",
+                                       f"seed={seed}",
                                 f"protocol={protocol}"])
     name = f"{kind}_{fold}_{seed}"
     with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines
@@ -296,6 +311,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["align", "speech", "text", "late_fusion"])
     parser.add_argument("--references", nargs="*", default=["speech", "text", "late_fusion",
                                                              "align"])
+    parser.add_argument("--config", type=Path,
+                        help="train ours from this config file (e.g. configs/xu2019.yaml) "
+                             "instead of the benchmark's model size; --set goes on top")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config overrides for our trainings")
     parser.add_argument("--workers", type=int, default=2)
@@ -310,12 +328,12 @@ def main() -> None:
     folds = ["session5"] if args.protocol == "holdout" else [f"session{s}" for s in range(1, 6)]
     print(f"{args.utterances} utterances per corpus (corpus seed 3), {args.protocol} "
           f"({len(folds)} folds) x seeds {args.seeds}; ours: "
-          f"{' '.join(SETTINGS + args.overrides)}", flush=True)
+          f"{args.config or ''} {' '.join(recipe(args.config) + args.overrides)}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="emoalign-fusion-"))
     try:
         for voice in args.voices:
             folder = prepare(scratch, voice, args.utterances, args.overrides,
-                             args.cache)
+                             args.cache, args.config)
             cells = list(itertools.product(folds, args.seeds))
             trained = [k for k in args.references if k != "late_fusion"]
             if "late_fusion" in args.references:
@@ -323,7 +341,7 @@ def main() -> None:
             # The slowest (frame-level LSTMs) first, so the pool ends together.
             jobs = [(theirs, (folder, k, f, s, args.protocol)) for k in
                     sorted(trained, key=["align", "speech", "text"].index) for f, s in cells]
-            jobs += [(ours, (folder, k, f, s, args.overrides, args.protocol))
+            jobs += [(ours, (folder, k, f, s, args.overrides, args.protocol, args.config))
                      for k in args.kinds for f, s in cells]
             with ProcessPoolExecutor(args.workers) as pool:
                 results = list(pool.map(_call, jobs))
@@ -334,7 +352,8 @@ def main() -> None:
             if saved is not None:
                 compare_runs(voice, results, saved)
             if args.save:
-                kept += saved_form(voice, results, SETTINGS + args.overrides)
+                kept += saved_form(voice, results, [*([str(args.config)] if args.config else []),
+                                                    *recipe(args.config), *args.overrides])
                 args.save.write_text(json.dumps(kept, indent=1))
             shutil.rmtree(folder, ignore_errors=True)
     finally:
