@@ -27,9 +27,9 @@ every frame, 25 epochs, last epoch). It prints, per corpus:
   alignment), mean ± std over the models.
 With `--config FILE` ours train from that file (a preset: configs/xu2019.yaml) on one thread
 each instead of the benchmark's model size, and with a class set of its own the corpus is
-ingested into a manifest of its own. With `--save FILE` every model's UA and WA go to FILE (JSON); `--against FILE` compares this
-run with such a file, kind by kind over the same (fold, seed): how two recipes differ,
-paired, with each one's seed spread.
+ingested into a manifest of its own. With `--save FILE` every model's UA and WA go to FILE
+(JSON); `--against FILE` compares this run with such a file, kind by kind over the same
+(fold, seed): how two recipes differ, paired, with each one's seed spread.
 An accuracy figure, not a timing: it backs the README's fusion table.
 """
 
