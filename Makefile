@@ -55,7 +55,7 @@ stack-down:
 
 # End-to-end tests: the pipeline against a stack of their own (free ports, a scratch folder)
 # and the project image built and run (e2e/test_image.py; it skips, saying why, without
-# buildah or 40 GB free). About 12 minutes on 2 cores with the image cache warm, 15.5 cold
+# buildah or 20 GB free). About 12 minutes on 2 cores with the image cache warm, 15.5 cold
 # (benchmarks/RESULTS.md).
 # `make test` does not run them.
 e2e: $(E2E_STAMP)
@@ -71,7 +71,7 @@ image: install
 	$(PY) infra/image.py build --cache $(IMAGE_CACHE)
 
 # The image tests alone (e2e/test_image.py, part of `make e2e`: builds it first). Skips when
-# buildah cannot be installed or the disk is short of 40 GB.
+# buildah cannot be installed or the disk is short of 20 GB.
 e2e-image: $(E2E_STAMP)
 	EMOALIGN_IMAGE_CACHE=$(IMAGE_CACHE) $(PY) -m pytest -q e2e/test_image.py --image
 

@@ -18,9 +18,15 @@ in CI, reuses it):
    reach, as here) a Debian bookworm base made with debootstrap and imported into buildah as
    localhost/emoalign-base:bookworm-<hash of the debootstrap command>, reused while that
    command does not change, and passed to `buildah bud --from`.
-4. `buildah bud --isolation chroot --pull=never`, with GIT_SHA / GIT_DIRTY as build args.
+4. `buildah bud --isolation chroot --pull=never --layers`, once per stage of the
+   Dockerfile in order (`--target`), then the whole, with GIT_SHA / GIT_DIRTY as build args.
    Only those two build args go in: nothing of this process's environment reaches the image.
-   The image it replaces is removed, so the store holds one copy.
+   The stages put the lock's large packages in layers of under 2 GB: buildah holds a layer
+   three times over while it commits it, and a stage's working container until its build
+   ends, so one stage at a time keeps the peak to the image plus about twice its largest
+   layer. Steps whose inputs did not change come from the layer cache.
+   The image it replaces is removed, and with it the intermediate images no image needs any
+   more, so the store holds one copy.
 
 It prints, and appends to CACHE/builds.jsonl, the time of each part and the image's size.
 """
@@ -62,9 +68,10 @@ BASE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 # container runtime mounts its own /dev). Part of the base's cache key, with the above.
 BASE_EXCLUDE = ["./dev/*"]
 # Free space a build takes at its peak, measured (benchmarks/RESULTS.md, "The project
-# image"): 34 GB for the 8.8 GB image, as the commit holds the working container's tree,
-# the layer's tar and the layer unpacked in the store at once; plus room for other writers.
-MIN_FREE_GB = 40
+# image"), with no layer cached, plus room for other writers.
+MIN_FREE_GB = 20
+# The label infra/Dockerfile's first stage sets: every intermediate image of its builds has it.
+BUILD_LABEL = "org.opencontainers.image.title=emoalign"
 STORAGE = Path("/var/lib/containers")  # buildah's store, as root
 TOOLS_MISSING = 3  # exit status: buildah (or debootstrap) cannot be installed
 NO_ROOM = 4  # exit status: too little free disk, even without the image this build replaces
@@ -192,18 +199,22 @@ def ensure_tools(*names: str) -> None:
 
 # ---- buildah store ------------------------------------------------------------------------
 
-def run_bud(command: list[str], log_path: str | None) -> tuple[int, bool]:
-    """Run `buildah bud`, its output to `log_path` or else the terminal; return its exit
-    status and whether it failed on the re-exec race (REEXEC_RACE)."""
-    raced = False
-    with (open(log_path, "w") if log_path else contextlib.nullcontext(sys.stdout)) as sink:
+def run_bud(command: list[str], log_path: str | None) -> tuple[int, bool, int, int]:
+    """Run `buildah bud`, its output appended to `log_path` or else to the terminal; return
+    its exit status, whether it failed on the re-exec race (REEXEC_RACE), how many steps it
+    walked (FROM aside) and how many of them came from the layer cache."""
+    raced, steps, cached = False, 0, 0
+    with (open(log_path, "a") if log_path else contextlib.nullcontext(sys.stdout)) as sink:
         with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) as bud:
             for line in bud.stdout:
                 sink.write(line)
                 raced = raced or REEXEC_RACE in line
+                # A stage's FROM is neither built nor cached: not counted.
+                steps += bool(re.match(r"(\[\d+/\d+\] )?STEP \d+/\d+: (?!FROM )", line))
+                cached += line.startswith("--> Using cache")
         sink.flush()
-    return bud.returncode, raced
+    return bud.returncode, raced, steps, cached
 
 
 def image_id(name: str) -> str | None:
@@ -237,6 +248,28 @@ def remove_image(ref: str) -> None:
     done = run("buildah", "rmi", ref, check=False, capture=True)
     if done.returncode != 0:
         log(f"could not remove {ref}: {done.stderr.strip()[-300:]}")
+
+
+def leftover_images() -> list[str]:
+    """Intermediate images of earlier builds that no image needs: untagged, without a child
+    (an older build's stages after the image it built was replaced, or a failed build's)."""
+    done = run("buildah", "images", "--quiet", "--no-trunc", "--filter", "dangling=true",
+               "--filter", f"label={BUILD_LABEL}", check=False, capture=True)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def remove_leftovers() -> int:
+    """Remove leftover_images(); removing one removes the parents only it needed. Returns
+    how many were removed."""
+    removed = 0
+    for _ in range(20):  # each pass may leave a parent childless
+        leftovers = leftover_images()
+        if not leftovers:
+            break
+        for ref in leftovers:
+            remove_image(ref)
+        removed += len(leftovers)
+    return removed
 
 
 # ---- wheelhouse ---------------------------------------------------------------------------
@@ -289,11 +322,23 @@ def wheelhouse(cache: Path) -> tuple[Path, dict]:
 
 # ---- base ---------------------------------------------------------------------------------
 
+def dockerfile_stages(dockerfile: Path) -> list[tuple[str, str | None]]:
+    """(FROM's image or stage, the stage's name or None) for each stage, in order."""
+    return [(image, name or None) for image, name in re.findall(
+        r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?\s*$", dockerfile.read_text(), re.M | re.I)]
+
+
 def dockerfile_base(dockerfile: Path) -> str:
-    found = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.M)
-    if len(found) != 1:
-        raise ImageError(f"{dockerfile}: expected one FROM, found {found}")
-    return found[0]
+    """The image the first stage starts from: the one image the build needs from outside."""
+    stages = dockerfile_stages(dockerfile)
+    if not stages:
+        raise ImageError(f"{dockerfile}: no FROM")
+    names = {name for _, name in stages}
+    outside = [image for image, _ in stages if image not in names]
+    if outside != [stages[0][0]]:
+        raise ImageError(f"{dockerfile}: expected only the first stage to start from an "
+                         f"image, found {outside}")
+    return stages[0][0]
 
 
 def pull(name: str) -> bool:
@@ -400,9 +445,13 @@ def git_state(dockerfile: Path) -> tuple[str, bool]:
 
 
 def bud_command(args, dockerfile: Path, wheels: Path, from_image: str | None, sha: str,
-                dirty: bool) -> list[str]:
+                dirty: bool, target: str | None = None) -> list[str]:
+    """`buildah bud` for one stage (`target`) or, with None, for the whole image (tagged).
+    Every other flag is the same for each, so each stage's steps hit the layer cache the
+    stages before it filled."""
     bud = ["buildah", "bud", "--isolation", "chroot", "--pull=never", "--force-rm",
-           "--layers=false", "-f", dockerfile, "-t", args.tag,
+           "--layers", "-f", dockerfile, *(["--target", target] if target else
+                                           ["-t", args.tag]),
            "-v", f"{wheels}:/wheels:ro",
            "--build-arg", f"GIT_SHA={sha}", "--build-arg", f"GIT_DIRTY={str(dirty).lower()}",
            "--label", f"org.opencontainers.image.revision={sha}",
@@ -412,21 +461,39 @@ def bud_command(args, dockerfile: Path, wheels: Path, from_image: str | None, sh
     return [*map(str, bud), str(ROOT)]
 
 
-def run_build(command: list[str], log_path: str | None) -> LowestFree:
-    """Run `buildah bud` (again once, on the re-exec race); return how low free disk went."""
-    with LowestFree(STORAGE) as disk:
-        for attempt in range(1, BUILDAH_ATTEMPTS + 1):
-            returncode, raced = run_bud(command, log_path)
-            if returncode == 0 or not raced or attempt == BUILDAH_ATTEMPTS:
-                break
-            log(f"buildah could not re-execute itself ({REEXEC_RACE}: a kernel race under "
-                "load, nothing was built); building again")
+def run_stage(command: list[str], log_path: str | None, disk: "LowestFree") -> tuple[int, int]:
+    """Run one `buildah bud` (again once, on the re-exec race); return how many steps it
+    walked and how many of them it built (the rest came from the layer cache)."""
+    for attempt in range(1, BUILDAH_ATTEMPTS + 1):
+        returncode, raced, steps, cached = run_bud(command, log_path)
+        if returncode == 0 or not raced or attempt == BUILDAH_ATTEMPTS:
+            break
+        log(f"buildah could not re-execute itself ({REEXEC_RACE}: a kernel race under "
+            "load, nothing was built); building again")
     if returncode != 0:
         filled = (f" with the disk full ({disk.at_start:.0f} GB were free under {STORAGE}; "
-                  "raise --min-free-gb)" if disk.lowest < 1 else "")
+                  "raise --min-free-gb)" if free_gb(STORAGE) < 1 or disk.lowest < 1 else "")
         raise ImageError(f"buildah bud failed ({returncode}){filled}"
                          + (f"; see {log_path}" if log_path else ""))
-    return disk
+    return steps, steps - cached
+
+
+def run_build(commands: dict[str | None, list[str]], log_path: str | None
+              ) -> tuple[LowestFree, dict]:
+    """Build each stage, then the image; return how low free disk went and, per stage
+    (None: the image), its seconds and how many steps it built. A stage's build walks the
+    stages before it again, from the layer cache they just filled."""
+    if log_path:
+        Path(log_path).write_text("")
+    stages = {}
+    with LowestFree(STORAGE) as disk:
+        for target, command in commands.items():
+            started = time.monotonic()
+            log(f"  {'stage ' + target if target else 'the image'} ...")
+            steps, built = run_stage(command, log_path, disk)
+            stages[target or "image"] = {"seconds": round(time.monotonic() - started, 1),
+                                         "steps": steps, "built_steps": built}
+    return disk, stages
 
 
 def build(args) -> dict:
@@ -442,12 +509,18 @@ def build(args) -> dict:
     log(f"building {args.tag} from {from_image or base_record['name']} "
         f"(commit {sha[:12]}{', dirty' if dirty else ''}) ...")
     build_started = time.monotonic()
-    disk = run_build(bud_command(args, dockerfile, wheels, from_image, sha, dirty), args.log)
+    targets = [name for _, name in dockerfile_stages(dockerfile)[:-1]] + [None]
+    disk, stages = run_build({target: bud_command(args, dockerfile, wheels, from_image, sha,
+                                                  dirty, target) for target in targets},
+                             args.log)
     build_seconds = time.monotonic() - build_started
     new = image_id(args.tag)
     if previous and previous != new:
         log(f"removing the image it replaces ({previous[:12]})")
         remove_image(previous)
+    leftovers = remove_leftovers()
+    if leftovers:
+        log(f"removed {leftovers} intermediate image(s) no image needs any more")
     size = image_size(new)
     total = time.monotonic() - started
     record = {
@@ -458,7 +531,8 @@ def build(args) -> dict:
         "seconds": {"wheelhouse": wheel_record["seconds"], "base": base_record["seconds"],
                     "build": round(build_seconds, 1), "total": round(total, 1)},
         "wheelhouse": {k: wheel_record[k] for k in ("key", "files", "bytes", "reused")},
-        "base": base_record, "disk_peak_gb": round(disk.peak_use_gb, 1),
+        "base": base_record, "disk_peak_gb": round(disk.peak_use_gb, 1), "stages": stages,
+        "steps_built": sum(v["built_steps"] for v in stages.values()),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with open(cache / "builds.jsonl", "a") as f:
@@ -468,7 +542,9 @@ def build(args) -> dict:
     s = record["seconds"]
     log(f"{args.tag} ({new[:12]}): {human(size)}; {record['kind']} build {s['total']:.0f} s "
         f"(wheelhouse {s['wheelhouse']:.0f} s, base {s['base']:.0f} s, buildah bud "
-        f"{s['build']:.0f} s), {record['disk_peak_gb']:.0f} GB of disk at its peak; "
+        f"{s['build']:.0f} s, {record['steps_built']} of its {stages['image']['steps']} "
+        f"steps built, the rest from the layer cache), {record['disk_peak_gb']:.1f} GB of "
+        f"disk at its peak; "
         f"recorded in {cache / 'builds.jsonl'}")
     return record
 

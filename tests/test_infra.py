@@ -422,7 +422,7 @@ def test_corpus_volume_is_the_one_the_pipeline_mounts():
 def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile):
     steps_ = dockerfile_instructions(dockerfile)
     words = [w for w, _ in steps_]
-    [base] = [args for w, args in steps_ if w == "FROM"]
+    base = [args for w, args in steps_ if w == "FROM"][0]
     name, _, tag = base.split()[0].partition(":")
     assert name == "python" and re.fullmatch(r"\d+\.\d+\.\d+-slim-\w+", tag), \
         f"base {base!r} must be pinned to a full version"
@@ -467,6 +467,114 @@ def test_cuda_image_declares_the_nvidia_runtime_and_checks_torch():
     lock = (INFRA / "requirements-runtime.lock").read_text()
     assert re.search(r"^nvidia-cuda-runtime-cu12==", lock, re.M), \
         "the image's lock no longer brings the CUDA runtime: the cuda image needs a new base"
+
+
+def _image_tool():
+    sys.path.insert(0, str(INFRA))
+    try:
+        import image
+    finally:
+        sys.path.remove(str(INFRA))
+    return image
+
+
+LARGE = re.compile(r"nvidia-.*|torch|torchaudio|triton")  # a hundred MB or more each
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_stages_put_the_large_packages_in_layers_of_their_own(dockerfile):
+    """The build's peak disk is the image plus about twice its largest layer (infra/image.py
+    builds one stage at a time): each large pin of the lock must be installed by a
+    pip-layer.sh stage of its own group, and the stages must chain, each FROM the one before,
+    so that the image is built on all of them."""
+    image = _image_tool()
+    stages = image.dockerfile_stages(dockerfile)
+    assert image.dockerfile_base(dockerfile) == stages[0][0]
+    names = [name for _, name in stages]
+    assert names[-1] is None and None not in names[:-1]
+    assert [parent for parent, _ in stages[1:]] == names[:-1], "each stage is FROM the last"
+    steps_ = dockerfile_instructions(dockerfile)
+    assert ("LABEL", image.BUILD_LABEL) in steps_, "infra/image.py finds leftovers by it"
+    assert steps_.index(("LABEL", image.BUILD_LABEL)) == 1, "the first stage's, inherited"
+    lock = sorted(_pins(INFRA / "requirements-runtime.lock"))
+    installed: dict[str, str] = {}
+    stage = None
+    for word, args in steps_:
+        if word == "FROM":
+            stage = args.split()[-1]
+        elif word == "RUN" and "pip-layer.sh" in args:
+            [pattern] = re.findall(r"pip-layer\.sh '([^']+)'$", args)
+            matched = [pin for pin in lock if re.fullmatch(f"({pattern})", pin)]
+            assert matched, f"stage {stage}: '{pattern}' matches no pin of the lock"
+            for pin in matched:
+                installed.setdefault(pin, stage)
+    large = [pin for pin in lock if LARGE.fullmatch(pin)]
+    assert large and all(pin in installed for pin in large), \
+        f"left to the dependencies layer: {[p for p in large if p not in installed]}"
+    assert not set(installed) - set(large), "only the large packages have layers of their own"
+    # The whole lock after them, in its own stage, before the project's code.
+    whole = [i for i, (w, a) in enumerate(steps_)
+             if w == "RUN" and "-r requirements-runtime.lock" in a]
+    copies = [i for i, (w, a) in enumerate(steps_) if w == "COPY" and "components" in a]
+    assert len(whole) == 1 and whole[0] < copies[0]
+
+
+def test_pip_layer_installs_only_the_matched_pins_without_their_dependencies(tmp_path):
+    (tmp_path / "requirements-runtime.lock").write_text(
+        "# header\ntorch==2.9.1\ntorchaudio==2.9.1\ntorchvision-extra==1.0\nnumpy==2.3.5\n")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "pip").write_text('#!/bin/sh\necho "$@" > pip-args\n')
+    (bin_ / "pip").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    script = str(INFRA / "pip-layer.sh")
+    done = subprocess.run(["sh", script, "torch|torchaudio"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "pip-args").read_text().split()
+    assert args[:1] == ["install"] and "--no-deps" in args
+    assert [a for a in args if "==" in a] == ["torch==2.9.1", "torchaudio==2.9.1"]
+    done = subprocess.run(["sh", script, "tensorflow"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("pip-layer.sh: no pin in requirements-runtime.lock "
+                                   "matches 'tensorflow'")
+
+
+def test_image_tool_builds_each_stage_then_the_tagged_image_with_the_same_flags(tmp_path):
+    image = _image_tool()
+    args = type("Args", (), {"tag": "emoalign:test"})()
+    dockerfile = INFRA / "Dockerfile"
+    common = None
+    for target in [name for _, name in image.dockerfile_stages(dockerfile)[:-1]] + [None]:
+        command = image.bud_command(args, dockerfile, tmp_path, "localhost/base:x", "abc",
+                                    False, target)
+        assert "--layers" in command and "--layers=false" not in command
+        assert ("--target" in command) == (target is not None)
+        assert ("-t" in command) == (target is None), "only the whole image is tagged"
+        rest = [w for i, w in enumerate(command) if w not in ("--target", "-t") and
+                command[i - 1] not in ("--target", "-t")]
+        common = common or rest
+        assert rest == common, "a stage with other flags would miss the layer cache"
+    assert command[command.index("--from") + 1] == "localhost/base:x"
+
+
+def test_image_tool_counts_the_steps_it_built(tmp_path, monkeypatch):
+    """What `buildah bud --layers` prints, read back: a stage's FROM is no step, a cached
+    step is not built."""
+    image = _image_tool()
+    printed = tmp_path / "bud-output"
+    printed.write_text("[1/2] STEP 1/3: FROM localhost/base AS base\n"
+                       "[1/2] STEP 2/3: LABEL a=b\n--> Using cache 0123abcd\n--> 0123abc\n"
+                       "[1/2] STEP 3/3: RUN sh pip-layer.sh 'torch'\n--> Using cache 4567\n"
+                       "[2/2] STEP 1/3: FROM 4567 AS torch\n"
+                       "[2/2] STEP 2/3: COPY model ./model\n--> 89ab\n"
+                       "[2/2] STEP 3/3: RUN pip install .\nSTEP-like output: STEP 9/9: x\n"
+                       "[2/2] COMMIT emoalign:test\n")
+    log = tmp_path / "bud.log"
+    returncode, raced, steps, cached = image.run_bud(["cat", str(printed)], str(log))
+    assert (returncode, raced, steps, cached) == (0, False, 4, 2)
+    assert log.read_text() == printed.read_text()
 
 
 def _pins(path: Path) -> dict[str, str]:
