@@ -496,6 +496,12 @@ def run_build(commands: dict[str | None, list[str]], log_path: str | None
     return disk, stages
 
 
+def layers_line(built: int, steps: int) -> str:
+    if built >= steps:
+        return f"all {steps} steps built"
+    return f"{built} of its {steps} steps built, the rest from the layer cache"
+
+
 def build(args) -> dict:
     cache = Path(args.cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
@@ -526,6 +532,8 @@ def build(args) -> dict:
     record = {
         "tag": args.tag, "image_id": new, "bytes": size, "git_sha": sha, "git_dirty": dirty,
         "dockerfile": str(dockerfile.relative_to(ROOT)),
+        # Of the wheelhouse and the base; how much of the build the layer cache gave is
+        # `steps_built` below.
         "kind": {2: "warm", 0: "cold"}.get(wheel_record["reused"] + base_record["reused"],
                                            "partly cached"),
         "seconds": {"wheelhouse": wheel_record["seconds"], "base": base_record["seconds"],
@@ -540,10 +548,11 @@ def build(args) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     s = record["seconds"]
-    log(f"{args.tag} ({new[:12]}): {human(size)}; {record['kind']} build {s['total']:.0f} s "
-        f"(wheelhouse {s['wheelhouse']:.0f} s, base {s['base']:.0f} s, buildah bud "
-        f"{s['build']:.0f} s, {record['steps_built']} of its {stages['image']['steps']} "
-        f"steps built, the rest from the layer cache), {record['disk_peak_gb']:.1f} GB of "
+    log(f"{args.tag} ({new[:12]}): {human(size)}; build {s['total']:.0f} s "
+        f"(wheelhouse {s['wheelhouse']:.0f} s{' reused' * wheel_record['reused']}, base "
+        f"{s['base']:.0f} s{' reused' * base_record['reused']}, buildah bud "
+        f"{s['build']:.0f} s, {layers_line(record['steps_built'], stages['image']['steps'])})"
+        f", {record['disk_peak_gb']:.1f} GB of "
         f"disk at its peak; "
         f"recorded in {cache / 'builds.jsonl'}")
     return record
