@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import lfilter
 
 from components import iemocap, stress_plan
 from components.errors import UserError
@@ -442,6 +441,10 @@ def _glottal_source(rng: np.random.Generator, plan: UtterancePlan, voice: Voice,
 def _articulate(rng: np.random.Generator, source: np.ndarray, syllables: list[tuple],
                 spans: list, scale: float) -> np.ndarray:
     """The source through each syllable's vowel formants, with noise bursts for onsets."""
+    # Here, not at the top: scipy.signal takes most of a second to import, and the register
+    # step and the CLI import this module for its constants alone.
+    from scipy.signal import lfilter
+
     n = len(source)
     out = np.zeros(n)
     noise = rng.standard_normal(n)
