@@ -464,6 +464,13 @@ def test_cuda_image_declares_the_nvidia_runtime_and_checks_torch():
     assert [a for w, a in steps_ if w == "FROM"] == [a for w, a in cpu if w == "FROM"]
     assert [(w, a) for w, a in steps_ if w in ("COPY", "USER", "ENTRYPOINT")] == \
         [(w, a) for w, a in cpu if w in ("COPY", "USER", "ENTRYPOINT")]
+    # Every stage before the last is the CPU image's, step for step: the two images share
+    # every dependency layer (the layer cache is keyed on the steps), 7 GB built and stored once.
+    def up_to_the_last_stage(steps):
+        last = max(i for i, (w, _) in enumerate(steps) if w == "FROM")
+        return steps[:last + 1]
+
+    assert up_to_the_last_stage(steps_) == up_to_the_last_stage(cpu)
     lock = (INFRA / "requirements-runtime.lock").read_text()
     assert re.search(r"^nvidia-cuda-runtime-cu12==", lock, re.M), \
         "the image's lock no longer brings the CUDA runtime: the cuda image needs a new base"
