@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,11 +101,43 @@ SENTINEL = "s3nt1nel-Secret-Value"  # a credential in the environment: never to 
 GATE = TINY + ["registry.ua_floor=0.0", "registry.bootstrap_samples=200"]
 
 
+def relabel(corpus: Path, old: str, new: str, share: float) -> int:
+    """Turn `share` of the `old` label lines of every session into `new`; how many."""
+    changed = 0
+    for path in sorted(corpus.glob("Session*/dialog/EmoEvaluation/*.txt")):
+        lines = path.read_text().splitlines(keepends=True)
+        hits = [i for i, line in enumerate(lines) if re.match(rf"\[.*\]\t\S+\t{old}\t", line)]
+        for i in hits[:round(len(hits) * share)]:
+            lines[i] = lines[i].replace(f"\t{old}\t", f"\t{new}\t", 1)
+            changed += 1
+        path.write_text("".join(lines))
+    return changed
+
+
+def dvc_add(repo: Path, folder: Path) -> str:
+    """`dvc add` the corpus and commit its pointer; the md5 the pointer records."""
+    from components import lineage
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-C", str(repo)]
+    if not (repo / ".dvc").is_dir():
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", folder.name], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", f"data {folder.name}"], check=True)
+    return lineage.dvc_pointer_hash(repo / f"{folder.name}.dvc")
+
+
 @pytest.fixture(scope="session")  # kept while other modules' tests run on this worker
 def two_runs(prepared, tmp_path_factory) -> dict:
-    """Two `emoalign run`s into one registry (the second on another version of the data),
-    for every test that reads a whole run: what it printed, its summary, its files, the
-    registry after it."""
+    """Two pipeline runs into one registry, for every test that reads a whole run: what
+    they printed, their summaries, their files, the registry after them.
+
+    The first is `emoalign run` on the prepared corpus (version 1, the champion). The second
+    is what a schedule does with a new version of the data: `emoalign retrain` on a v2
+    tracked by DVC (more utterances, another draw of the generator, a fifth of the neutral
+    utterances relabelled angry), which trains because the data changed and has its class
+    shares judged against the champion's data (tests/test_data_versions.py)."""
     from mlflow import MlflowClient
 
     work = tmp_path_factory.mktemp("registry")
@@ -112,19 +145,18 @@ def two_runs(prepared, tmp_path_factory) -> dict:
     env = {"MLFLOW_TRACKING_URI": uri, "AWS_SECRET_ACCESS_KEY": SENTINEL,
            "MLFLOW_TRACKING_PASSWORD": SENTINEL + "2"}
     second = work / "v2" / "IEMOCAP_full_release"
-    shutil.copytree(prepared["corpus"], second)
-    # A new data version: one transcript line changes.
-    script = next(second.glob("Session1/dialog/transcriptions/*.txt"))
-    script.write_text(script.read_text().replace("]: ", "]: well ", 1))
+    sample_corpus.generate(second, 240, seed=7)
+    assert relabel(second, "neu", "ang", 0.2) > 0
+    second_dvc_hash = dvc_add(second.parent, second)
     summaries, stdouts = [], []
-    for n, corpus in enumerate((prepared["corpus"], second)):
+    for n, (command, corpus) in enumerate((("run", prepared["corpus"]), ("retrain", second))):
         path = work / f"summary{n}.json"
         overrides = sum((["--set", o] for o in GATE + [f"seed={n}"]), [])
-        result = emoalign("run", "--corpus", corpus, "--workdir", work / "runs",
+        result = emoalign(command, "--corpus", corpus, "--workdir", work / "runs",
                           "--summary-json", path, *overrides, env=env)
         assert result.returncode == 0, result.stderr + result.stdout[-3000:]
         summaries.append(json.loads(path.read_text()))
         stdouts.append(result.stdout)
     return {"uri": uri, "env": env, "work": work, "summaries": summaries, "stdouts": stdouts,
-            "corpora": [prepared["corpus"], second],
+            "corpora": [prepared["corpus"], second], "second_dvc_hash": second_dvc_hash,
             "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
