@@ -55,7 +55,8 @@ stack-down:
 
 # End-to-end tests: the pipeline against a stack of their own (free ports, a scratch folder)
 # and the project image built and run (e2e/test_image.py; it skips, saying why, without
-# buildah or 20 GB free). About 10 minutes on 2 cores with the image cache warm, 14 cold
+# buildah or 20 GB free). About 10 minutes on 2 cores with the image cache warm; a cold cache
+# adds the wheelhouse, the Debian base and every layer, about 6 minutes more
 # (benchmarks/RESULTS.md).
 # `make test` does not run them.
 e2e: $(E2E_STAMP)
