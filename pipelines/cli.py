@@ -72,10 +72,10 @@ def cmd_ingest(args) -> int:
 # ---- validate ---------------------------------------------------------------------------
 
 def cmd_validate(args) -> int:
+    config = _load_config(args)  # first: a bad setting is answered before GX loads
     from components import validate
     from components.outputs import Validated
 
-    config = _load_config(args)
     if args.strict:
         config.validate.strict = True
     out = Path(args.out)
@@ -101,9 +101,9 @@ def cmd_validate(args) -> int:
 # ---- features ---------------------------------------------------------------------------
 
 def cmd_features(args) -> int:
+    config = _load_config(args)  # first: a bad setting is answered before torch loads
     from components import features
 
-    config = _load_config(args)
     result = features.run(Path(args.manifest), Path(args.out), config.features)
     print(result.message)
     print(f"{result.n_utterances} utterances, {result.n_frames:,} frames of "
@@ -114,9 +114,9 @@ def cmd_features(args) -> int:
 # ---- train / evaluate -------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    config = _load_config(args)  # first: a bad setting is answered before torch loads
     from components import train
 
-    config = _load_config(args)
     summary = train.run(Path(args.store), Path(args.manifest), Path(args.out), config,
                         resume=args.resume)
     for fold in summary["folds"]:
@@ -131,9 +131,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    config = _load_config(args)  # first: a bad setting is answered before torch loads
     from components import evaluate, reporting
 
-    config = _load_config(args)
     metrics = evaluate.run(Path(args.model), Path(args.store), Path(args.manifest),
                            Path(args.out), config)
     for line in reporting.report_lines(metrics):

@@ -50,9 +50,25 @@ def truth_of(root: Path) -> dict:
     return json.loads((root / sample_corpus.TRUTH_FILENAME).read_text())
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow store with its schema made, once per worker: MLflow's migrations take
+    about half a second on a brand-new SQLite store, and most tests never need to watch
+    them. A brand-new store is still opened by every whole run (`two_runs`, `fanned_out`)
+    and by tests/test_registry.py's processes opening one at once."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture(autouse=True)
-def tracking_store(tmp_path, monkeypatch) -> str:
-    """Every test tracks into its own SQLite store, never the project's runs/mlflow.db."""
+def tracking_store(tmp_path, monkeypatch, empty_store) -> str:
+    """Every test tracks into its own SQLite store (a copy of `empty_store`), never the
+    project's runs/mlflow.db."""
+    (tmp_path / "mlflow").mkdir()
+    shutil.copyfile(empty_store, tmp_path / "mlflow" / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -106,6 +106,7 @@ def test_a_finished_run_is_reported_with_its_version_gate_and_scores(two_runs, w
     assert len(webhook.received) == 3
 
 
+@pytest.mark.slow  # takes a pipeline through kfp.local: not in `make test-fast`
 def test_a_failed_run_is_reported_once_with_the_failed_task_and_its_reason(
         tmp_path, webhook, monkeypatch):
     """A whole run through kfp.local whose fetch fails (retries skipped, as in

@@ -115,6 +115,7 @@ def test_submit_and_schedule_fail_clearly_without_a_cluster(tmp_path):
                           "unknown config key 'train.nope'")
 
 
+@pytest.mark.slow  # takes a pipeline through kfp.local: not in `make test-fast`
 def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path, monkeypatch):
     """fetch retries (10, 20, 40 s on a real run), then the run fails naming it. The waits
     are kfp.local's own time.sleep, skipped here: what is checked is that every retry ran
@@ -166,6 +167,7 @@ def test_the_failed_task_is_read_from_kfp_locals_exception(tmp_path):
     assert local._failure_reason(raised.value, "", run) == ("task 'fetch'", "see the log")
 
 
+@pytest.mark.slow  # takes a pipeline through kfp.local: not in `make test-fast`
 def test_an_error_level_corpus_stops_the_run_at_the_gate(corpus_copy, tmp_path):
     for path in corpus_copy.glob("Session*/dialog/EmoEvaluation/*.txt"):
         path.write_text("\n\n".join(b for b in path.read_text().split("\n\n")

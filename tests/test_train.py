@@ -267,6 +267,7 @@ def test_training_errors_name_the_problem(prepared, tmp_path, monkeypatch):
             "model.kind=speech"))
 
 
+@pytest.mark.slow  # the step's command in processes of its own; the step runs in process in the fast tier
 def test_cli_train_and_evaluate(prepared, tmp_path):
     early_stopping = [*TINY, "train.selection=best", "train.validation_speakers=1"]
     result = emoalign("train", "--store", prepared["store"], "--manifest",

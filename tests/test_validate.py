@@ -234,6 +234,7 @@ def test_drift_metrics():
                     "speaker": 1.0, "oov": 0.75}
 
 
+@pytest.mark.slow  # the step's command in processes of its own; the step runs in process in the fast tier
 def test_cli_validate(small_corpus, tmp_path):
     ingest.run(small_corpus, tmp_path / "ingest")
     result = emoalign("validate", "--manifest", tmp_path / "ingest", "--out", tmp_path / "v")

@@ -18,7 +18,6 @@ from components.registry.gate import decide, paired_bootstrap
 from components.registry.history import (CHALLENGER, CHAMPION, LOCK_TAG, read_history,
                                           resolve, promote, rollback)
 from components.registry.registration import register, retrain_reason
-from components.registry.serving import predict_registered
 from components.registry.store import (RegistryError, connect, redact, scrub,
                                        tracking_uri)
 from components.registry.tracking import flatten, track
@@ -27,3 +26,12 @@ __all__ = ["CHALLENGER", "CHAMPION", "LOCK_TAG", "RegistryError", "champion_refe
            "decide", "drift_summary", "drift_tags", "flatten", "paired_bootstrap",
            "predict_registered", "promote", "read_history", "redact", "register", "resolve",
            "retrain_reason", "rollback", "scrub", "track", "tracking_uri", "version_stats"]
+
+
+def __getattr__(name: str):
+    # serving.py brings mlflow.pyfunc and torch (a second or more): imported when predicting,
+    # not by every command and pipeline task that reads the registry.
+    if name == "predict_registered":
+        from components.registry.serving import predict_registered
+        return predict_registered
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
