@@ -64,12 +64,13 @@ def empty_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def tracking_store(tmp_path, monkeypatch, empty_store) -> str:
+def tracking_store(tmp_path_factory, monkeypatch, empty_store) -> str:
     """Every test tracks into its own SQLite store (a copy of `empty_store`), never the
-    project's runs/mlflow.db."""
-    (tmp_path / "mlflow").mkdir()
-    shutil.copyfile(empty_store, tmp_path / "mlflow" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    project's runs/mlflow.db. Beside the test's tmp_path, not in it: tests check that a
+    command wrote nothing to its folder."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(empty_store, store)
+    uri = f"sqlite:///{store}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     return uri
