@@ -194,6 +194,7 @@ def test_an_unreadable_wav_stops_the_step_naming_it(manifest, tmp_path):
     assert not (tmp_path / "s" / "store.json").exists()
 
 
+@pytest.mark.slow  # the step's command in processes of its own; reuse in process: above
 def test_cli_features_reuses(manifest, tmp_path):
     first = emoalign("features", "--manifest", manifest, "--out", tmp_path / "s")
     assert first.returncode == 0, first.stderr

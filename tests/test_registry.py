@@ -524,9 +524,9 @@ def test_processes_opening_a_new_store_at_once_take_turns(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-             for _ in range(3)]
+             for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert [p.returncode for p in procs] == [0, 0], outs
     assert all(out.strip() == "ok" for out, _ in outs)
 
 
