@@ -23,7 +23,7 @@ test: install espeak-ng
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The edit-run loop's tier: everything but the kfp.local pipeline runs and the step commands
-# run in processes of their own (about 86 s on 2 cores; pyproject.toml's `slow` marker).
+# run in processes of their own (about 85 s on 2 cores; pyproject.toml's `slow` marker).
 test-fast: install espeak-ng
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
