@@ -41,14 +41,8 @@ def clear_store() -> None:
 
 
 def largest_layer_gb(tag: str) -> float | None:
-    info = json.loads(image.run("buildah", "info", capture=True).stdout)["store"]
-    if info["GraphDriverName"] != "overlay":
-        return None
-    stored = {layer.get("diff-digest"): layer for layer in json.loads(
-        (Path(info["GraphRoot"]) / "overlay-layers" / "layers.json").read_text())}
-    diff_ids = json.loads(image.run("buildah", "inspect", "--type", "image", tag,
-                                    capture=True).stdout)["OCIv1"]["rootfs"]["diff_ids"]
-    return max(stored[d]["diff-size"] for d in diff_ids) / 1e9
+    found = image.layers(tag)
+    return max(layer["bytes"] for layer in found) / 1e9 if found else None
 
 
 def build(tree: Path, tag: str, work: Path, name: str) -> dict:

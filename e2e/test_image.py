@@ -174,18 +174,14 @@ def inside(image, corpus, out):
 
 
 def _layers(name: str) -> list[dict]:
-    """The image's layers, base first, as {diff_id, bytes, path: the layer's own files}
-    (buildah's overlay store); [] on another storage driver."""
-    store = json.loads(_buildah("info").stdout)["store"]
-    if store["GraphDriverName"] != "overlay":
-        return []
-    root = Path(store["GraphRoot"])
-    stored = {layer.get("diff-digest"): layer for layer in
-              json.loads((root / "overlay-layers" / "layers.json").read_text())}
-    diff_ids = json.loads(_buildah("inspect", "--type", "image", name).stdout
-                          )["OCIv1"]["rootfs"]["diff_ids"]
-    return [{"diff_id": d, "bytes": stored[d]["diff-size"],
-             "path": root / "overlay" / stored[d]["id"] / "diff"} for d in diff_ids]
+    """The image's layers, base first, as infra/image.py reads them from buildah's overlay
+    store ({diff_id, bytes, path: the layer's own files}); [] on another storage driver."""
+    sys.path.insert(0, str(IMAGE_SCRIPT.parent))
+    try:
+        import image as image_tool
+    finally:
+        sys.path.remove(str(IMAGE_SCRIPT.parent))
+    return image_tool.layers(name)
 
 
 def _tree_digest(root: Path) -> str:

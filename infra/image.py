@@ -236,6 +236,21 @@ def image_size(ref: str) -> int:
     raise ImageError(f"no image {ref} in buildah's store")
 
 
+def layers(ref: str) -> list[dict]:
+    """The image's layers, base first: {diff_id, bytes, path (the layer's own files)}, read
+    from buildah's overlay store; [] on another storage driver."""
+    store = json.loads(run("buildah", "info", capture=True).stdout)["store"]
+    if store["GraphDriverName"] != "overlay":
+        return []
+    root = Path(store["GraphRoot"])
+    stored = {layer.get("diff-digest"): layer for layer in
+              json.loads((root / "overlay-layers" / "layers.json").read_text())}
+    diff_ids = json.loads(run("buildah", "inspect", "--type", "image", ref, capture=True)
+                          .stdout)["OCIv1"]["rootfs"]["diff_ids"]
+    return [{"diff_id": d, "bytes": stored[d]["diff-size"],
+             "path": root / "overlay" / stored[d]["id"] / "diff"} for d in diff_ids]
+
+
 def images_named(repo: str) -> list[str]:
     done = run("buildah", "images", "--json", check=False, capture=True)
     if done.returncode != 0 or not done.stdout.strip():
