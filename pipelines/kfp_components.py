@@ -19,7 +19,8 @@ IMAGE = os.environ.get("EMOALIGN_IMAGE", f"emoalign:{PROJECT_VERSION}")
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str,
-          git_dirty: bool, config_yaml: str, protocol: str, seed: int
+          git_dirty: bool, config_yaml: str, protocol: str, seed: int,
+          champion_reference: str = ""
           ) -> NamedTuple("Fetched", corpus=str, data_hash=str, git_sha=str, git_dirty=bool,
                           config_yaml=str, data_config_yaml=str, drift_reference=str):
     """The run's inputs and their lineage: the corpus folder (a path, or pulled through DVC
@@ -27,7 +28,9 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
     one baked into this image), the config with the run's protocol and seed applied
     (empty / -1: as it says), the part of it the data steps use (their cache key), and what
     validation compares the data with (validate.drift_reference, the champion resolved to
-    its version now: a validate task's inputs name the champion it compared with)."""
+    its version now: a validate task's inputs name the champion it compared with; resolved
+    here unless the submitter gives it as `champion_reference`, as `emoalign run` does, which
+    holds a connection to the store already: resolving it here costs MLflow's import)."""
     from collections import namedtuple
 
     from components import fetch as step
@@ -41,7 +44,9 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
     if not git_sha:
         git_sha, git_dirty = lineage.code_version()
     drift_reference = config.validate.drift_reference
-    if drift_reference == "champion":
+    if drift_reference == "champion" and champion_reference:
+        drift_reference = champion_reference
+    elif drift_reference == "champion":
         from components import registry
 
         drift_reference = registry.champion_reference(config.registry.model_name)

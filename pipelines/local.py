@@ -310,10 +310,15 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
             run = record_not_started(decided, config, lineage, workdir / "pipeline_root",
                                      started)
         else:
+            # The champion for the drift check, resolved here too: fetch would import
+            # MLflow in a process of its own to ask.
+            champion = (registry.champion_reference(config.registry.model_name)
+                        if config.validate.drift_reference == "champion" else "")
             run = run_pipeline(
                 {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
                  "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
-                 "git_dirty": lineage.git_dirty, "force": force},
+                 "git_dirty": lineage.git_dirty, "force": force,
+                 "champion_reference": champion},
                 workdir / "pipeline_root", parallelism=local_parallelism(config))
         (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
     except Exception as failure:

@@ -83,14 +83,16 @@ def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1,
     which `tasks_per_machine` share one machine's cores (1: each task has its own node).
     Its exit task posts to notify.webhook however the run ends, unless
     `exit_task_notifies` is False (kfp.local, whose final status names no failed task: the
-    local runner sends the same payload, failed task and reason included)."""
+    local runner sends the same payload, failed task and reason included).
+    `champion_reference` is the champion the drift check compares with, when the submitter
+    has resolved it (`emoalign run` has); left empty, the fetch task resolves it."""
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
     def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "",
                           git_sha: str = "", git_dirty: bool = False, dvc_repo: str = "",
                           dvc_rev: str = "", protocol: str = "", seed: int = -1,
-                          force: bool = True):
+                          force: bool = True, champion_reference: str = ""):
         notify = configure(steps.notify(config_yaml=config_yaml,
                                         pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                         send=exit_task_notifies), "notify")
@@ -98,7 +100,8 @@ def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1,
             _fetch_check_and_train(corpus, config_yaml, force, parallelism,
                                    tasks_per_machine, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
                                    data_hash=data_hash, git_sha=git_sha,
-                                   git_dirty=git_dirty, protocol=protocol, seed=seed)
+                                   git_dirty=git_dirty, protocol=protocol, seed=seed,
+                                   champion_reference=champion_reference)
 
     return emoalign_pipeline
 

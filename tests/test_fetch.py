@@ -97,3 +97,36 @@ def test_a_dvc_fetch_that_cannot_be_trusted_is_a_clear_error(dvc_repo, tmp_path)
     with pytest.raises(fetch.FetchError, match="cannot fetch data"):
         fetch.run(str(tmp_path / "v2"), str(repo), "main")
     assert not list((tmp_path / "v2").glob("*/data"))
+
+
+def test_the_fetch_task_resolves_the_champion_unless_its_submitter_did(small_corpus,
+                                                                         tracking_store):
+    """On a cluster fetch asks the registry for the champion the drift check compares with;
+    `emoalign run` asks it itself (it holds a connection already) and passes the answer."""
+    from mlflow import MlflowClient
+
+    from components.config import load_config
+    from pipelines import kfp_components
+
+    config = load_config()
+    assert config.validate.drift_reference == "champion"
+    task = dict(corpus=str(small_corpus), dvc_repo="", dvc_rev="", data_hash="",
+                git_sha="0" * 40, git_dirty=False, config_yaml=config.to_yaml(), protocol="",
+                seed=-1)
+    assert kfp_components.fetch.python_func(**task).drift_reference == \
+        "no drift check: no champion yet"
+    client = MlflowClient(tracking_store)
+    name = config.registry.model_name
+    client.create_registered_model(name)
+    client.create_model_version(name, source=str(small_corpus))
+    client.create_model_version(name, source=str(small_corpus))
+    client.set_registered_model_alias(name, "champion", "2")
+    assert kfp_components.fetch.python_func(**task).drift_reference == f"models:/{name}/2"
+    # What the submitter resolved is taken as it is: the registry is not asked again.
+    submitted = kfp_components.fetch.python_func(**task, champion_reference=f"models:/{name}/1")
+    assert submitted.drift_reference == f"models:/{name}/1"
+    # A config naming no champion keeps its own reference whatever was submitted.
+    own = load_config(overrides=["validate.drift_reference=none"])
+    assert kfp_components.fetch.python_func(
+        **{**task, "config_yaml": own.to_yaml()},
+        champion_reference=f"models:/{name}/1").drift_reference == "none"

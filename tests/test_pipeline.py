@@ -200,7 +200,7 @@ def test_compiled_pipeline_is_in_sync_and_uses_the_project_image(tmp_path):
                              for e in executors.values())
     assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {
         "corpus", "config_yaml", "data_hash", "git_sha", "git_dirty", "dvc_repo", "dvc_rev",
-        "protocol", "seed", "force"}
+        "protocol", "seed", "force", "champion_reference"}
     assert_one_line_error(emoalign("compile", "--out", tmp_path / "no" / "dir" / "p.yaml"),
                           "does not exist")
 
