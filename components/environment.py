@@ -67,6 +67,42 @@ def deterministic_algorithms(device, wanted: bool):
         torch.backends.cudnn.benchmark = before[1]
 
 
+# mallopt(3)'s parameters, and glibc's defaults for them
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+TRIM_DEFAULT, PAD_DEFAULT, MMAPS_DEFAULT = 128 * 1024, 128 * 1024, 65536
+
+
+@contextmanager
+def allocator_keeps_freed_memory():
+    """While training: glibc's malloc keeps what is freed for the next allocation instead of
+    giving it back to the kernel. By default it gives back every large block (a block past
+    the mmap threshold is unmapped when freed; the heap's top is trimmed past 128 KiB free)
+    and the next step's tensors of the same size fault it back in, page by page: on CPU, 8
+    of the default run's 20 s of training went so, in the kernel (4.6 million page faults).
+    Here every block comes from the heap (no mapping of its own), the heap grows 64 MiB at a
+    time and is trimmed only past 2 GiB free. Only where memory comes from changes, not the
+    arithmetic: the weights are the same bit for bit (benchmarks/RESULTS.md). Not glibc
+    (musl, macOS): nothing changes. Afterwards glibc's defaults come back, and what is free
+    is given back."""
+    import ctypes
+    import platform
+
+    libc = ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    libc.mallopt(M_TOP_PAD, 64 << 20)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_TOP_PAD, PAD_DEFAULT)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_DEFAULT)
+        libc.mallopt(M_MMAP_MAX, MMAPS_DEFAULT)
+        libc.malloc_trim(0)
+
+
 def differences(recorded: dict[str, str], now: dict[str, str]) -> dict[str, tuple[str, str]]:
     """key -> (recorded, now) for every env.* value that differs (missing: "unrecorded")."""
     keys = sorted({k for k in (*recorded, *now) if k.startswith("env.")})
