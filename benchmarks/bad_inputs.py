@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from components import sample_corpus  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 from test_bad_inputs import CASES, ENV_CASES, fill, scratch  # noqa: E402
 
 

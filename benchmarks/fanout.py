@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components import lineage  # noqa: E402
 from components.config import load_config  # noqa: E402
 from pipelines import local  # noqa: E402
+from pipelines.arguments import pipeline_arguments  # noqa: E402
 from pipelines.local import run_pipeline  # noqa: E402
 
 DEFAULTS = ["protocol=loso", "train.seeds=0,1", "train.epochs=12"]
@@ -37,9 +38,9 @@ DEFAULTS = ["protocol=loso", "train.seeds=0,1", "train.epochs=12"]
 
 def through_kfp(corpus: Path, config, work: Path, parallelism: int) -> tuple[float, dict]:
     started = time.perf_counter()
-    run = run_pipeline({"corpus": str(corpus.resolve()), "config_yaml": config.to_yaml(),
-                        "data_hash": lineage.corpus_hash(corpus),
-                        "git_sha": lineage.code_version()[0], "force": True}, work,
+    run_lineage = lineage.Lineage(str(corpus.resolve()), lineage.corpus_hash(corpus),
+                                  lineage.code_version()[0], False)
+    run = run_pipeline(pipeline_arguments(config, run_lineage.corpus, run_lineage), work,
                        echo=False, parallelism=parallelism)
     return time.perf_counter() - started, run.outputs.evaluation.metrics()
 

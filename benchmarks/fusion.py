@@ -52,8 +52,8 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import reference  # noqa: E402
-from components import (evaluate, features, folds, ingest, sample_corpus, train,  # noqa: E402
-                        validate)
+from components import features, folds, ingest, member, train, validate  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 from components.config import IngestConfig, load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
 
@@ -83,7 +83,7 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
     if not (corpus / sample_corpus.TRUTH_FILENAME).is_file():
         renderer = None
         if voice in ("tts", "stress"):
-            from components import tts_corpus
+            from corpora import tts_corpus
 
             renderer = tts_corpus.TtsRenderer()
         shutil.rmtree(corpus, ignore_errors=True)
@@ -119,10 +119,8 @@ def ours(job: tuple) -> dict:
     name = f"{kind}_{fold}_{seed}"
     with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines
         store, rows = train.load_inputs(folder / "store", folder / "validated", config)
-        train.train_member(folds.task_of(rows, config, fold), store, rows, config,
-                           folder / "m" / name)
-        metrics = evaluate.run(folder / "m" / name, folder / "store", folder / "validated",
-                               folder / "e" / name, config)
+        metrics = member.run_member(folds.task_of(rows, config, fold), store, rows, config,
+                                    folder / "m" / name, folder / "e" / name)["metrics"]
     table = pd.read_csv(folder / "e" / name / Evaluation.PREDICTIONS)
     return {"who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
             "ablation": metrics.get("ablation"), "utt_ids": table["utt_id"].tolist(),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import sample_corpus  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 
 TASK_RE = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (Executing task|Task) '(\w+)'")
 

@@ -27,6 +27,7 @@ from components.lineage import Lineage  # noqa: E402
 from components.outputs import StepOutputs  # noqa: E402
 from pipelines import local  # noqa: E402
 from pipelines.inprocess import run_steps  # noqa: E402
+from pipelines.arguments import pipeline_arguments  # noqa: E402
 from pipelines.local import run_pipeline  # noqa: E402
 
 
@@ -47,9 +48,8 @@ def in_process(corpus: Path, config, work: Path, data_hash: str, sha: str) -> tu
 def through_kfp(corpus: Path, config, work: Path, data_hash: str, sha: str
                 ) -> tuple[float, dict]:
     started = time.perf_counter()
-    run = run_pipeline({"corpus": str(corpus.resolve()), "config_yaml": config.to_yaml(),
-                        "data_hash": data_hash, "git_sha": sha, "force": True}, work,
-                       echo=False)
+    run = run_pipeline(pipeline_arguments(config, str(corpus.resolve()), Lineage(
+        str(corpus.resolve()), data_hash, sha, False)), work, echo=False)
     seconds = time.perf_counter() - started
     metrics = run.outputs.evaluation.metrics()
     return seconds, metrics

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from components import evaluate, features, ingest, sample_corpus, train, validate  # noqa: E402
+from components import evaluate, features, ingest, member, train, validate  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
 
@@ -58,7 +59,7 @@ def _prepare(corpus: Path, work: Path, overrides: list[str]):
 
 def _train_and_evaluate(work: Path, name: str, overrides: list[str]) -> dict:
     config = load_config(None, [*SETTINGS, *overrides])
-    train.run(work / "store", work / "validated", work / name, config)
+    member.train_all(work / "store", work / "validated", work / name, config)
     return evaluate.run(work / name, work / "store", work / "validated", work / f"eval_{name}",
                         config)
 
@@ -107,7 +108,7 @@ def tts(work: Path) -> Gate | None:
     if shutil.which("espeak-ng") is None:
         print("tts: skipped, espeak-ng is not installed (apt-get install espeak-ng)")
         return None
-    from components import tts_corpus
+    from corpora import tts_corpus
 
     gate = Gate("tts")
     corpus = work / "IEMOCAP_full_release"

@@ -82,7 +82,7 @@ def main() -> None:
         corpus = args.corpus
         if corpus is None and any("{corpus}" in a for n in chosen for a in BENCHMARKS[n][1]):
             sys.path.insert(0, str(ROOT))
-            from components import sample_corpus
+            from corpora import sample_corpus
 
             corpus = Path(scratch) / "IEMOCAP_full_release"
             print(f"generating the IEMOCAP-size corpus in {corpus}", flush=True)

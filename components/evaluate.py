@@ -27,8 +27,14 @@ from model.spec import UNK_ID, FeatureSpec
 def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
         config: Config) -> dict:
     """Every (fold, seed) model of model_dir on its held-out session."""
-    store = FeatureStore(Path(store_dir))
-    rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
+    return evaluate_model(Path(model_dir), FeatureStore(Path(store_dir)),
+                          outputs.labelled_rows(manifest_path, config.ingest.classes),
+                          Path(out_dir), config)
+
+
+def evaluate_model(model_dir: Path, store: FeatureStore, rows: pd.DataFrame, out_dir: Path,
+                   config: Config) -> dict:
+    """run(), on a feature store and labelled rows already loaded."""
     trained = TrainedModel(Path(model_dir))
     members = [evaluate_member(trained, member_dir, store, rows)
                for member_dir in trained.member_dirs()]

@@ -88,7 +88,7 @@ def check_fold(fold: FoldSplit, labels: dict[str, str], classes: list[str]) -> N
 class Task:
     """One (fold, seed) model to train: what the plan makes, and what every way of running
     a plan (`emoalign train`, the in-process runner, the KFP fan-out) trains, one call of
-    train.train_member each."""
+    member.run_member each."""
 
     fold_index: int  # its place in make_folds (seeds each fold's initialisation)
     split: FoldSplit

@@ -267,7 +267,7 @@ def _report(root: Path, sessions: list[int], manifest: pd.DataFrame, findings: F
     by_session = defaultdict(dict)
     for (session, label), n in manifest.groupby(["session", "label"]).size().items():
         by_session[str(session)][str(label)] = int(n)
-    generated = (root / "SAMPLE_CORPUS.json").is_file()
+    generated = (root / iemocap.GENERATED_MARKER).is_file()
     report = {
         "corpus_root": str(root),
         "generated_sample": generated,

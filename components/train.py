@@ -1,4 +1,5 @@
-"""Train: feature store + validated manifest -> one model per cross-validation fold.
+"""Train: feature store + validated manifest -> one (fold, seed) model (components/member.py
+runs a member: its task config, this training, its summary and its evaluation).
 
 Each fold holds out one session for testing and by default trains on every speaker of the
 others, keeping the mean of the last epochs' weights; with `train.validation_speakers`,
@@ -21,10 +22,9 @@ import torch
 
 from components import environment, outputs
 from components.config import Config
-from components.folds import Task, TrainError, plan
+from components.folds import Task, TrainError
 from components.feature_store import FeatureStore
 from components.outputs import TrainedModel
-from components.reporting import write_train_summary
 from components.selection import selection_for
 from model.data import batch_indices, collate
 from model.metrics import scores
@@ -359,7 +359,8 @@ def load_inputs(store_dir: Path, manifest_path: Path, config: Config
 def train_member(task: Task, store: FeatureStore, rows: pd.DataFrame, config: Config,
                  out_dir: Path, concurrent: int = 1, resume: bool = False) -> dict:
     """Train one planned (fold, seed) model with its task config (config.for_task) into
-    out_dir/<member>/; returns its line of the summary. Errors name the fold and the seed."""
+    out_dir/<member>/; returns its line of the summary. Errors name the fold and the seed.
+    Called by components/member.py's run_member alone, the one driver of a member."""
     if threads := environment.task_threads(config.train.threads, concurrent):
         torch.set_num_threads(threads)
     device = choose_device(config.train.device)
@@ -379,12 +380,3 @@ def train_member(task: Task, store: FeatureStore, rows: pd.DataFrame, config: Co
                   environment=environment.describe(device, enforced))
     return result
 
-
-def run(store_dir: Path, manifest_path: Path, out_dir: Path, config: Config,
-        resume: bool = False) -> dict:
-    """Every (fold, seed) task of the plan, one after the other, into out_dir; returns the
-    summary (what the pipeline's tasks, fanned out, add up to through `collect`)."""
-    store, rows = load_inputs(store_dir, manifest_path, config)
-    results = [train_member(task, store, rows, config.for_task(task.seed), out_dir,
-                            resume=resume) for task in plan(rows, config)]
-    return write_train_summary(results, out_dir, config)

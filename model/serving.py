@@ -1,6 +1,6 @@
 """Serving: a wav and its transcript -> class probabilities, computed with the same feature,
 vocabulary and normalisation code as training. Torch only: the MLflow wrapper that packages
-this lives in components/pyfunc.py.
+this lives beside it, in pyfunc.py.
 
 A model is one or more member bundles, one per (fold, seed) (what training writes as
 `<member>/model.pt`). Under leave-one-session-out there are five per seed; their

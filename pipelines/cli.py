@@ -36,11 +36,11 @@ def _load_config(args):
 # ---- sample-corpus ----------------------------------------------------------------------
 
 def cmd_sample_corpus(args) -> int:
-    from components import sample_corpus
+    from corpora import sample_corpus
 
     renderer = None
     if args.voice == "tts":
-        from components import tts_corpus
+        from corpora import tts_corpus
 
         renderer = tts_corpus.TtsRenderer()  # says how to install espeak-ng when it is missing
     out = Path(args.out_dir)
@@ -115,10 +115,10 @@ def cmd_features(args) -> int:
 
 def cmd_train(args) -> int:
     config = _load_config(args)  # first: a bad setting is answered before torch loads
-    from components import train
+    from components import member
 
-    summary = train.run(Path(args.store), Path(args.manifest), Path(args.out), config,
-                        resume=args.resume)
+    summary = member.train_all(Path(args.store), Path(args.manifest), Path(args.out), config,
+                               resume=args.resume)
     for fold in summary["folds"]:
         kept = (f"best validation UA {fold['best_val_ua']:.3f} at epoch {fold['best_epoch']}"
                 if fold["best_val_ua"] is not None
@@ -204,9 +204,10 @@ def cmd_register(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from components import pyfunc, registry
+    from components import registry
+    from components.registry.serving import read_requests
 
-    requests = pyfunc.read_requests(args.batch, args.wav, args.text, args.speaker)
+    requests = read_requests(args.batch, args.wav, args.text, args.speaker)
     version, table = registry.predict_registered(args.model, requests)
     if args.out:
         table.to_csv(args.out, index=False)

@@ -200,16 +200,16 @@ def train(
     """One (fold, seed) model, the seed being the task config's (GPU when the node has one)."""
     from pathlib import Path
 
-    from components import folds
+    from components import folds, member
     from components import train as step
     from components.config import config_from_yaml
-    from components.reporting import write_train_summary
 
     config = config_from_yaml(config_yaml)
     features, rows = step.load_inputs(Path(store.path), Path(validated.path), config)
     task = folds.task_of(rows, config, fold)  # the plan's task: its split, checked there
-    result = step.train_member(task, features, rows, config, Path(model.path), concurrent)
-    write_train_summary([result], Path(model.path), config)
+    # Evaluated by the evaluate task: on a cluster, the GPU node is not held for it.
+    result = member.run_member(task, features, rows, config, Path(model.path),
+                               concurrent=concurrent)
     model.metadata.update(fold=fold, seed=config.seed, kind=config.model.kind,
                           device=result["device"], seconds=result["seconds"],
                           best_epoch=result["best_epoch"])

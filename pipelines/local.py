@@ -41,6 +41,7 @@ from components.errors import UserError
 from components.lineage import DEFAULT_DATA, Lineage
 from components.outputs import STEP_OUTPUTS, StepOutputs
 from pipelines import PIPELINE_NAME
+from pipelines.arguments import pipeline_arguments
 
 RESOLVED_CONFIG = "config.resolved.yaml"  # beside the run's task folders
 
@@ -257,7 +258,7 @@ def ensure_default_corpus(config: Config) -> Path:
 
     release = DEFAULT_DATA / iemocap.RELEASE_DIRNAME
     if not release.exists() or not any(release.iterdir()):
-        from components import sample_corpus  # scipy.signal: a second to import
+        from corpora import sample_corpus  # scipy.signal: a second to import
 
         print(f"{release} is empty: generating the default sample corpus "
               f"({config.sample_corpus.utterances} utterances, seed {config.sample_corpus.seed})")
@@ -315,10 +316,8 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
             champion = (registry.champion_reference(config.registry.model_name)
                         if config.validate.drift_reference == "champion" else "")
             run = run_pipeline(
-                {"corpus": lineage.corpus, "config_yaml": config.to_yaml(),
-                 "data_hash": lineage.data_hash, "git_sha": lineage.git_sha,
-                 "git_dirty": lineage.git_dirty, "force": force,
-                 "champion_reference": champion},
+                pipeline_arguments(config, lineage.corpus, lineage, force=force,
+                                   champion_reference=champion),
                 workdir / "pipeline_root", parallelism=local_parallelism(config))
         (run.run_dir / RESOLVED_CONFIG).write_text(config.to_yaml())
     except Exception as failure:

@@ -1,6 +1,7 @@
 """The emoalign DAG: wiring only. Step logic lives in `components/`, the KFP components
 (thin adapters onto it) in `kfp_components.py`, what each task asks of a cluster in
-`cluster.py`.
+`cluster.py`, the order of the data steps in `steps.py` (which the in-process runner reads
+too).
 
 The gates are the tasks' typed outputs: `check`'s bool `retrain` and `summarize`'s bool
 `passed` (each with a `reason` string beside it).
@@ -19,6 +20,7 @@ from kfp import dsl
 from pipelines import PIPELINE_NAME
 from pipelines import kfp_components as steps  # each step as a KFP component
 from pipelines.cluster import configure
+from pipelines.steps import DATA_STEPS
 
 FAN_OUT = "fold-seed"  # the ParallelFor's name
 
@@ -38,21 +40,26 @@ def _fan_out(store, validated, config_yaml: str, parallelism: int, tasks_per_mac
                                      config_yaml=config_yaml), "summarize")
 
 
+def _data_steps(fetched) -> dict:
+    """ingest, validate and features in DATA_STEPS' order, each reading the output of the
+    one before; returns every output by name."""
+    made = {"corpus": fetched.outputs["corpus"]}
+    data_config = fetched.outputs["data_config_yaml"]  # their sections only: the cache key
+    for step in DATA_STEPS:
+        component = getattr(steps, step.name)
+        task = configure(component(**{step.reads: made[step.reads]}, config_yaml=data_config,
+                                   **{name: fetched.outputs[name] for name in step.from_fetch}),
+                         step.name)
+        made[step.writes] = task.outputs[step.writes]
+    return made
+
+
 def _train_and_register(fetched, config_yaml: str, parallelism: int, tasks_per_machine: int):
     folder, digest = fetched.outputs["corpus"], fetched.outputs["data_hash"]
-    data_config = fetched.outputs["data_config_yaml"]  # their sections only: the cache key
-    ingest = configure(steps.ingest(corpus=folder, config_yaml=data_config, data_hash=digest),
-                       "ingest")
-    validate = configure(steps.validate(manifest=ingest.outputs["manifest"],
-                                        config_yaml=data_config,
-                                        drift_reference=fetched.outputs["drift_reference"]),
-                         "validate")
-    validated = validate.outputs["validated"]
-    features = configure(steps.features(validated=validated, config_yaml=data_config,
-                                        data_hash=digest), "features")
-    summary = _fan_out(features.outputs["store"], validated, config_yaml, parallelism,
-                       tasks_per_machine)
-    done = dict(manifest=ingest.outputs["manifest"], validated=validated,
+    made = _data_steps(fetched)
+    validated = made["validated"]
+    summary = _fan_out(made["store"], validated, config_yaml, parallelism, tasks_per_machine)
+    done = dict(manifest=made["manifest"], validated=validated,
                 model=summary.outputs["model"], evaluation=summary.outputs["evaluation"],
                 config_yaml=config_yaml)
     track = configure(steps.track(**done, corpus=folder, data_hash=digest,

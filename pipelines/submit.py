@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from components.errors import UserError
+from pipelines.arguments import pipeline_arguments
 from pipelines.cluster import CORPUS_MOUNT
 
 # KFP cron: six fields, seconds first ("0 0 3 * * 1" is Mondays at 03:00).
@@ -30,10 +31,9 @@ def arguments(config, corpus: str | None, dvc_repo: str, dvc_rev: str, force: bo
     build time), the data hash from the fetch step."""
     if dvc_rev and not dvc_repo:
         raise UserError("--dvc-rev needs --dvc-repo")
-    return {"corpus": corpus or (f"{CORPUS_MOUNT}/dvc" if dvc_repo else
-                                 f"{CORPUS_MOUNT}/IEMOCAP_full_release"),
-            "config_yaml": config.to_yaml(), "data_hash": "", "git_sha": "",
-            "dvc_repo": dvc_repo, "dvc_rev": dvc_rev, "force": force}
+    corpus = corpus or (f"{CORPUS_MOUNT}/dvc" if dvc_repo else
+                        f"{CORPUS_MOUNT}/IEMOCAP_full_release")
+    return pipeline_arguments(config, corpus, dvc_repo=dvc_repo, dvc_rev=dvc_rev, force=force)
 
 
 def _client(host: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components import sample_corpus
+from corpora import sample_corpus
 
 SMALL = 60  # utterances: every code at least once, every session, seconds to make
 

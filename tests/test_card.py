@@ -217,7 +217,7 @@ def test_a_card_too_long_for_the_registry_loses_its_front_matter_then_sections()
 
 
 def test_only_the_generators_truth_file_makes_a_sample_corpus(tmp_path):
-    from components.sample_corpus import TRUTH_FILENAME
+    from components.iemocap import GENERATED_MARKER as TRUTH_FILENAME
 
     release = tmp_path / "IEMOCAP_full_release"
     release.mkdir()

@@ -2,7 +2,7 @@
 
 import json
 
-from components import sample_corpus
+from corpora import sample_corpus
 from components.outputs import Ingested
 from conftest import assert_one_line_error, emoalign, truth_of
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from components import evaluate, outputs, train
+from components import evaluate, member, outputs, train
 from components.config import load_config
 from conftest import TINY, assert_one_line_error, emoalign
 from model.metrics import unweighted_accuracy
@@ -160,11 +160,11 @@ def test_fanned_out_equals_one_after_the_other(fanned_out, tmp_path):
     assert sequential["results"] == summary["results"]
     assert (sequential["ua"], sequential["wa"]) == (summary["ua"], summary["wa"])
     collected = fanned_out["run_dir"] / "summarize" / "model"
-    for member in outputs.TrainedModel(tmp_path / "seq" / "train").member_dirs():
-        mine = torch.load(member / "model.pt", weights_only=True)["state_dict"]
-        theirs = torch.load(collected / member.name / "model.pt",
+    for member_dir in outputs.TrainedModel(tmp_path / "seq" / "train").member_dirs():
+        mine = torch.load(member_dir / "model.pt", weights_only=True)["state_dict"]
+        theirs = torch.load(collected / member_dir.name / "model.pt",
                             weights_only=True)["state_dict"]
-        assert all(torch.equal(mine[k], theirs[k]) for k in mine), member.name
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), member_dir.name
 
 
 # Loaded by every Python process of the run (PYTHONPATH); in the train tasks alone (the
@@ -229,7 +229,7 @@ def test_a_test_session_without_a_class_is_named_not_a_nan(prepared, tmp_path):
     rows = rows[~((rows["session"] == 3) & (rows["label"] == "sad"))]
     rows.to_parquet(tmp_path / "manifest.parquet")
     config = load_config(None, [*TINY, "train.epochs=1", "model.kind=text", "protocol=loso"])
-    train.run(prepared["store"], tmp_path / "manifest.parquet", tmp_path / "m", config)
+    member.train_all(prepared["store"], tmp_path / "manifest.parquet", tmp_path / "m", config)
     metrics = evaluate.run(tmp_path / "m", prepared["store"], tmp_path / "manifest.parquet",
                            tmp_path / "e", config)
     assert metrics["missing_classes"] == {"session3-seed0": ["sad"]}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from components import iemocap, sample_corpus
+from components import iemocap
+from corpora import sample_corpus
 from conftest import truth_of
 
 
@@ -153,7 +154,7 @@ def test_voice_settings_change_the_audio():
 # ---- --stress: the plan (the audio is tests/test_tts_corpus.py's) -------------------------
 
 def test_stress_vocabulary_is_large_distinct_and_apart_from_the_carrier_words():
-    from components import stress_plan
+    from corpora import stress_plan
 
     vocabulary = stress_plan.VOCABULARY
     assert sorted(vocabulary) == sorted(stress_plan.CODES) == ["ang", "hap", "neu", "sad"]
@@ -169,7 +170,7 @@ def test_stress_vocabulary_is_large_distinct_and_apart_from_the_carrier_words():
 
 
 def test_stress_plan_names_two_classes_and_labels_the_stressed_one():
-    from components import stress_plan
+    from corpora import stress_plan
 
     plans, _, _ = sample_corpus.plan_corpus(400, seed=5, stress=True)
     assert Counter(p.code for p in plans) == {c: 100 for c in stress_plan.CODES}

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components import environment, evaluate, outputs, train
+from components import environment, evaluate, member, outputs, train
 from components.config import load_config
 from conftest import TINY, assert_one_line_error, emoalign
 
@@ -32,7 +32,7 @@ def test_same_inputs_same_model_and_metrics(prepared, tmp_path, monkeypatch):
         if name == "b":
             monkeypatch.setattr(environment, "allocator_keeps_freed_memory",
                                 contextlib.nullcontext)
-        train.run(prepared["store"], prepared["validated"], tmp_path / name, cfg)
+        member.train_all(prepared["store"], prepared["validated"], tmp_path / name, cfg)
         evaluate.run(tmp_path / name, prepared["store"], prepared["validated"],
                      tmp_path / f"eval_{name}", cfg)
     wa, wb = (weights(tmp_path / n / "session5-seed0" / "model.pt") for n in ("a", "b"))
@@ -41,7 +41,7 @@ def test_same_inputs_same_model_and_metrics(prepared, tmp_path, monkeypatch):
               for n in ("a", "b"))
     assert ma == mb
     other = config("seed=1")
-    train.run(prepared["store"], prepared["validated"], tmp_path / "c", other)
+    member.train_all(prepared["store"], prepared["validated"], tmp_path / "c", other)
     wc = weights(tmp_path / "c" / "session5-seed1" / "model.pt")
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
@@ -72,7 +72,7 @@ def test_memory_freed_while_training_is_reused_without_faulting_it_back_in():
 def test_resume_after_a_crash_mid_epoch_gives_the_same_model(prepared, tmp_path,
                                                              monkeypatch):
     cfg = config("train.epochs=4", "train.patience=10")
-    train.run(prepared["store"], prepared["validated"], tmp_path / "whole", cfg)
+    member.train_all(prepared["store"], prepared["validated"], tmp_path / "whole", cfg)
 
     calls = {"n": 0}
     real_collate = train.collate
@@ -87,12 +87,12 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_model(prepared, tmp_path,
 
     monkeypatch.setattr(train, "collate", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
+        member.train_all(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
     saved = torch.load(tmp_path / "crashed" / "session5-seed0" / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 2 and not (tmp_path / "crashed" / "session5-seed0" / "model.pt").exists()
     monkeypatch.setattr(train, "collate", real_collate)
 
-    train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
+    member.train_all(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
     whole = weights(tmp_path / "whole" / "session5-seed0" / "model.pt")
     resumed = weights(tmp_path / "crashed" / "session5-seed0" / "model.pt")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
@@ -111,7 +111,7 @@ def test_resume_with_the_authors_model_settings_gives_the_same_model(prepared, t
     cfg = config("train.epochs=2", "model.cell=gru", "model.attention=multihead",
                  "model.attention_heads=4", "model.word_pooling=attention",
                  "model.frame_projection=24", "model.encoder_dropout=true")
-    train.run(prepared["store"], prepared["validated"], tmp_path / "whole", cfg)
+    member.train_all(prepared["store"], prepared["validated"], tmp_path / "whole", cfg)
     real_checkpoint = train.MemberTrainer.checkpoint
 
     def crash_after_epoch_one(self):
@@ -120,9 +120,9 @@ def test_resume_with_the_authors_model_settings_gives_the_same_model(prepared, t
 
     monkeypatch.setattr(train.MemberTrainer, "checkpoint", crash_after_epoch_one)
     with pytest.raises(KeyboardInterrupt):
-        train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
+        member.train_all(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg)
     monkeypatch.setattr(train.MemberTrainer, "checkpoint", real_checkpoint)
-    train.run(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
+    member.train_all(prepared["store"], prepared["validated"], tmp_path / "crashed", cfg, resume=True)
     assert "session5-seed0: resumed after epoch 1" in capsys.readouterr().out
     whole = weights(tmp_path / "whole" / "session5-seed0" / "model.pt")
     resumed = weights(tmp_path / "crashed" / "session5-seed0" / "model.pt")
@@ -143,7 +143,7 @@ def test_the_authors_recipe_trains_evaluates_and_serves(prepared, tmp_path):
         "model.attention_heads=4", "model.frame_pool=10", "train.threads=1",
         "features.workers=1"])
     features.run(prepared["validated"], tmp_path / "store", cfg.features)
-    train.run(tmp_path / "store", prepared["validated"], tmp_path / "m", cfg)
+    member.train_all(tmp_path / "store", prepared["validated"], tmp_path / "m", cfg)
     metrics = evaluate.run(tmp_path / "m", tmp_path / "store", prepared["validated"],
                            tmp_path / "e", cfg)
     assert metrics["classes"] == ["angry", "happy", "neutral", "sad"] and metrics["n_test"] > 0
@@ -164,15 +164,15 @@ def test_the_authors_recipe_trains_evaluates_and_serves(prepared, tmp_path):
 
 
 def test_a_checkpoint_from_other_settings_is_refused(prepared, tmp_path):
-    train.run(prepared["store"], prepared["validated"], tmp_path / "m", config())
+    member.train_all(prepared["store"], prepared["validated"], tmp_path / "m", config())
     with pytest.raises(train.TrainError, match="other data or settings"):
-        train.run(prepared["store"], prepared["validated"], tmp_path / "m",
+        member.train_all(prepared["store"], prepared["validated"], tmp_path / "m",
                   config("train.lr=0.01"), resume=True)
 
 
 def test_evaluation_outputs(prepared, tmp_path):
     cfg = config()
-    summary = train.run(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
+    summary = member.train_all(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
     metrics = evaluate.run(tmp_path / "m", prepared["store"], prepared["validated"],
                            tmp_path / "e", cfg)
     predictions = pd.read_csv(tmp_path / "e" / "predictions.csv")
@@ -224,7 +224,7 @@ def test_word_spans_follow_the_forced_alignment(tmp_path):
 def test_loso_trains_five_folds_and_reports_mean_and_std(prepared, tmp_path):
     cfg = config("protocol=loso", "train.epochs=1", "model.kind=text",
                  "train.selection=best", "train.validation_speakers=1")
-    summary = train.run(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
+    summary = member.train_all(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
     assert [f["fold"] for f in summary["folds"]] == [f"session{s}" for s in range(1, 6)]
     metrics = evaluate.run(tmp_path / "m", prepared["store"], prepared["validated"],
                            tmp_path / "e", cfg)
@@ -282,11 +282,11 @@ def test_training_errors_name_the_problem(prepared, tmp_path, monkeypatch):
     only_five = manifest[manifest["session"] == 5]
     only_five.to_parquet(tmp_path / "five.parquet")
     with pytest.raises(train.TrainError, match="no training utterances"):
-        train.run(prepared["store"], tmp_path / "five.parquet", tmp_path / "m", config())
+        member.train_all(prepared["store"], tmp_path / "five.parquet", tmp_path / "m", config())
     no_sad = manifest[(manifest["label"] != "sad") | (manifest["session"] == 5)]
     no_sad.to_parquet(tmp_path / "nosad.parquet")
     with pytest.raises(train.TrainError, match="class 'sad' has no training utterances"):
-        train.run(prepared["store"], tmp_path / "nosad.parquet", tmp_path / "m", config())
+        member.train_all(prepared["store"], tmp_path / "nosad.parquet", tmp_path / "m", config())
 
     from model.features import Normalizer
 
@@ -294,7 +294,7 @@ def test_training_errors_name_the_problem(prepared, tmp_path, monkeypatch):
                         lambda self, frames, speaker=None: np.full(frames.shape, np.nan,
                                                                    np.float32))
     with pytest.raises(train.TrainError, match="the loss became nan in epoch 1"):
-        train.run(prepared["store"], prepared["validated"], tmp_path / "m", config(
+        member.train_all(prepared["store"], prepared["validated"], tmp_path / "m", config(
             "model.kind=speech"))
 
 
@@ -336,7 +336,7 @@ def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(prepared, t
                                           self.model.state_dict().items()}
 
     monkeypatch.setattr(train.MemberTrainer, "checkpoint", keep_weights)
-    summary = train.run(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
+    summary = member.train_all(prepared["store"], prepared["validated"], tmp_path / "m", cfg)
     (fold,) = summary["folds"]
     assert fold["epochs_run"] == 4 and sorted(snapshots) == [1, 2, 3, 4]
     kept = torch.load(tmp_path / "m" / fold["member"] / "model.pt",

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from components import iemocap, ingest, sample_corpus, tts_corpus
+from components import iemocap, ingest
+from corpora import sample_corpus, tts_corpus
 from conftest import assert_one_line_error, emoalign, truth_of
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,

@@ -151,14 +151,13 @@ def sample_corpus_evidence(ingest_report: dict, corpus: str) -> str | None:
     leaves its truth file in a release; data/ alone proves nothing (the real release may
     have replaced it there, with data.dvc rewritten)."""
     from components import iemocap
-    from components.sample_corpus import TRUTH_FILENAME
 
     if ingest_report.get("generated_sample"):
-        return f"its release holds the generator's {TRUTH_FILENAME}"
+        return f"its release holds the generator's {iemocap.GENERATED_MARKER}"
     if corpus:
         for folder in (Path(corpus), Path(corpus) / iemocap.RELEASE_DIRNAME):
-            if (folder / TRUTH_FILENAME).is_file():
-                return f"its folder holds the generator's {TRUTH_FILENAME}"
+            if (folder / iemocap.GENERATED_MARKER).is_file():
+                return f"its folder holds the generator's {iemocap.GENERATED_MARKER}"
     return None
 
 

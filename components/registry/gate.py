@@ -86,7 +86,7 @@ def infra_check(model_uri: str, data: pd.DataFrame, classes: list[str], n: int,
                 compare_probabilities: bool) -> dict:
     """Load the registered version through MLflow and score a few test utterances, as
     serving will. Under holdout its probabilities must match evaluation's."""
-    from components.pyfunc import load
+    from model.pyfunc import load
 
     sample = data.head(n)
     try:
@@ -111,7 +111,7 @@ def infra_check(model_uri: str, data: pd.DataFrame, classes: list[str], n: int,
 
 def score_champion(model_uri: str, data: pd.DataFrame, classes: list[str]) -> np.ndarray:
     """The champion's predicted class ids on the challenger's test utterances, now."""
-    from components.pyfunc import load
+    from model.pyfunc import load
 
     loaded = load(model_uri)
     out = loaded.predict(model_input(data))

@@ -81,7 +81,7 @@ def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], da
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from components.pyfunc import log_model, wav_example
+    from model.pyfunc import log_model, wav_example
 
     # The smallest test utterance becomes the input example stored with the model.
     shortest = data.assign(size=data["wav_path"].map(lambda p: Path(p).stat().st_size)) \

@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 
 from components.errors import UserError
-from components.pyfunc import load
 from components.registry.history import resolve
 from components.registry.store import connect
+from model.pyfunc import INPUT_COLUMNS, load
 
 
 def predict_registered(uri: str, requests: pd.DataFrame):
@@ -25,3 +25,31 @@ def predict_registered(uri: str, requests: pd.DataFrame):
         raise UserError(f"cannot score the input: {e.message}") from None
     shown = ["(base64 WAV)" if w.startswith("UklGR") else Path(w).name for w in requests["wav"]]
     return version, requests[["wav"]].assign(wav=shown).join(out)
+
+
+def read_requests(batch: str | None, wav: str | None, text: str | None,
+                  speaker: str | None = None) -> pd.DataFrame:
+    """The requests to score: a CSV of wav, transcript (and speaker) whose relative wav
+    paths are read from the CSV's folder, or one wav with its transcript (and speaker)."""
+    if batch:
+        path = Path(batch)
+        if not path.is_file():
+            raise UserError(f"batch file not found: {path}")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
+        missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
+                            "(expected wav, transcript and optionally speaker)")
+        base = path.resolve().parent
+        frame["wav"] = [w if Path(w).is_absolute() or w.startswith("UklGR") else
+                        str(base / w) for w in frame["wav"]]
+        return frame
+    if not wav or text is None:
+        raise UserError("give --wav and --text, or --batch CSV")
+    if not Path(wav).is_file():
+        raise UserError(f"wav file not found: {wav}")
+    request = pd.DataFrame({"wav": [str(Path(wav).resolve())], "transcript": [text]})
+    return request.assign(speaker=[speaker]) if speaker else request

@@ -1,9 +1,11 @@
 """The model as an MLflow pyfunc: a DataFrame of wav + transcript in, label and class
-probabilities out.
+probabilities out. The one module of `model/` that knows MLflow: the wrapper around
+serving.py that registration logs and `mlflow models serve` loads.
 
-The logged model carries its fold bundles (weights, vocabulary, feature spec and
-normalisation statistics) as artifacts and the project's own `model/` and `components/`
-code, so it computes features exactly as the pipeline did, whatever is installed later.
+The logged model carries its member bundles (weights, vocabulary, feature spec and
+normalisation statistics) as artifacts and this package, `model/`, as its code: all that
+serving needs, so it computes features exactly as the pipeline did, whatever is installed
+later, in a process where the pipeline's packages cannot be imported.
 """
 
 import base64
@@ -11,6 +13,7 @@ import binascii
 import contextlib
 import io
 import importlib.metadata
+import sys
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -19,9 +22,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
-
-from components import PROJECT_ROOT
-from components.errors import UserError
 
 INPUT_COLUMNS = ("wav", "transcript")  # + optional "speaker" (for per-speaker normalisation)
 # What the pyfunc imports when it loads; pinned to the versions that trained the model.
@@ -109,7 +109,7 @@ def log_model(fold_bundles: dict[str, Path], classes: list[str], example: pd.Dat
             name=name,
             python_model=EmoalignModel(),
             artifacts={k: str(v) for k, v in artifacts.items()},
-            code_paths=[str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "components")],
+            code_paths=[str(Path(__file__).resolve().parent)],  # model/, this package
             signature=signature(classes),
             input_example=example,
             pip_requirements=pinned_requirements(),
@@ -123,37 +123,17 @@ def wav_example(wav_path: Path, transcript: str, speaker: str = "") -> pd.DataFr
     return pd.DataFrame({"wav": [encoded], "transcript": [transcript], "speaker": [speaker]})
 
 
+# Where versions registered before this wrapper moved here pickled it: their python_model
+# names components.pyfunc.EmoalignModel. Loaded in a process that has imported the pipeline's
+# own `components` (the gate re-scoring an old champion, `emoalign predict`), that name finds
+# this module; in a process of its own the version's code/ folder carries the old module.
+FORMER_MODULE = "components.pyfunc"
+
+
 def load(model_uri: str):
-    """mlflow.pyfunc.load_model, without the advice (see _Quiet)."""
+    """mlflow.pyfunc.load_model, without the advice (see _Quiet); versions registered
+    before the wrapper moved load too."""
+    if "components" in sys.modules:
+        sys.modules.setdefault(FORMER_MODULE, sys.modules[__name__])
     with _Quiet():
         return mlflow.pyfunc.load_model(model_uri)
-
-
-# ---- emoalign predict --------------------------------------------------------------------
-
-def read_requests(batch: str | None, wav: str | None, text: str | None,
-                  speaker: str | None = None) -> pd.DataFrame:
-    """The requests to score: a CSV of wav, transcript (and speaker) whose relative wav
-    paths are read from the CSV's folder, or one wav with its transcript (and speaker)."""
-    if batch:
-        path = Path(batch)
-        if not path.is_file():
-            raise UserError(f"batch file not found: {path}")
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
-        missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
-        if missing:
-            raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
-                            "(expected wav, transcript and optionally speaker)")
-        base = path.resolve().parent
-        frame["wav"] = [w if Path(w).is_absolute() or w.startswith("UklGR") else
-                        str(base / w) for w in frame["wav"]]
-        return frame
-    if not wav or text is None:
-        raise UserError("give --wav and --text, or --batch CSV")
-    if not Path(wav).is_file():
-        raise UserError(f"wav file not found: {wav}")
-    request = pd.DataFrame({"wav": [str(Path(wav).resolve())], "transcript": [text]})
-    return request.assign(speaker=[speaker]) if speaker else request

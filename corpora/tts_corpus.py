@@ -1,6 +1,6 @@
 """`emoalign sample-corpus --voice tts`: the sample corpus spoken by a real synthesiser.
 
-components.sample_corpus plans the corpus (codes, dialogs, speakers, words, and which
+corpora.sample_corpus plans the corpus (codes, dialogs, speakers, words, and which
 modality carries the emotion) and writes every file; this module only makes the audio, with
 espeak-ng:
 - each of the ten speakers has its own espeak-ng voice (a dialect plus a female or male
@@ -12,7 +12,7 @@ espeak-ng:
   with long breaks between them, the chunks are cut apart at those silences and laid end to
   end with short pauses, so each word's .wdseg span is exactly where its sound is;
 - a light synthetic reverb and coloured room noise at a per-utterance SNR go on top;
-- with `--stress` (components.stress_plan) the delivery is neutral except on one planned
+- with `--stress` (corpora.stress_plan) the delivery is neutral except on one planned
   word, spoken louder (-a), higher (-p) and slower (-s) by the plan's emphasis.
 Every random draw comes from the utterance's own seeded stream and espeak-ng is
 deterministic, so a seed gives the same bytes whatever the number of workers.
@@ -30,10 +30,10 @@ import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 from scipy.signal import fftconvolve, resample_poly
 
-from components import sample_corpus
+from corpora import sample_corpus
 from components.errors import UserError
-from components.sample_corpus import SR, Rendered, Renderer, Speaker, UtterancePlan
-from components.stress_plan import StressPlan
+from corpora.sample_corpus import SR, Rendered, Renderer, Speaker, UtterancePlan
+from corpora.stress_plan import StressPlan
 
 ESPEAK = "espeak-ng"
 ESPEAK_SR = 22_050  # what espeak-ng writes; 16_000 / 22_050 = 320 / 441

@@ -12,8 +12,8 @@ is the stressed word's class. Neither modality alone can tell it:
 Only a model that ties the stress it hears to the word it reads at that moment gets it all,
 which is the alignment the model of Xu et al. is built to learn.
 
-This module plans (the words, the stressed one, the emphasis); components.tts_corpus speaks
-the plan, and components.sample_corpus lays the utterances out as IEMOCAP does.
+This module plans (the words, the stressed one, the emphasis); corpora.tts_corpus speaks
+the plan, and corpora.sample_corpus lays the utterances out as IEMOCAP does.
 """
 
 from __future__ import annotations

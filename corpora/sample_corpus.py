@@ -10,7 +10,7 @@ What makes it useful rather than merely well-formed:
 - emotion is carried by the voice, by the words, or by both. A share of utterances has
   neutral words (only the voice tells) and a share has neutral delivery (only the words
   tell), so only a model that fuses both modalities can get all of them right;
-- or, with `stress` (components.stress_plan), every utterance names two emotions and is
+- or, with `stress` (corpora.stress_plan), every utterance names two emotions and is
   labelled by the one its speaker stresses, so only a model that ties what it hears to the
   word it reads can get them right.
 
@@ -18,7 +18,7 @@ Every utterance draws from its own seeded stream, so the bytes written do not de
 number of worker processes or the order in which utterances are synthesised.
 
 The audio is made by a `Renderer`: the built-in synthesiser here by default, or another one
-(components.tts_corpus speaks the same plan with espeak-ng) through `generate(renderer=...)`.
+(corpora.tts_corpus speaks the same plan with espeak-ng) through `generate(renderer=...)`.
 Planning, annotations, label and transcription files and the truth file do not change with it.
 """
 
@@ -38,12 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from components import iemocap, stress_plan
+from components import iemocap
+from corpora import stress_plan
 from components.errors import UserError
-from components.stress_plan import StressPlan
+from corpora.stress_plan import StressPlan
 
 GENERATOR_VERSION = "1"
-TRUTH_FILENAME = "SAMPLE_CORPUS.json"
+TRUTH_FILENAME = iemocap.GENERATED_MARKER
 MIN_UTTERANCES = len(iemocap.LABEL_CODES)  # every code at least once
 SR = iemocap.SAMPLE_RATE
 
@@ -476,7 +477,7 @@ def _articulate(rng: np.random.Generator, source: np.ndarray, syllables: list[tu
 
 class Renderer:
     """Turns a planned utterance into audio. This one is the built-in synthesiser; subclasses
-    (components.tts_corpus) plug into generate(). Instances travel to worker processes, so
+    (corpora.tts_corpus) plug into generate(). Instances travel to worker processes, so
     they hold plain values only."""
 
     # Whether it speaks a plan's stressed word (UtterancePlan.stress) with emphasis. The
