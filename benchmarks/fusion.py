@@ -30,7 +30,8 @@ each instead of the benchmark's model size, and with a class set of its own the 
 ingested into a manifest of its own. With `--save FILE` every model's UA and WA go to FILE
 (JSON); `--against FILE` compares this run with such a file, kind by kind over the same
 (fold, seed): how two recipes differ, paired, with each one's seed spread.
-An accuracy figure, not a timing: it backs the README's fusion table.
+An accuracy figure, not a timing: it backs the fusion tables of benchmarks/RESULTS.md
+(summarised in docs/model.md).
 """
 
 import argparse
