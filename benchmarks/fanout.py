@@ -38,7 +38,7 @@ DEFAULTS = ["protocol=loso", "train.seeds=0,1", "train.epochs=12"]
 
 def through_kfp(corpus: Path, config, work: Path, parallelism: int) -> tuple[float, dict]:
     started = time.perf_counter()
-    run_lineage = lineage.Lineage(str(corpus.resolve()), lineage.corpus_hash(corpus),
+    run_lineage = lineage.Lineage(str(corpus.resolve()), lineage.release_hash(corpus),
                                   lineage.code_version()[0], False)
     run = run_pipeline(pipeline_arguments(config, run_lineage.corpus, run_lineage), work,
                        echo=False, parallelism=parallelism)

@@ -65,7 +65,7 @@ def main() -> None:
     config = load_config(None, args.overrides)
     config.features.cache_dir = ""  # both paths extract features themselves
     corpus = args.corpus or local.ensure_default_corpus(config)
-    data_hash = lineage.corpus_hash(corpus)
+    data_hash = lineage.release_hash(corpus)
     sha = lineage.code_version()[0]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -49,7 +49,7 @@ def run(corpus: str, dvc_repo: str = "", dvc_rev: str = "", data_hash: str = ""
         except (FileNotFoundError, iemocap.FormatError) as e:
             raise CorpusError(str(e)) from None
         # A caller that hashed the corpus already (emoalign run) passes the hash in.
-        return str(path.resolve()), data_hash or lineage.corpus_hash(path)
+        return str(path.resolve()), data_hash or lineage.release_hash(path)
 
     from dvc.api import DVCFileSystem
 

@@ -30,8 +30,8 @@ class Lineage:
     pipeline_run: str = ""
 
 
-def corpus_hash(path: Path) -> str:
-    """DVC's md5 of a folder (`<md5>.dir`): for `data/` it is exactly what data.dvc records."""
+def _tree(path: Path):
+    """DVC's tree object of a folder: each file's relative path and md5."""
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db.local import LocalHashFileDB
     from dvc_objects.fs.local import LocalFileSystem
@@ -40,7 +40,31 @@ def corpus_hash(path: Path) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         _, _, obj = build(LocalHashFileDB(fs, scratch), str(Path(path).resolve()), fs, "md5",
                           dry_run=True)
-    return obj.hash_info.value
+    return obj
+
+
+def corpus_hash(path: Path) -> str:
+    """DVC's md5 of a folder (`<md5>.dir`), as `dvc add` records it: for `data/` exactly
+    what data.dvc holds. What a run is keyed on is `release_hash`."""
+    return _tree(path).hash_info.value
+
+
+def release_hash(corpus: Path) -> str:
+    """The data hash of a corpus, the same whichever way it comes: its release root or the
+    folder holding it, here (`emoalign run`) or in a cluster's fetch task. It is DVC's md5
+    of a folder holding this release alone under its standard name, so the release in
+    data/ (which holds it alone) hashes to the md5 data.dvc records, and a DVC revision's
+    pinned md5 is this hash of the release it pins. Anything beside the release in the
+    folder given, which no step reads, and the release folder's own name do not count."""
+    from dvc_data.hashfile.tree import Tree
+
+    from components import iemocap
+
+    alone = Tree()
+    for key, meta, oid in _tree(iemocap.find_release_root(Path(corpus))):
+        alone.add((iemocap.RELEASE_DIRNAME, *key), meta, oid)
+    alone.digest()
+    return alone.hash_info.value
 
 
 def dvc_pointer_hash(dvc_file: Path) -> str | None:
@@ -57,19 +81,21 @@ def pointer_md5(text: str) -> str | None:
 
 
 def data_hash(corpus: Path) -> tuple[str, str]:
-    """(hash, where it came from) of the corpus a run reads. `data/` is hashed whole, as
-    data.dvc records it, and checked against data.dvc; another corpus by its release root."""
+    """(release_hash, where it came from) of the corpus a run reads; `data/` is checked
+    against data.dvc too, as DVC hashes it (the whole folder)."""
     from components import iemocap
 
     corpus = Path(corpus).resolve()
-    if corpus == DEFAULT_DATA.resolve():
-        actual = corpus_hash(DEFAULT_DATA)
-        recorded = dvc_pointer_hash(DVC_POINTER)
-        if recorded and actual != recorded:
-            return actual, (f"data/ differs from data.dvc ({recorded}); "
-                            "run `dvc add data` to record this version")
-        return actual, "data/ matches data.dvc"
-    return corpus_hash(iemocap.find_release_root(corpus)), "hash of the corpus read"
+    digest = release_hash(corpus)
+    if corpus != DEFAULT_DATA.resolve():
+        return digest, "hash of the corpus read"
+    recorded = dvc_pointer_hash(DVC_POINTER)
+    alone = [p.name for p in corpus.iterdir()] == [iemocap.RELEASE_DIRNAME]
+    tracked = digest if alone else corpus_hash(corpus)
+    if recorded and tracked != recorded:
+        return digest, (f"data/ differs from data.dvc ({recorded}); "
+                        "run `dvc add data` to record this version")
+    return digest, "data/ matches data.dvc"
 
 
 def git_sha(repo: Path) -> tuple[str | None, bool]:

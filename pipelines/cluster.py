@@ -35,12 +35,20 @@ RESOURCES = {
     "register": ("2", "4Gi", "8Gi"),
     "notify": ("250m", "512Mi", "1Gi"),  # the exit task: a POST, an MLflow search
 }
-# Steps that touch the network (DVC remote, MLflow) retry transient failures.
-RETRIED = {"fetch", "check", "track", "register"}
+# Steps that talk to services (DVC remote, MLflow, the webhook) retry transient failures.
+RETRIED = {"fetch", "check", "track", "register", "notify"}
 # Never from the cache: steps with effects outside their outputs (MLflow runs, registered
-# versions), and those whose answer depends on the outside world (a DVC revision such as
-# `main` moves; the champion changes).
+# versions, the alert), and those whose answer depends on the outside world (a DVC revision
+# such as `main` moves; the champion changes).
 UNCACHED = {"fetch", "check", "track", "register", "notify"}
+# From the cache when their inputs are unchanged. KFP keys a task's cache on its parameters
+# and its input artifacts' URIs, not on file contents: ingest and features take the data
+# hash, validate the champion it compares with, and the rest the artifacts of those.
+CACHED = {"ingest", "validate", "features", "plan", "train", "evaluate", "summarize"}
+# The longest a run may take before the cluster stops it (Argo's activeDeadlineSeconds): a
+# scheduled run that hangs on a service must not hold its GPUs, or the next schedule, for
+# ever. LOSO x 3 seeds on the full IEMOCAP takes a few hours on GPU nodes.
+RUN_DEADLINE_S = int(os.environ.get("EMOALIGN_RUN_DEADLINE_S", str(24 * 3600)))
 # evaluate reads the .wdseg word timings for the attention-alignment measure.
 READS_CORPUS = {"fetch", "ingest", "validate", "features", "evaluate", "register"}
 # fetch: the champion, for drift; notify: the run's outcome, for the alert.
@@ -64,8 +72,7 @@ def configure(task, step: str):
         # 3 times, registry.store.HTTP_RETRIES; kfp.local honours this too).
         task.set_retry(num_retries=3, backoff_duration=f"{RETRY_BACKOFF_S:g}s",
                        backoff_factor=2.0, backoff_max_duration="60s")
-    if step in UNCACHED:
-        task.set_caching_options(False)
+    task.set_caching_options(step in CACHED)
     if step in READS_CORPUS:
         kubernetes.mount_pvc(task, pvc_name=CORPUS_PVC, mount_path=CORPUS_MOUNT)
     if step in USES_MLFLOW:

@@ -19,7 +19,7 @@ from kfp import dsl
 
 from pipelines import PIPELINE_NAME
 from pipelines import kfp_components as steps  # each step as a KFP component
-from pipelines.cluster import configure
+from pipelines.cluster import RUN_DEADLINE_S, configure
 from pipelines.steps import DATA_STEPS
 
 FAN_OUT = "fold-seed"  # the ParallelFor's name
@@ -95,7 +95,8 @@ def build_pipeline(parallelism: int = 0, tasks_per_machine: int = 1,
     has resolved it (`emoalign run` has); left empty, the fetch task resolves it."""
 
     @dsl.pipeline(name=PIPELINE_NAME,
-                  description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)")
+                  description="IEMOCAP speech + text emotion recognition (Xu et al. 2019)",
+                  pipeline_config=dsl.PipelineConfig(active_deadline_seconds=RUN_DEADLINE_S))
     def emoalign_pipeline(corpus: str, config_yaml: str, data_hash: str = "",
                           git_sha: str = "", git_dirty: bool = False, dvc_repo: str = "",
                           dvc_rev: str = "", protocol: str = "", seed: int = -1,

@@ -57,10 +57,39 @@ def dvc_repo(small_corpus, tmp_path_factory):
 def test_a_path_is_read_as_it_is(small_corpus):
     folder, digest = fetch.run(str(small_corpus))
     assert Path(folder) == small_corpus.resolve()
-    assert digest == lineage.corpus_hash(small_corpus)
+    assert digest == lineage.release_hash(small_corpus)
     assert fetch.run(str(small_corpus), data_hash="given")[1] == "given"
     with pytest.raises(CorpusError, match="does not exist"):
         fetch.run(str(small_corpus.parent / "nowhere"))
+
+
+def test_one_corpus_has_one_data_hash_whichever_way_it_comes(dvc_repo, small_corpus,
+                                                             tmp_path, monkeypatch):
+    """Its release root or the folder holding it (with other things beside it, under another
+    name), through `emoalign run`'s lineage or a fetch task given no hash, or as the DVC
+    revision that pins it: one hash, the one `lineage.release_hash` computes."""
+    one = lineage.release_hash(small_corpus)
+    elsewhere = tmp_path / "shelf" / "my-copy"
+    shutil.copytree(small_corpus, elsewhere)
+    (tmp_path / "shelf" / "notes.txt").write_text("not the corpus")
+    parent = tmp_path / "holder"
+    shutil.copytree(small_corpus, parent / "IEMOCAP_full_release")
+    (parent / "README").write_text("also not the corpus")
+    for corpus in (small_corpus, small_corpus.parent, elsewhere, parent):
+        assert lineage.data_hash(corpus)[0] == one, corpus
+        assert fetch.run(str(corpus))[1] == one, corpus
+    assert fetch.run(str(tmp_path / "volume"), str(dvc_repo["repo"]), "v1")[1] == one
+    # data/ as `emoalign run` reads it by default: the md5 data.dvc records.
+    data = tmp_path / "checkout" / "data"
+    shutil.copytree(small_corpus, data / "IEMOCAP_full_release")
+    monkeypatch.setattr(lineage, "DEFAULT_DATA", data)
+    monkeypatch.setattr(lineage, "DVC_POINTER", dvc_repo["repo"] / "data.dvc")  # pins v2
+    assert lineage.data_hash(data) == (one, f"data/ differs from data.dvc ({dvc_repo['v2']}); "
+                                            "run `dvc add data` to record this version")
+    assert lineage.corpus_hash(data) == one  # DVC's own hash of data/
+    # A different corpus, a different hash.
+    next(elsewhere.rglob("*.wav")).unlink()
+    assert lineage.release_hash(elsewhere) != one
 
 
 def test_a_dvc_revision_is_pulled_from_the_remote_and_checked(dvc_repo, small_corpus,

@@ -660,6 +660,25 @@ def test_network_steps_retry_after_10_20_40_s_unless_told_otherwise(tmp_path):
     assert {p["backoffDuration"] for p in _retry_policies(quick).values()} == {"1s"}
 
 
+def test_every_task_states_its_caching_and_a_run_has_a_deadline():
+    """Each step is cached or not on purpose (cluster.py says why), and a scheduled run that
+    hangs is stopped by the cluster."""
+    compiled, platform = yaml.safe_load_all(COMPILED.read_text())
+    assert cluster.CACHED.isdisjoint(cluster.UNCACHED)
+    assert cluster.CACHED | cluster.UNCACHED == set(cluster.RESOURCES)
+    tasks = {name: task for dag in (c["dag"]["tasks"] for c in
+             [compiled["root"], *compiled["components"].values()] if "dag" in c)
+             for name, task in dag.items() if name in cluster.RESOURCES}
+    assert set(tasks) == set(cluster.RESOURCES)
+    for step, task in tasks.items():
+        assert task["cachingOptions"].get("enableCache", False) == (step in cluster.CACHED), \
+            step
+    assert {"fetch", "check", "notify"} <= cluster.UNCACHED
+    assert {"ingest", "features"} <= cluster.CACHED
+    deadline = platform["platforms"]["kubernetes"]["pipelineConfig"]["activeDeadlineSeconds"]
+    assert deadline == cluster.RUN_DEADLINE_S > 0
+
+
 def test_compiled_pipeline_asks_for_a_gpu_only_for_training():
     ir, _ = compiled_docs()
     labels = executor_of_step(ir)

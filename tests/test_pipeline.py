@@ -12,6 +12,7 @@ from components.config import Config, config_from_yaml, load_config
 from conftest import GATE, assert_one_line_error, emoalign, truth_of
 from pipelines import local
 from pipelines.local import PipelineFailed, run_pipeline
+from pipelines.steps import ORDER
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,16 +23,18 @@ def test_run_executes_the_pipeline_through_kfp_local(two_runs):
     register task skipped under its dsl.If is the fanned-out run's test.)"""
     corpus, summary, stdout = (two_runs["corpora"][0], two_runs["summaries"][0],
                                two_runs["stdouts"][0])
-    for task in ("fetch", "check", "ingest", "validate", "features", "plan", "train",
-                 "evaluate", "summarize", "track", "register"):
+    for task in ORDER:
         assert f"Executing task '{task}'" in stdout
         assert f"Task '{task}' finished with status SUCCESS" in stdout
+    # pipelines/steps.py states the order; kfp.local followed it.
+    started = [stdout.index(f"Executing task '{task}'") for task in ORDER]
+    assert started == sorted(started)
     assert "validation passed: 200 rows = 200 kept + 0 quarantined" in stdout
     assert "Streamed logs" not in stdout  # the full task logs go to pipeline.log
 
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == (two_runs["work"] / "runs" / "pipeline_root").resolve()
-    assert summary["data_hash"] == lineage.corpus_hash(corpus)
+    assert summary["data_hash"] == lineage.release_hash(corpus)
     truth = truth_of(corpus)
     assert summary["label_counts"] == truth["counts"]["class4"]
     assert summary["n_label_blocks"] == truth["n_utterances"]

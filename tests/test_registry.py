@@ -43,7 +43,7 @@ def test_each_run_is_tracked_with_config_metrics_artifacts_and_lineage(two_runs)
     losses = client.get_metric_history(child.info.run_id, "train/loss")
     assert [m.step for m in losses] == [1, 2, 3]
     tags = run.data.tags
-    assert tags["data_hash"] == first["data_hash"] == lineage.corpus_hash(
+    assert tags["data_hash"] == first["data_hash"] == lineage.release_hash(
         two_runs["corpora"][0])
     assert tags["git_sha"] == (first["git_sha"] or "unknown")
     assert tags["config_sha256"] == first["config_sha256"]
