@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# The release's rate, which the sample corpus is written at; model/spec.py states it.
+from model.spec import SAMPLE_RATE  # noqa: F401
+
 RELEASE_DIRNAME = "IEMOCAP_full_release"
 SESSIONS = (1, 2, 3, 4, 5)
-SAMPLE_RATE = 16_000
 
 # The eleven consensus codes of the real release, with the counts it holds (10,039 in all).
 LABEL_CODES = ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx")
