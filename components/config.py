@@ -1,11 +1,21 @@
 """One typed configuration for the whole pipeline, loaded from YAML, overridable with
 `--set key=value`, and saved resolved beside every run.
 
-The dataclasses below are the one place a key is declared: its type, its default and its
-help (`setting`). configs/default.yaml is generated from them (`make config`; a test keeps
-the two equal), and pydantic checks every value against the types, in strict mode, so
-`epochs: "30"` or `seed: true` are mistakes, as they always were here. What the types cannot
-say (ranges, keys that must agree) each section's `check` says."""
+The dataclasses below (and model/spec.py's, which they extend) are the one place a key is
+declared: its type, its default and its help (`setting`). configs/default.yaml is generated
+from them (`make config`; a test keeps the two equal).
+
+A key's type is its rule. Pydantic checks every value against it, in strict mode
+(`epochs: "30"` and `seed: true` are mistakes): a choice is a Literal (`cell: Literal["lstm",
+"gru"]`), a range is annotated_types metadata (`Annotated[int, Ge(1)]`), and the few rules
+on one key that neither can state are named predicates (`Predicate(distinct)`). Its first
+complaint becomes one line naming the key and what it may hold (`_one_line`). The rules
+that join keys come after: each section's ORDERED pairs (one key kept below another), then
+its `check`.
+
+A removed key (REMOVED) set to what it always meant is dropped, so older configs and the
+config.resolved.yaml of older runs still load; set to anything else, it is refused, saying
+why it went."""
 
 from __future__ import annotations
 
@@ -18,13 +28,14 @@ import textwrap
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Interval, MinLen, Predicate
 
-from components import PROJECT_ROOT
+from components import PROJECT_ROOT, iemocap
 from components.errors import ConfigError
-from model.spec import (ATTENTIONS, CELLS, FEATURE_KINDS, KINDS, UNKNOWN_WORD_INITS,
-                        WORD_POOLINGS, Architecture, FeatureSpec, setting)
+from model.spec import SAMPLE_RATE, Architecture, FeatureSpec, UnknownWordInit, setting
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -34,12 +45,27 @@ CLASS_CODES = {
     "frustrated": "fru", "surprised": "sur", "fearful": "fea", "disgusted": "dis",
     "other": "oth",
 }
+ClassName = Literal[tuple(CLASS_CODES)]  # the names above, written once
+
+
+# Rules on one key that no type or range states. The docstring is what the error says.
+def distinct(values: list) -> bool:
+    """must not list a value twice"""
+    return len(set(values)) == len(values)
+
+
+def not_blank(text: str) -> bool:
+    """must not be empty"""
+    return bool(text.strip())
 
 
 class Section:
-    """A section of the config: a key it does not declare is a mistake, not ignored."""
+    """A section of the config: a key it does not declare is a mistake, not ignored.
+    ORDERED lists (lower key, "<" or "<=", upper key): pairs of its keys that must keep
+    that order."""
 
     __pydantic_config__ = {"extra": "forbid"}
+    ORDERED: ClassVar[tuple] = ()
 
 
 def section(cls: type, help: str = ""):
@@ -50,19 +76,19 @@ def section(cls: type, help: str = ""):
 class SampleCorpusConfig(Section):
     """The generated corpus `emoalign run` uses when `data/` is empty."""
 
-    utterances: int = setting(600)
-    seed: int = setting(0)
-
-    def check(self) -> None:
-        if self.utterances < 11:
-            raise ConfigError("sample_corpus.utterances: at least 11 (one per IEMOCAP code)")
+    utterances: Annotated[int, Ge(len(iemocap.LABEL_CODES))] = setting(
+        600, "utterances to write; at least one per IEMOCAP code (11)")
+    seed: Annotated[int, Ge(0)] = setting(0, "draws its speakers, their voices, the labels "
+                                             "and the sentences")
 
 
 @dataclass
 class IngestConfig(Section):
-    classes: list[str] = setting(["neutral", "happy", "angry", "sad"],
-                                 "also: excited, frustrated, surprised, fearful, disgusted, "
-                                 "other")
+    classes: Annotated[list[ClassName], MinLen(2), Predicate(distinct)] = setting(
+        ["neutral", "happy", "angry", "sad"], "two or more of neutral, happy, excited, sad, "
+                                              "angry, frustrated, surprised, fearful, "
+                                              "disgusted, other; utterances of other codes "
+                                              "are left out")
     merge_excited: bool = setting(True, "the standard 4-class protocol counts exc as happy; "
                                         "false drops it (or keeps it, when 'excited' is a "
                                         "class)")
@@ -75,75 +101,61 @@ class IngestConfig(Section):
         return mapping
 
     def check(self) -> None:
-        unknown = [c for c in self.classes if c not in CLASS_CODES]
-        if unknown:
-            raise ConfigError(
-                f"ingest.classes: unknown class {unknown[0]!r} (known: {', '.join(CLASS_CODES)})")
-        if len(set(self.classes)) != len(self.classes):
-            raise ConfigError("ingest.classes: a class is listed twice")
-        if len(self.classes) < 2:
-            raise ConfigError("ingest.classes: at least two classes are needed")
         if self.merge_excited and "happy" not in self.classes:
             raise ConfigError("ingest.merge_excited needs 'happy' in ingest.classes")
         if self.merge_excited and "excited" in self.classes:
             raise ConfigError("ingest.merge_excited contradicts 'excited' in ingest.classes")
 
 
+DRIFT_METRICS = ("class_share", "duration", "speaker", "oov")
+
+
 @dataclass
 class DriftConfig(Section):
     """Thresholds on how far a corpus may move from the reference statistics."""
 
+    ORDERED: ClassVar[tuple] = tuple((f"{m}_warn", "<=", f"{m}_fail") for m in DRIFT_METRICS)
     class_share_warn: float = setting(0.10, "total variation distance of class shares")
-    class_share_fail: float = setting(0.25)
+    class_share_fail: float = setting(0.25, "above it validation fails (_warn: it warns)")
     duration_warn: float = setting(0.15, "Kolmogorov-Smirnov distance of durations")
-    duration_fail: float = setting(0.40)
+    duration_fail: float = setting(0.40, "above it validation fails")
     speaker_warn: float = setting(0.15, "total variation distance of utterances per speaker")
-    speaker_fail: float = setting(0.40)
+    speaker_fail: float = setting(0.40, "above it validation fails")
     oov_warn: float = setting(0.05, "share of tokens outside the reference vocabulary")
-    oov_fail: float = setting(0.20)
-
-    def check(self) -> None:
-        for key, warn in vars(self).items():
-            if key.endswith("_warn") and warn > getattr(self, key[:-5] + "_fail"):
-                raise ConfigError(f"validate.drift.{key} is above its _fail threshold")
+    oov_fail: float = setting(0.20, "above it validation fails")
 
 
 @dataclass
 class ValidateConfig(Section):
-    sample_rate: int = setting(16_000)
-    channels: int = setting(1)
-    min_duration_s: float = setting(0.2)
+    ORDERED: ClassVar[tuple] = (("min_duration_s", "<", "max_duration_s"),)
+    channels: int = setting(1, "channels a wav must have; others are quarantined")
+    min_duration_s: Annotated[float, Ge(0)] = setting(0.2, "shorter utterances are "
+                                                           "quarantined")
     # The real release's longest turn lasts about 34 s.
-    max_duration_s: float = setting(40.0)
-    duration_tolerance_s: float = setting(0.1, "wav length against its label block; more "
-                                               "quarantines the wav")
-    silence_floor_dbfs: float = setting(-55.0)
-    max_clipped_share: float = setting(0.01)
-    min_class_share: float = setting(0.03, "of the labelled rows, per class")
-    max_quarantined_share: float = setting(0.20, "more than this is a broken corpus, not a "
-                                                 "few bad files")
+    max_duration_s: float = setting(40.0, "longer utterances are quarantined")
+    duration_tolerance_s: Annotated[float, Ge(0)] = setting(
+        0.1, "wav length against its label block; more quarantines the wav")
+    silence_floor_dbfs: float = setting(-55.0, "a wav whose RMS level is below this is "
+                                               "silent and quarantined")
+    max_clipped_share: Annotated[float, Ge(0)] = setting(
+        0.01, "a wav with more of its samples at full scale is clipped and quarantined")
+    min_class_share: Annotated[float, Ge(0)] = setting(
+        0.03, "of the labelled rows, per class, before and after quarantine; less fails "
+              "validation")
+    max_quarantined_share: Annotated[float, Ge(0)] = setting(
+        0.20, "more than this is a broken corpus, not a few bad files")
     strict: bool = setting(False, "every warning becomes an error")
-    drift_reference: str = setting("champion", "what the corpus is compared with for drift: "
-                                               "champion (the statistics of the data the "
-                                               "current champion was trained on; none before "
-                                               "the first) | none | a stats.json path")
-    workers: int = setting(0, "audio check processes; 0 = one per core")
+    drift_reference: Annotated[str, Predicate(not_blank)] = setting(
+        "champion", "what the corpus is compared with for drift: champion (the statistics of "
+                    "the data the current champion was trained on; none before the first) | "
+                    "none | a stats.json path")
+    workers: Annotated[int, Ge(0)] = setting(0, "audio check processes; 0 = one per core")
     drift: DriftConfig = section(DriftConfig, "warn / fail above these distances from the "
                                               "reference")
 
     def check(self, n_classes: int) -> None:
-        for key in ("duration_tolerance_s", "min_duration_s", "max_clipped_share",
-                    "min_class_share", "max_quarantined_share", "workers"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"validate.{key} must not be negative")
-        if self.min_duration_s >= self.max_duration_s:
-            raise ConfigError("validate.min_duration_s must be below validate.max_duration_s")
         if self.min_class_share * n_classes > 1:
             raise ConfigError("validate.min_class_share is more than the classes can all have")
-        if not self.drift_reference.strip():
-            raise ConfigError("validate.drift_reference must be champion, none or a "
-                              "stats.json path")
-        self.drift.check()
 
 
 @dataclass
@@ -151,48 +163,18 @@ class FeaturesConfig(FeatureSpec, Section):
     """The speech feature settings (model/spec.py's FeatureSpec, whose fields come first
     here) and how the feature store keeps the frames."""
 
-    # Pitch and energy, each speaker normalised with their own statistics, were chosen on
-    # the generated and the espeak-ng corpus at three seeds (benchmarks/RESULTS.md,
-    # "Choosing the speech features").
-    pitch: bool = setting(True, "+ voicing and log-F0 per frame (YIN), with their deltas")
-    energy: bool = setting(True, "+ log energy per frame, with its deltas")
-    dtype: str = setting("float16", "or float32")
-    normalization: str = setting("speaker", "speaker (each speaker's own statistics; serving "
-                                            "enrols a new speaker from its own utterances) | "
-                                            "global | none")
+    ORDERED: ClassVar[tuple] = (("n_mfcc", "<=", "n_mels"), ("hop_ms", "<=", "win_ms"),
+                                ("f0_min", "<", "f0_max"))
+    dtype: Literal["float16", "float32"] = setting("float16", "float16 | float32: how the "
+                                                              "store keeps the frames")
+    normalization: Literal["speaker", "global", "none"] = setting(
+        "speaker", "speaker (each speaker's own statistics; serving enrols a new speaker "
+                   "from its own utterances) | global | none")
     content_hash: bool = setting(False, "cache key from wav size + mtime; true hashes the "
                                         "bytes")
-    workers: int = setting(0, "extraction processes; 0 = one per core")
+    workers: Annotated[int, Ge(0)] = setting(0, "extraction processes; 0 = one per core")
     cache_dir: str = setting("", "stores kept across runs; `emoalign run` uses "
                                  "runs/feature_cache")
-
-    def check(self) -> None:
-        if self.kind not in FEATURE_KINDS:
-            raise ConfigError(f"features.kind must be {' or '.join(FEATURE_KINDS)}, got "
-                              f"{self.kind!r}")
-        if not 0 <= self.pre_emphasis < 1:
-            raise ConfigError(f"features.pre_emphasis must be in [0, 1), got "
-                              f"{self.pre_emphasis}")
-        if self.max_seconds < 0:
-            raise ConfigError(f"features.max_seconds must be 0 (whole utterances) or more, "
-                              f"got {self.max_seconds}")
-        if self.dtype not in ("float16", "float32"):
-            raise ConfigError(f"features.dtype must be float16 or float32, got {self.dtype!r}")
-        if self.normalization not in ("global", "speaker", "none"):
-            raise ConfigError("features.normalization must be global, speaker or none, "
-                              f"got {self.normalization!r}")
-        for key in ("n_mfcc", "n_mels", "stack", "subsample"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"features.{key} must be at least 1")
-        if self.n_mfcc > self.n_mels:
-            raise ConfigError("features.n_mfcc cannot exceed features.n_mels")
-        if not 0 < self.hop_ms <= self.win_ms:
-            raise ConfigError("features.hop_ms must be positive and at most features.win_ms")
-        if self.workers < 0:
-            raise ConfigError("features.workers must not be negative")
-        if not 20 <= self.f0_min < self.f0_max <= 2000:
-            raise ConfigError("features.f0_min and f0_max must satisfy 20 <= f0_min < f0_max "
-                              f"<= 2000 (Hz), got {self.f0_min} and {self.f0_max}")
 
 
 @dataclass
@@ -202,151 +184,77 @@ class ModelConfig(Architecture, Section):
 
     word_vectors: str = setting("", "a local GloVe-format file (never downloaded); \"\" = "
                                     "embeddings learnt from scratch")
-    unknown_word_init: str = setting("normal", "word_vectors: the vectors of words the file "
-                                               "lacks: normal (sd 0.1) | uniform (in [-1, 1], "
-                                               "the authors' code)")
-    min_word_count: int = setting(1)
+    unknown_word_init: UnknownWordInit = setting(
+        "normal", "word_vectors: the vectors of words the file lacks: normal (sd 0.1) | "
+                  "uniform (in [-1, 1], the authors' code)")
+    min_word_count: Annotated[int, Ge(1)] = setting(
+        1, "training-set occurrences a word needs to enter the vocabulary; rarer words are "
+           "unknown")
     # The tokenizer is kept with the trained model, so serving tokenizes as training did.
     punctuation_tokens: bool = setting(False, "tokens are [\\w']+ words and the marks . , ! "
                                               "? ; (the authors' code); false: words only")
-    max_words: int = setting(0, "the first this many tokens of a transcript; 0: all")
+    max_words: Annotated[int, Ge(0)] = setting(0, "the first this many tokens of a "
+                                                  "transcript; 0: all")
 
     def check(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        for key, allowed in (("attention", ATTENTIONS), ("cell", CELLS),
-                             ("word_pooling", WORD_POOLINGS),
-                             ("unknown_word_init", UNKNOWN_WORD_INITS)):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"model.{key} must be {', '.join(allowed[:-1])} or "
-                                  f"{allowed[-1]}, got {getattr(self, key)!r}")
-        for key in ("embed_dim", "hidden", "attention_dim", "frame_pool", "min_word_count",
-                    "attention_heads"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key} must be at least 1")
         if self.attention == "multihead" and (2 * self.hidden) % self.attention_heads:
             raise ConfigError(f"model.attention_heads ({self.attention_heads}) must divide "
                               f"2 * model.hidden ({2 * self.hidden}) under multihead "
                               "attention")
-        for key in ("frame_projection", "max_words"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"model.{key} must be 0 or more")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError("model.dropout must be in [0, 1)")
-        if not 0 <= self.alignment_prior <= 1:
-            raise ConfigError("model.alignment_prior must be in [0, 1]")
 
 
 @dataclass
 class TrainConfig(Section):
-    epochs: int = setting(30)
-    batch_size: int = setting(32)
-    lr: float = setting(3e-3)
-    lr_schedule: str = setting("cosine", "cosine (down to lr/10 at the last epoch) | "
-                                         "constant")
-    patience: int = setting(8, "selection best: epochs without a better validation UA "
-                               "before stopping")
+    epochs: Annotated[int, Ge(1)] = setting(30, "passes over the training set")
+    batch_size: Annotated[int, Ge(1)] = setting(32, "utterances per optimizer step")
+    lr: Annotated[float, Gt(0)] = setting(3e-3, "Adam's learning rate")
+    lr_schedule: Literal["cosine", "constant"] = setting(
+        "cosine", "cosine (down to lr/10 at the last epoch) | constant")
+    patience: Annotated[int, Ge(1)] = setting(8, "selection best: epochs without a better "
+                                                 "validation UA before stopping")
     min_epochs: int = setting(12, "no epoch is picked, and training never stops, before "
                                   "this")
     # "average" is the default because no small validation set can sway it (a mean of
     # weights, every epoch run; validation, if any, is only watched).
-    selection: str = setting("average", "average: the mean of the last average_epochs "
-                                        "epochs' weights | best: the epoch with the best "
-                                        "validation UA (early stopping)")
-    average_epochs: int = setting(10)
+    selection: Literal["average", "best"] = setting(
+        "average", "average: the mean of the last average_epochs epochs' weights | best: the "
+                   "epoch with the best validation UA (early stopping)")
+    average_epochs: Annotated[int, Ge(1)] = setting(10, "selection average: how many of the "
+                                                        "last epochs; more than epochs: all")
     # 0 is the default: on both benchmark corpora every kind scored higher, and retrains
     # varied less, than with one speaker held out for early stopping (benchmarks/RESULTS.md).
-    validation_speakers: int = setting(0, "speakers of the training sessions held out for "
-                                          "validation, one per session; 0: train on all "
-                                          "(needs selection average)")
-    grad_clip: float = setting(1.0)
+    validation_speakers: Annotated[int, Ge(0)] = setting(
+        0, "speakers of the training sessions held out for validation, one per session; 0: "
+           "train on all (needs selection average)")
+    grad_clip: Annotated[float, Ge(0)] = setting(1.0, "largest global gradient norm; 0: no "
+                                                      "clipping")
     class_weights: bool = setting(False, "weight the loss by inverse class frequency")
-    modality_dropout: float = setting(0.3, "align only: share of training utterances shown "
-                                           "without speech or without words")
-    unimodal_loss: float = setting(1.0, "align only: weight of the speech-only and text-only "
-                                        "head losses (0: the fusion loss alone, as in the "
-                                        "paper)")
-    guided_attention: float = setting(0.0, "align only: weight of the loss on attention off "
-                                           "the diagonal (0: free attention, as in the paper)")
-    guided_attention_width: float = setting(0.2, "how far off the diagonal is off, as a "
-                                                 "share of the utterance")
-    guided_attention_fade: float = setting(0.5, "share of the epochs over which that weight "
-                                                "fades to 0 (0: never)")
-    time_masks: int = setting(0, "training only: spans of frames set to the speaker mean "
-                                 "(0: off)")
-    time_mask_share: float = setting(0.1, "the longest such span, as a share of the "
-                                          "utterance")
-    feature_masks: int = setting(0, "training only: bands of adjacent feature channels "
-                                    "masked (0: off)")
-    feature_mask_width: int = setting(4, "the widest such band, in channels")
+    modality_dropout: Annotated[float, Interval(ge=0, lt=1)] = setting(
+        0.3, "align only: share of training utterances shown without speech or without "
+             "words")
+    unimodal_loss: Annotated[float, Interval(ge=0, le=10)] = setting(
+        1.0, "align only: weight of the speech-only and text-only head losses (0: the "
+             "fusion loss alone, as in the paper)")
     bucketing: bool = setting(True, "batch utterances of similar length together")
-    device: str = setting("auto", "auto | cpu | cuda")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto (cuda when there is a "
+                                                             "GPU) | cpu | cuda")
     bf16: bool = setting(True, "autocast on CUDA")
     deterministic: bool = setting(True, "CUDA: deterministic algorithms (same GPU, same "
                                         "weights)")
-    threads: int = setting(0, "CPU threads per task; 0: the cores, shared among the tasks "
-                              "running at once")
-    seeds: list[int] | None = setting(None, "e.g. [0, 1, 2]: each fold trained once per "
-                                            "seed, as its own task; null: [seed]")
-    parallelism: int | None = setting(None, "(fold, seed) tasks at once; null: one per core "
-                                            "locally, no limit on a cluster (fixed when the "
-                                            "pipeline is compiled)")
+    threads: Annotated[int, Ge(0)] = setting(0, "CPU threads per task; 0: the cores, shared "
+                                                "among the tasks running at once")
+    seeds: Annotated[list[Annotated[int, Ge(0)]], MinLen(1), Predicate(distinct)] | None = \
+        setting(None, "e.g. [0, 1, 2]: each fold trained once per seed, as its own task; "
+                      "null: [seed]")
+    parallelism: Annotated[int, Ge(1)] | None = setting(
+        None, "(fold, seed) tasks at once; null: one per core locally, no limit on a cluster "
+              "(fixed when the pipeline is compiled)")
 
     def check(self) -> None:
-        if self.selection not in ("best", "average"):
-            raise ConfigError(f"train.selection must be best or average, got {self.selection!r}")
-        if self.validation_speakers < 0:
-            raise ConfigError(f"train.validation_speakers must be 0 or more, got "
-                              f"{self.validation_speakers}")
         if self.validation_speakers == 0 and self.selection != "average":
             raise ConfigError("train.selection=best picks an epoch on validation speakers but "
                               "train.validation_speakers is 0; set it to 1 or more, or use "
                               "train.selection=average")
-        if self.average_epochs < 1:  # more than train.epochs: all of them
-            raise ConfigError(f"train.average_epochs must be at least 1, got "
-                              f"{self.average_epochs}")
-        self._check_fan_out()
-        self._check_regularisers()
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1")
-        if self.lr <= 0 or self.grad_clip < 0 or self.patience < 1 or self.threads < 0:
-            raise ConfigError("train.lr must be positive, train.patience at least 1, "
-                              "train.grad_clip and train.threads not negative")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(f"train.lr_schedule must be cosine or constant, got "
-                              f"{self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-
-    def _check_fan_out(self) -> None:
-        if self.seeds is not None:
-            if not self.seeds:
-                raise ConfigError("train.seeds is empty; give one seed or more (e.g. "
-                                  "train.seeds=0,1,2), or null for the top-level seed")
-            if min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
-                raise ConfigError(f"train.seeds must be distinct integers >= 0, got "
-                                  f"{self.seeds}")
-        if self.parallelism is not None and self.parallelism < 1:
-            raise ConfigError(f"train.parallelism must be at least 1 (or null), got "
-                              f"{self.parallelism}")
-
-    def _check_regularisers(self) -> None:
-        if not 0 <= self.modality_dropout < 1:
-            raise ConfigError("train.modality_dropout must be in [0, 1)")
-        if not 0 <= self.unimodal_loss <= 10:
-            raise ConfigError("train.unimodal_loss must be in [0, 10]")
-        if not 0 <= self.guided_attention <= 100:
-            raise ConfigError("train.guided_attention must be in [0, 100]")
-        if not 0 < self.guided_attention_width <= 1:
-            raise ConfigError("train.guided_attention_width must be in (0, 1]")
-        if not 0 <= self.guided_attention_fade <= 1:
-            raise ConfigError("train.guided_attention_fade must be in [0, 1]")
-        if not (0 <= self.time_masks <= 10 and 0 <= self.feature_masks <= 10):
-            raise ConfigError("train.time_masks and train.feature_masks must be in [0, 10]")
-        if not (0 < self.time_mask_share <= 0.5 and self.feature_mask_width >= 1):
-            raise ConfigError("train.time_mask_share must be in (0, 0.5] and "
-                              "train.feature_mask_width at least 1")
 
 
 @dataclass
@@ -354,24 +262,19 @@ class RegistryConfig(Section):
     """MLflow names and the promotion gate (components/registry/). The tracking store is
     not configured here: MLFLOW_TRACKING_URI, else SQLite under runs/."""
 
-    model_name: str = setting("emoalign")
-    experiment: str = setting("emoalign")
-    ua_floor: float = setting(0.40, "below it a model is tracked but never registered "
-                                    "(4 classes: chance is 0.25)")
-    tolerance: float = setting(0.01, "how much lower than the champion's UA, both re-scored "
-                                     "on the same test utterances, may still be promoted")
-    bootstrap_samples: int = setting(1000, "for the 95 % interval of the UA difference")
-    infra_check_utterances: int = setting(8, "test utterances scored through MLflow before "
-                                             "promotion")
-
-    def check(self) -> None:
-        if not self.model_name.strip() or not self.experiment.strip():
-            raise ConfigError("registry.model_name and registry.experiment must not be empty")
-        if not 0 <= self.ua_floor <= 1 or not 0 <= self.tolerance <= 1:
-            raise ConfigError("registry.ua_floor and registry.tolerance must be in [0, 1]")
-        if self.bootstrap_samples < 100 or self.infra_check_utterances < 1:
-            raise ConfigError("registry.bootstrap_samples must be at least 100 and "
-                              "registry.infra_check_utterances at least 1")
+    model_name: Annotated[str, Predicate(not_blank)] = setting(
+        "emoalign", "the registered model versions are added to")
+    experiment: Annotated[str, Predicate(not_blank)] = setting(
+        "emoalign", "the MLflow experiment runs are tracked in")
+    ua_floor: Annotated[float, Interval(ge=0, le=1)] = setting(
+        0.40, "below it a model is tracked but never registered (4 classes: chance is 0.25)")
+    tolerance: Annotated[float, Interval(ge=0, le=1)] = setting(
+        0.01, "how much lower than the champion's UA, both re-scored on the same test "
+              "utterances, may still be promoted")
+    bootstrap_samples: Annotated[int, Ge(100)] = setting(1000, "for the 95 % interval of "
+                                                               "the UA difference")
+    infra_check_utterances: Annotated[int, Ge(1)] = setting(
+        8, "test utterances scored through MLflow before promotion")
 
 
 @dataclass
@@ -392,33 +295,36 @@ class NotifyConfig(Section):
 
 @dataclass
 class Config(Section):
-    seed: int = setting(0)
-    protocol: str = setting("holdout", "holdout: test on holdout_session; loso: "
-                                       "leave-one-session-out, 5 folds")
-    holdout_session: int = setting(5)
+    seed: Annotated[int, Ge(0)] = setting(0, "seeds training (initial weights, batch order, "
+                                             "dropout), the choice of validation speakers "
+                                             "and the gate's bootstrap; train.seeds trains "
+                                             "several")
+    protocol: Literal["holdout", "loso"] = setting(
+        "holdout", "holdout: test on holdout_session; loso: leave-one-session-out, 5 folds")
+    holdout_session: Annotated[int, Interval(ge=min(iemocap.SESSIONS),
+                                             le=max(iemocap.SESSIONS))] = setting(
+        5, "protocol holdout: the session tested on; the others train")
     sample_corpus: SampleCorpusConfig = section(SampleCorpusConfig, "what `emoalign run` "
                                                 "generates when data/ is empty")
-    ingest: IngestConfig = section(IngestConfig)
-    validate: ValidateConfig = section(ValidateConfig)
-    features: FeaturesConfig = section(FeaturesConfig)
-    model: ModelConfig = section(ModelConfig)
-    train: TrainConfig = section(TrainConfig)
-    registry: RegistryConfig = section(RegistryConfig)
+    ingest: IngestConfig = section(IngestConfig, "which labelled utterances are kept, as "
+                                                 "which class")
+    validate: ValidateConfig = section(ValidateConfig, "the gate before features: what is "
+                                                       "quarantined, what fails the run")
+    features: FeaturesConfig = section(FeaturesConfig, "the speech features and their store")
+    model: ModelConfig = section(ModelConfig, "the network and its text inputs")
+    train: TrainConfig = section(TrainConfig, "the optimisation, which weights are kept, "
+                                              "and how the (fold, seed) tasks run")
+    registry: RegistryConfig = section(RegistryConfig, "MLflow names and the promotion gate")
     notify: NotifyConfig = section(NotifyConfig, "alerts at the end of a pipeline run")
 
     def check(self) -> None:
-        """A ConfigError naming the first key that cannot be used."""
+        """A ConfigError naming the first rule between keys that does not hold (pydantic
+        has checked each key on its own)."""
+        _check_order(self, "")
         self.ingest.check()
         self.validate.check(len(self.ingest.classes))
-        self.features.check()
-        if self.protocol not in ("holdout", "loso"):
-            raise ConfigError(f"protocol must be holdout or loso, got {self.protocol!r}")
-        if self.holdout_session not in (1, 2, 3, 4, 5):
-            raise ConfigError(f"holdout_session must be 1..5, got {self.holdout_session}")
         self.model.check()
         self.train.check()
-        self.registry.check()
-        self.sample_corpus.check()
         self.notify.check()
 
     def to_dict(self) -> dict:
@@ -457,7 +363,7 @@ class Config(Section):
 def tree_sha256(tree: dict) -> str:
     """The config hash of a config tree (Config.to_dict, or a resolved config file as read),
     whatever keys this version of the code knows: `emoalign audit` checks a model's logged
-    config with it, so a key added since still leaves old models auditable."""
+    config with it, so a key added or removed since still leaves old models auditable."""
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
@@ -540,8 +446,13 @@ def _as_list_if_listed(dotted: str, value):
         return value
     if isinstance(value, str):
         parts = [v.strip() for v in value.split(",") if v.strip()]
-        return parts if item is str else [_read_yaml(v) for v in parts]
+        return parts if _holds_text(item) else [_read_yaml(v) for v in parts]
     return [value]
+
+
+def _holds_text(hint) -> bool:
+    return hint is str or (typing.get_origin(hint) is Literal and
+                           all(isinstance(a, str) for a in typing.get_args(hint)))
 
 
 def _list_item_type(dotted: str) -> type | None:
@@ -552,10 +463,8 @@ def _list_item_type(dotted: str) -> type | None:
         hints = typing.get_type_hints(cls)
         if name not in hints:
             return None
-        hint = hints[name]
+        hint = _without_none(hints[name])
         if name == last:
-            hint = next((h for h in typing.get_args(hint) if h is not type(None)), hint) \
-                if isinstance(hint, typing.types.UnionType) else hint
             return typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
         if not dataclasses.is_dataclass(hint):
             return None
@@ -563,16 +472,78 @@ def _list_item_type(dotted: str) -> type | None:
     return None
 
 
-_TYPE_ERRORS = {"int_type": "expects an integer", "bool_type": "expects true or false",
-                "float_type": "expects a number", "string_type": "expects text",
-                "list_type": "expects a list"}
+def _without_none(hint):
+    """`X | None` -> X (Optional keys); any other type as it is."""
+    if typing.get_origin(hint) in (typing.Union, typing.types.UnionType):
+        return next(h for h in typing.get_args(hint) if h is not type(None))
+    return hint
+
+
+# ---- checking --------------------------------------------------------------------------
+
+_ANY = object()
+_GUIDED = ("the guided-attention loss changed nothing measurable on top of "
+           "model.alignment_prior (benchmarks/RESULTS.md)")
+_MASKS = ("masking the speech features helped no model kind on either benchmark corpus "
+          "(benchmarks/RESULTS.md, issue 13)")
+# Keys that were removed: the value at which each did nothing (_ANY: whatever it held, as
+# the share and width keys did nothing while their count or weight was 0), and why it went.
+# A logged config.resolved.yaml carries every key of its day, and `emoalign audit` and
+# `emoalign register` read those again: set so, the key is dropped and the config means
+# what it always meant; set to anything else, it asked for a run this code cannot make.
+REMOVED = {
+    "validate.sample_rate": (SAMPLE_RATE, f"features are extracted at {SAMPLE_RATE} Hz "
+                                          "only, and validation quarantines a wav at any "
+                                          "other rate"),
+    "train.guided_attention": (0, _GUIDED),
+    "train.guided_attention_width": (_ANY, _GUIDED),
+    "train.guided_attention_fade": (_ANY, _GUIDED),
+    "train.time_masks": (0, _MASKS),
+    "train.time_mask_share": (_ANY, _MASKS),
+    "train.feature_masks": (0, _MASKS),
+    "train.feature_mask_width": (_ANY, _MASKS),
+}
+
+
+def _drop_removed(tree: dict) -> None:
+    """Take the REMOVED keys out of `tree` where they are set to do nothing; a ConfigError
+    for the first one set to do something."""
+    for dotted, (inert, why) in REMOVED.items():
+        *path, key = dotted.split(".")
+        node = tree
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        if inert is not _ANY and not (type(value) in (int, float) and value == inert):
+            raise ConfigError(f"config key {dotted!r} was removed ({why}); leave it out "
+                              f"(only {inert}, as older runs logged it, is still read), got "
+                              f"{value!r}")
+
+
+def _check_order(section_value, prefix: str) -> None:
+    """Each section's ORDERED pairs, the sections within it included."""
+    for low, relation, high in section_value.ORDERED:
+        below, above = getattr(section_value, low), getattr(section_value, high)
+        if not (below < above if relation == "<" else below <= above):
+            bound = "below" if relation == "<" else "at most"
+            raise ConfigError(f"config key '{prefix}{low}' must be {bound} {prefix}{high} "
+                              f"({above}), got {below}")
+    for f in fields(section_value):
+        value = getattr(section_value, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_order(value, f"{prefix}{f.name}.")
 
 
 def _validated(tree: dict) -> Config:
-    """The tree as a Config, checked: types by pydantic (strict, JSON rules: no string is a
-    number, no number a boolean), then each section's own rules."""
+    """The tree as a Config, checked: the removed keys first, then every key against its
+    type by pydantic (strict, JSON rules: no string is a number, no number a boolean; each
+    Literal, range and predicate), then the rules between keys (Config.check)."""
     from pydantic import TypeAdapter, ValidationError
 
+    tree = copy.deepcopy(tree)
+    _drop_removed(tree)
     try:
         config = TypeAdapter(Config).validate_json(json.dumps(tree, default=str), strict=True)
     except ValidationError as e:
@@ -581,17 +552,37 @@ def _validated(tree: dict) -> Config:
     return config
 
 
+_TYPE_ERRORS = {"int_type": "expects an integer", "bool_type": "expects true or false",
+                "float_type": "expects a number", "string_type": "expects text",
+                "list_type": "expects a list"}
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
 def _one_line(error: dict) -> ConfigError:
+    """Pydantic's complaint as one line naming the key and what it may hold."""
     path = [p for p in error["loc"] if isinstance(p, str)]  # list items: their key
     name = ".".join(path)
-    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+    kind = error["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         prefix = "".join(p + "." for p in path[:-1])
         known = sorted(f.name for f in fields(_section_at(path[:-1])))
         return ConfigError(f"unknown config key {name!r} (known: "
                            f"{', '.join(prefix + k for k in known)})")
-    if error["type"] in ("dataclass_type", "dataclass_exact_type"):
+    if kind in ("dataclass_type", "dataclass_exact_type"):
         return ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY")
-    what = _TYPE_ERRORS.get(error["type"], error["msg"].lower())
+    if kind == "literal_error":
+        what = "must be one of " + ", ".join(map(str, typing.get_args(_declared_at(
+            error["loc"]))))
+    elif kind in _RANGE_ERRORS:
+        what = "must be " + _range_words(_declared_at(error["loc"]), error["ctx"])
+    elif kind == "too_short":
+        least = error["ctx"]["min_length"]
+        what = f"must list at least {least} value{'s' if least > 1 else ''}"
+    elif kind == "predicate_failed":
+        what = next(m.func.__doc__ for m in _metadata(_declared_at(error["loc"]))
+                    if isinstance(m, Predicate))
+    else:
+        what = _TYPE_ERRORS.get(kind, error["msg"].lower())
     return ConfigError(f"config key {name!r} {what}, got {error['input']!r}")
 
 
@@ -600,6 +591,43 @@ def _section_at(path: list[str]) -> type:
     for name in path:
         cls = typing.get_type_hints(cls)[name]
     return cls
+
+
+def _declared_at(loc: tuple):
+    """The type declared where pydantic's error points (a list's item type for an index),
+    with its Annotated metadata."""
+    hint = Config
+    for part in loc:
+        hint = _without_none(hint)
+        while typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+        if isinstance(part, int):
+            hint = typing.get_args(hint)[0]
+        else:
+            hint = typing.get_type_hints(hint, include_extras=True)[part]
+    return _without_none(hint)
+
+
+def _metadata(hint) -> tuple:
+    """The constraints on an Annotated type (Ge(1), Interval(...), Predicate(...))."""
+    return getattr(hint, "__metadata__", ())
+
+
+_BOUND_WORDS = {"gt": "above", "ge": "at least", "lt": "below", "le": "at most"}
+
+
+def _range_words(hint, ctx: dict) -> str:
+    """'at least 1', 'below 1', 'in [0, 1)': the whole range the key's type allows, where
+    pydantic names only the bound that was crossed (`ctx`)."""
+    bounds = {bound: getattr(m, bound) for m in _metadata(hint) for bound in _BOUND_WORDS
+              if getattr(m, bound, None) is not None} or ctx
+    low = [(k, v) for k, v in bounds.items() if k in ("gt", "ge")]
+    high = [(k, v) for k, v in bounds.items() if k in ("lt", "le")]
+    if low and high:
+        (lk, lv), (hk, hv) = low[0], high[0]
+        return f"in {'[' if lk == 'ge' else '('}{lv:g}, {hv:g}{']' if hk == 'le' else ')'}"
+    [(k, v)] = low or high
+    return f"{_BOUND_WORDS[k]} {v:g}"
 
 
 # ---- configs/default.yaml ----------------------------------------------------------------

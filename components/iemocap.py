@@ -12,7 +12,6 @@ from pathlib import Path
 
 RELEASE_DIRNAME = "IEMOCAP_full_release"
 SESSIONS = (1, 2, 3, 4, 5)
-SAMPLE_RATE = 16_000
 # The file the sample-corpus generator (corpora/) leaves in every release it writes: its
 # truth. No real release holds one, so ingest and the model card tell a generated corpus by it.
 GENERATED_MARKER = "SAMPLE_CORPUS.json"

@@ -161,15 +161,12 @@ class MemberTrainer:
         """Forward, backward and an optimizer step on one batch: (loss, labels, output)."""
         train, model = self.config.train, self.model
         batch = collate([self.train_set[i] for i in idx])
-        if "speech" in model.modalities and (train.time_masks or train.feature_masks):
-            batch = mask_features(batch, train)
         if model.joint_fusion and train.modality_dropout:
             batch = drop_modalities(batch, train.modality_dropout)
         batch = batch.to(self.device)
         autocast = self.device.type == "cuda" and train.bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, output = model.training_loss(batch, self.weight, loss_terms(self.config,
-                                                                              epoch))
+            loss, output = model.training_loss(batch, self.weight, loss_terms(self.config))
         if not torch.isfinite(loss):
             raise TrainError(f"fold {self.fold.name} seed {self.fold.seed}: the loss became "
                              f"{loss.item()} in epoch {epoch}; lower train.lr or check the "
@@ -258,24 +255,10 @@ class RunningScores:
         return float(np.mean(self.hits[present] / self.support[present]))
 
 
-def guide_scale(config: Config, epoch: int) -> float:
-    """The guided-attention weight's share in an epoch: full at the first, falling linearly
-    to nothing after `guided_attention_fade` of the epochs. Held to the end, the guide keeps
-    each word on its place in the utterance and costs accuracy; faded, alignment learnt
-    early stays while the fusion learns what it needs (benchmarks/RESULTS.md)."""
-    fade_epochs = config.train.guided_attention_fade * config.train.epochs
-    if fade_epochs <= 0:
-        return 1.0
-    return float(max(0.0, 1 - (epoch - 1) / fade_epochs))
-
-
-def loss_terms(config: Config, epoch: int) -> LossTerms:
-    """This epoch's weights of the loss terms beside classification (for the models that
-    have them)."""
-    train = config.train
-    return LossTerms(unimodal=train.unimodal_loss,
-                     guided_attention=guide_scale(config, epoch) * train.guided_attention,
-                     guided_attention_width=train.guided_attention_width)
+def loss_terms(config: Config) -> LossTerms:
+    """The weights of the loss terms beside classification (for the models that have
+    them)."""
+    return LossTerms(unimodal=config.train.unimodal_loss)
 
 
 def lr_scheduler(optimizer, config: Config):
@@ -299,29 +282,6 @@ def drop_modalities(batch, p: float):
     batch.frames[no_speech] = 0.0
     batch.words[no_text] = torch.where(batch.words[no_text] != PAD_ID, UNK_ID, PAD_ID)
     return batch
-
-
-def mask_features(batch, train):
-    """SpecAugment-style: in each utterance, up to `train.time_masks` spans of frames and
-    `train.feature_masks` bands of feature channels set to 0, the speaker's mean after
-    normalisation; widths drawn up to `time_mask_share` of its frames and
-    `feature_mask_width` channels. The padded frames are never touched."""
-    n_features = batch.frames.shape[2]
-    for row, length in enumerate(batch.frame_lengths.tolist()):
-        for _ in range(train.time_masks):
-            width = _up_to(int(length * train.time_mask_share))
-            start = _up_to(length - width)
-            batch.frames[row, start:start + width] = 0.0
-        for _ in range(train.feature_masks):
-            width = _up_to(min(train.feature_mask_width, n_features))
-            start = _up_to(n_features - width)
-            batch.frames[row, :length, start:start + width] = 0.0
-    return batch
-
-
-def _up_to(high: int) -> int:
-    """A whole number from 0 to `high`, from torch's seeded generator."""
-    return int(torch.randint(0, max(high, 0) + 1, ()))
 
 
 def tokenizer_of(config: Config) -> Tokenizer:

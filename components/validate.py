@@ -26,6 +26,7 @@ from components import outputs
 from components.config import DriftConfig, ValidateConfig
 from components.errors import UserError
 from components.outputs import Ingested, Validated
+from model.spec import SAMPLE_RATE
 from model.text import tokenize
 
 SPEAKER_RE = r"^Ses0[1-5][FM]$"
@@ -55,8 +56,8 @@ def _check_wav(args: tuple) -> tuple[int, list[tuple[str, str]]]:
         return row, [("readable", f"unreadable wav: {str(e).splitlines()[0][:160]}")]
     problems = []
     frames, channels = audio.shape
-    if rate != cfg.sample_rate:
-        problems.append(("sample_rate", f"sample rate {rate} Hz, expected {cfg.sample_rate}"))
+    if rate != SAMPLE_RATE:
+        problems.append(("sample_rate", f"sample rate {rate} Hz, expected {SAMPLE_RATE}"))
     if channels != cfg.channels:
         problems.append(("channels", f"{channels} channels, expected {cfg.channels}"))
     if frames == 0:
@@ -131,7 +132,7 @@ def _expectations(classes: list[str], cfg: ValidateConfig) -> list[tuple[str, st
         ("warning", "duration_bounds", gxe.ExpectColumnValuesToBeBetween(
             column="duration_s", min_value=cfg.min_duration_s, max_value=cfg.max_duration_s)),
         ("warning", "sample_rate", gxe.ExpectColumnValuesToBeInSet(
-            column="sample_rate", value_set=[cfg.sample_rate])),
+            column="sample_rate", value_set=[SAMPLE_RATE])),
         ("warning", "session_range", gxe.ExpectColumnValuesToBeBetween(
             column="session", min_value=1, max_value=5)),
         ("warning", "speaker_format", gxe.ExpectColumnValuesToMatchRegex(

@@ -42,11 +42,12 @@ from components import iemocap
 from corpora import stress_plan
 from components.errors import UserError
 from corpora.stress_plan import StressPlan
+from model.spec import SAMPLE_RATE
 
 GENERATOR_VERSION = "1"
 TRUTH_FILENAME = iemocap.GENERATED_MARKER
 MIN_UTTERANCES = len(iemocap.LABEL_CODES)  # every code at least once
-SR = iemocap.SAMPLE_RATE
+SR = SAMPLE_RATE  # IEMOCAP's, which features take
 
 # ---- what the corpus holds --------------------------------------------------------------
 

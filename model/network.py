@@ -242,11 +242,9 @@ class MultiHeadAttention(nn.Module):
 @dataclass(frozen=True)
 class LossTerms:
     """Weights of the loss terms beside the classification loss, for the models that have
-    them: the unimodal heads' losses and the guided-attention term (AlignModel)."""
+    them: the unimodal heads' losses (AlignModel)."""
 
     unimodal: float = 0.0
-    guided_attention: float = 0.0
-    guided_attention_width: float = 0.2
 
 
 class EmotionModel(nn.Module):
@@ -330,18 +328,13 @@ class AlignModel(EmotionModel):
     attention_outputs = outputs
 
     def training_loss(self, batch, weight=None, terms: LossTerms = LossTerms()):
-        """The fusion loss, plus the unimodal heads' losses and the guided-attention term
-        where `terms` weighs them (`outputs` and `off_diagonal_attention` say why each
-        helps)."""
+        """The fusion loss, plus the unimodal heads' losses where `terms` weighs them
+        (`outputs` says why they help)."""
         out = self.outputs(batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
         loss = F.cross_entropy(out.logits.float(), batch.labels, weight=weight)
         if out.unimodal is not None:
             loss = loss + terms.unimodal * _mean_loss(torch.stack(out.unimodal).float(),
                                                       batch.labels, weight)
-        if terms.guided_attention > 0:
-            loss = loss + terms.guided_attention * off_diagonal_attention(
-                out.attention, batch.word_lengths, out.speech_lengths,
-                terms.guided_attention_width)
         return loss, out.logits
 
 
@@ -365,22 +358,6 @@ def diagonal_prior(word_lengths, step_lengths, w: int, t: int, width: float) -> 
     from there. Speech follows its words in order, so this is where a word's frames usually
     are, and unlike a loss on the weights it holds at prediction too."""
     return -relative_distance(word_lengths, step_lengths, w, t) ** 2 / (2 * width ** 2)
-
-
-def off_diagonal_attention(weights: torch.Tensor, word_lengths: torch.Tensor,
-                           step_lengths: torch.Tensor, width: float = 0.2) -> torch.Tensor:
-    """Guided attention (Tachibana et al. 2018): the attention mass far from the diagonal,
-    where word i of W sits near step j of T when i/W is close to j/T. Speech runs left to
-    right with the words, so this is where a word's own frames usually are; used as a
-    loss, it stops every word from attending to the same few salient frames. Positions
-    are relative, so leading silence or a pause only shifts the band a little, and
-    `width` (a share of the utterance) leaves room for that."""
-    b, w, t = weights.shape
-    distance = relative_distance(word_lengths, step_lengths, w, t)
-    penalty = 1 - torch.exp(-distance ** 2 / (2 * width ** 2))
-    per_word = (weights.float() * penalty).sum(-1)  # padded steps hold no attention
-    word_mask = _lengths_mask(word_lengths, w)
-    return per_word[word_mask].mean()
 
 
 class UnimodalModel(EmotionModel):

@@ -1,19 +1,26 @@
 """What a model and its speech features are built from: plain settings, free of torch, so a
 configuration loads (and a test or the CLI starts) without importing it.
 
-A setting is declared once, with its default and what it does (`setting`): the config
-(components/config.py) extends these classes, and configs/default.yaml is generated from
-them."""
+A setting is declared once: its type (a choice as a Literal, a range as annotated_types
+metadata, both checked by pydantic when a config loads), its default and what it does
+(`setting`). The config (components/config.py) extends these classes, and
+configs/default.yaml is generated from them."""
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-KINDS = ("align", "speech", "text", "late_fusion")
-ATTENTIONS = ("additive", "dot", "multihead")
-CELLS = ("lstm", "gru")
-WORD_POOLINGS = ("max", "attention")
-FEATURE_KINDS = ("mfcc", "spectrum")
-UNKNOWN_WORD_INITS = ("normal", "uniform")  # word vectors of words a vector file lacks
+from annotated_types import Ge, Gt, Interval, Le
+
+# IEMOCAP's rate, and the only one features are extracted at: validation quarantines a wav
+# at any other, and serving refuses one.
+SAMPLE_RATE = 16_000
+
+# A choice is its Literal type; the names below are read off it, for the code that goes
+# through every choice (a model class per kind, a cell per name).
+Kind = Literal["align", "speech", "text", "late_fusion"]
+Cell = Literal["lstm", "gru"]
+UnknownWordInit = Literal["normal", "uniform"]  # word vectors of words a vector file lacks
+KINDS, CELLS, UNKNOWN_WORD_INITS = get_args(Kind), get_args(Cell), get_args(UnknownWordInit)
 # Vocabulary ids every model shares: padding, and every word the vocabulary lacks.
 PAD_ID, UNK_ID = 0, 1
 FEATURE_CODE_VERSION = "1"  # bump when model/features.py changes what it returns
@@ -45,33 +52,43 @@ class FeatureSpec:
     """Speech feature settings. The `features` section of the config is this spec plus how
     the store keeps the frames (components/config.py)."""
 
-    sample_rate: ClassVar[int] = 16_000  # IEMOCAP's; validation quarantines any other
+    sample_rate: ClassVar[int] = SAMPLE_RATE
     # The settings stores and bundles have always listed; those added since are listed only
     # when they differ from their defaults (_saved), so today's stores keep their cache key.
     SAVED_ALWAYS: ClassVar[tuple] = ("n_mfcc", "n_mels", "win_ms", "hop_ms", "deltas",
                                      "delta_deltas", "stack", "subsample", "pitch", "energy",
                                      "f0_min", "f0_max")
-    kind: str = setting("mfcc", "mfcc | spectrum (the magnitude |STFT|, n_fft/2 + 1 bins per "
-                                "frame: 257 at 25 ms windows; no log, n_mfcc and n_mels "
-                                "unused)")
-    n_mfcc: int = setting(13, "cepstral coefficients per frame")
-    n_mels: int = setting(40, "mel bands they are computed from")
+    # What a store or bundle saved before a setting existed was made with, where that
+    # differs from the setting's default today: it lacks the key, so its absence means this.
+    BEFORE_THE_SETTING: ClassVar[dict] = {"pitch": False, "energy": False}
+    kind: Literal["mfcc", "spectrum"] = setting(
+        "mfcc", "mfcc | spectrum (the magnitude |STFT|, n_fft/2 + 1 bins per frame: 257 at "
+                "25 ms windows; no log, n_mfcc and n_mels unused)")
+    n_mfcc: Annotated[int, Ge(1)] = setting(13, "cepstral coefficients per frame (at most "
+                                                "n_mels)")
+    n_mels: Annotated[int, Ge(1)] = setting(40, "mel bands they are computed from")
     win_ms: float = setting(25.0, "analysis window (ms)")
-    hop_ms: float = setting(10.0, "frame shift (ms)")
+    hop_ms: Annotated[float, Gt(0)] = setting(10.0, "frame shift (ms), at most win_ms")
     deltas: bool = setting(True, "+ first differences of every value")
     delta_deltas: bool = setting(True, "+ second differences")
-    stack: int = setting(1, "consecutive frames concatenated into one")
-    subsample: int = setting(1, "keep every k-th frame (shorter sequences for the encoder)")
-    # Prosody beside the spectral shape. Off here: a model bundle saved before these
-    # settings existed was trained without them (the config turns them on).
-    pitch: bool = setting(False, "+ voicing and log-F0 per frame (YIN), with their deltas")
-    energy: bool = setting(False, "+ log energy per frame, with its deltas")
-    f0_min: float = setting(60.0, "F0 search range (Hz)")
-    f0_max: float = setting(500.0)
-    pre_emphasis: float = setting(0.0, "x[t] - a x[t-1] on the waveform before the MFCC or "
-                                       "spectrum (not pitch or energy); 0: none")
-    max_seconds: float = setting(0.0, "each utterance cut to its first this many seconds, in "
-                                      "training and serving alike; 0: whole")
+    stack: Annotated[int, Ge(1)] = setting(1, "consecutive frames concatenated into one")
+    subsample: Annotated[int, Ge(1)] = setting(1, "keep every k-th frame (shorter sequences "
+                                                  "for the encoder)")
+    # Pitch and energy, each speaker normalised with their own statistics, were chosen on
+    # the generated and the espeak-ng corpus at three seeds (benchmarks/RESULTS.md,
+    # "Choosing the speech features").
+    pitch: bool = setting(True, "+ voicing and log-F0 per frame (YIN), with their deltas")
+    energy: bool = setting(True, "+ log energy per frame, with its deltas")
+    f0_min: Annotated[float, Ge(20)] = setting(60.0, "F0 search range (Hz): its lower end, "
+                                                     "20 or more")
+    f0_max: Annotated[float, Le(2000)] = setting(500.0, "its upper end, above f0_min and "
+                                                        "2000 at most")
+    pre_emphasis: Annotated[float, Interval(ge=0, lt=1)] = setting(
+        0.0, "x[t] - a x[t-1] on the waveform before the MFCC or spectrum (not pitch or "
+             "energy); 0: none")
+    max_seconds: Annotated[float, Ge(0)] = setting(
+        0.0, "each utterance cut to its first this many seconds, in training and serving "
+             "alike; 0: whole")
 
     @property
     def n_fft(self) -> int:
@@ -98,15 +115,18 @@ class FeatureSpec:
         return FeatureSpec(**{f.name: getattr(self, f.name) for f in fields(FeatureSpec)})
 
     def to_dict(self) -> dict:
-        return {"sample_rate": self.sample_rate, **_saved(self.spec(), self.SAVED_ALWAYS)}
+        return {"sample_rate": self.sample_rate,
+                **_saved(self.spec(), self.SAVED_ALWAYS, self.BEFORE_THE_SETTING)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSpec":
-        """Inverse of to_dict; bundles saved before a setting existed get its default."""
+        """Inverse of to_dict; a store or bundle saved before a setting existed gets what
+        its absence means."""
         if data.get("sample_rate", cls.sample_rate) != cls.sample_rate:
             raise ValueError(f"features at {data['sample_rate']} Hz; this code extracts at "
                              f"{cls.sample_rate} Hz")
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        saved = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**{**cls.BEFORE_THE_SETTING, **saved})
 
 
 @dataclass
@@ -114,25 +134,34 @@ class Architecture:
     """The network's shape, as a user chooses it: the `model` section of the config extends
     it, and a trained model's ModelSpec adds what the data decide."""
 
-    kind: str = setting("align", "align | speech | text | late_fusion")
-    attention: str = setting("additive", "additive (the paper) | dot (scaled dot product) | "
-                                         "multihead (scaled dot product in attention_heads "
-                                         "heads of 2 * hidden / heads values: the authors' "
-                                         "code)")
-    embed_dim: int = setting(100, "word embedding size")
-    hidden: int = setting(64, "recurrent units per direction")
-    attention_dim: int = setting(64, "attention's projection size (additive and dot)")
-    frame_pool: int = setting(5, "frames averaged before the speech LSTM (50 ms steps)")
-    dropout: float = setting(0.3)
-    alignment_prior: float = setting(0.1, "align only: width of the diagonal prior on the "
-                                     "attention, as a share of the utterance (0: none)")
-    cell: str = setting("lstm", "lstm | gru: the cell of every recurrent layer")
-    attention_heads: int = setting(8, "attention multihead: heads (must divide 2 * hidden)")
-    word_pooling: str = setting("max", "align: how the fusion states become one vector: max "
-                                       "over words | attention (u = tanh(W h + b), weights "
-                                       "softmax(u . c) over the words; the authors' code)")
-    frame_projection: int = setting(0, "units of the per-frame relu layer before the speech "
-                                       "LSTM; 0: hidden")
+    kind: Kind = setting("align", "align (speech + text, each word attending over the "
+                                  "speech: the paper) | speech | text | late_fusion (a "
+                                  "speech and a text model, their probabilities averaged)")
+    attention: Literal["additive", "dot", "multihead"] = setting(
+        "additive", "additive (the paper) | dot (scaled dot product) | multihead (scaled dot "
+                    "product in attention_heads heads of 2 * hidden / heads values: the "
+                    "authors' code)")
+    embed_dim: Annotated[int, Ge(1)] = setting(100, "word embedding size")
+    hidden: Annotated[int, Ge(1)] = setting(64, "recurrent units per direction")
+    attention_dim: Annotated[int, Ge(1)] = setting(64, "attention's projection size "
+                                                       "(additive and dot)")
+    frame_pool: Annotated[int, Ge(1)] = setting(5, "frames averaged before the speech LSTM "
+                                                   "(50 ms steps)")
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = setting(
+        0.3, "share of values zeroed in training: on the word embeddings and before the "
+             "output layer (and more with encoder_dropout)")
+    alignment_prior: Annotated[float, Interval(ge=0, le=1)] = setting(
+        0.1, "align only: width of the diagonal prior on the attention, as a share of the "
+             "utterance (0: none)")
+    cell: Cell = setting("lstm", "lstm | gru: the cell of every recurrent layer")
+    attention_heads: Annotated[int, Ge(1)] = setting(8, "attention multihead: heads (must "
+                                                        "divide 2 * hidden)")
+    word_pooling: Literal["max", "attention"] = setting(
+        "max", "align: how the fusion states become one vector: max over words | attention "
+               "(u = tanh(W h + b), weights softmax(u . c) over the words; the authors' "
+               "code)")
+    frame_projection: Annotated[int, Ge(0)] = setting(
+        0, "units of the per-frame relu layer before the speech LSTM; 0: hidden")
     encoder_dropout: bool = setting(False, "dropout also after the frame projection, after "
                                            "each encoder and on the aligned speech (the "
                                            "authors' code); false: on the word embeddings "

@@ -1,6 +1,8 @@
 """The typed config: defaults, YAML, --set overrides, and a clear error for every mistake."""
 
+import dataclasses
 import re
+import typing
 
 import pytest
 
@@ -37,29 +39,41 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
     (["seed=abc"], "'seed' expects an integer"),
     (["ingest.merge_excited=maybe"], "'ingest.merge_excited' expects true or false"),
     (["ingest=3"], "'ingest' is a section"),
-    (["ingest.classes=neutral,joy"], "unknown class 'joy'"),
+    (["ingest.classes=neutral,joy"], "config key 'ingest.classes' must be one of neutral, "
+                                     "happy, excited, sad, angry, frustrated, surprised, "
+                                     "fearful, disgusted, other, got 'joy'"),
+    (["ingest.classes=neutral,sad,sad"], "'ingest.classes' must not list a value twice"),
+    (["ingest.classes=happy"], "'ingest.classes' must list at least 2 values, got ['happy']"),
     (["ingest.classes=neutral,sad"], "merge_excited needs 'happy'"),
     (["ingest.classes=neutral,happy,excited"], "contradicts 'excited'"),
     (["seed"], "--set expects key=value"),
     (["sample_corpus.utterances=5"], "at least 11"),
     (["validate.min_duration_s=50"], "below validate.max_duration_s"),
-    (["validate.drift.oov_warn=0.5"], "above its _fail threshold"),
+    (["validate.drift.oov_warn=0.5"],
+     "config key 'validate.drift.oov_warn' must be at most validate.drift.oov_fail (0.2), "
+     "got 0.5"),
     (["validate.min_class_share=0.3"], "more than the classes can all have"),
     (["validate.drift.nope=1"], "unknown config key 'validate.drift.nope'"),
-    (["train.validation_speakers=-1"], "train.validation_speakers must be 0 or more"),
+    (["train.validation_speakers=-1"],
+     "config key 'train.validation_speakers' must be at least 0, got -1"),
     (["train.selection=best"], "train.validation_speakers is 0; set it to 1 or more"),
-    (["model.cell=rnn"], "model.cell must be lstm or gru, got 'rnn'"),
-    (["model.attention=cosine"], "model.attention must be additive, dot or multihead"),
-    (["model.attention_heads=0"], "model.attention_heads must be at least 1"),
+    (["model.cell=rnn"], "config key 'model.cell' must be one of lstm, gru, got 'rnn'"),
+    (["model.attention=cosine"],
+     "config key 'model.attention' must be one of additive, dot, multihead, got 'cosine'"),
+    (["model.attention_heads=0"], "config key 'model.attention_heads' must be at least 1"),
     (["model.attention=multihead", "model.hidden=10"],
      "model.attention_heads (8) must divide 2 * model.hidden (20)"),
-    (["model.word_pooling=mean"], "model.word_pooling must be max or attention"),
-    (["model.frame_projection=-1"], "model.frame_projection must be 0 or more"),
-    (["model.max_words=-5"], "model.max_words must be 0 or more"),
-    (["model.unknown_word_init=zeros"], "model.unknown_word_init must be normal or uniform"),
-    (["features.kind=mel"], "features.kind must be mfcc or spectrum, got 'mel'"),
-    (["features.pre_emphasis=1.0"], "features.pre_emphasis must be in [0, 1)"),
-    (["features.max_seconds=-1"], "features.max_seconds must be 0"),
+    (["model.word_pooling=mean"],
+     "config key 'model.word_pooling' must be one of max, attention, got 'mean'"),
+    (["model.frame_projection=-1"], "config key 'model.frame_projection' must be at least 0"),
+    (["model.max_words=-5"], "config key 'model.max_words' must be at least 0, got -5"),
+    (["model.unknown_word_init=zeros"],
+     "config key 'model.unknown_word_init' must be one of normal, uniform, got 'zeros'"),
+    (["features.kind=mel"], "config key 'features.kind' must be one of mfcc, spectrum, "
+                            "got 'mel'"),
+    (["features.pre_emphasis=1.0"],
+     "config key 'features.pre_emphasis' must be in [0, 1), got 1.0"),
+    (["features.max_seconds=-1"], "config key 'features.max_seconds' must be at least 0"),
 ])
 def test_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -110,7 +124,7 @@ def test_bad_files(tmp_path):
     (["seed=true"], "'seed' expects an integer, got True"),
     (["train.epochs=3.0"], "'train.epochs' expects an integer, got 3.0"),
     (["train.lr=fast"], "'train.lr' expects a number, got 'fast'"),
-    (["model.kind=3"], "'model.kind' expects text, got 3"),
+    (["model.kind=3"], "'model.kind' must be one of align, speech, text, late_fusion, got 3"),
     (["train.seeds=0,x"], "'train.seeds' expects an integer, got 'x'"),
     (["train.bucketing=1"], "'train.bucketing' expects true or false, got 1"),
 ])
@@ -123,32 +137,183 @@ def test_types_are_strict(overrides, message):
 def test_numbers_read_as_users_write_them(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n  grad_clip: 2\n")
-    config = load_config(path, ["train.seeds=3", "train.guided_attention=5E-1"])
+    config = load_config(path, ["train.seeds=3", "train.modality_dropout=5E-1"])
     assert (config.train.lr, config.train.grad_clip) == (0.001, 2.0)
     assert isinstance(config.train.grad_clip, float)
-    assert (config.train.seeds, config.train.guided_attention) == ([3], 0.5)
+    assert (config.train.seeds, config.train.modality_dropout) == ([3], 0.5)
     assert load_config(None, ["train.seeds=null"]).train.seeds is None
+
+
+def config_keys(cls: type = Config, prefix: str = ""):
+    """(dotted key, field, declared type) of every key, the sections included."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        yield prefix + f.name, f, hints[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from config_keys(hints[f.name], f"{prefix}{f.name}.")
+
+
+def choices_of(hint) -> tuple:
+    """The choices a Literal key (or a list of them) declares; () for any other key."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is list:
+        hint = typing.get_args(hint)[0]
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
 
 
 def test_every_key_has_its_default_and_help_in_one_place():
     """A key is one field of components/config.py (or model/spec.py, for the settings a
-    trained model keeps): its type, default and help. The generated YAML shows the help."""
-    import dataclasses
-    import typing
-
+    trained model keeps): its type, default and help. Every key, section or setting, has
+    help, a choice's help names each choice, and the generated YAML shows it all."""
     from components.config import defaults_yaml
 
-    def keys(cls, prefix=""):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                yield from keys(hints[f.name], f"{prefix}{f.name}.")
-            else:
-                yield prefix + f.name, f.metadata.get("help", "")
-
-    helped = [help_text for _, help_text in keys(Config) if help_text]
-    assert len(helped) > 50
+    keys = list(config_keys())
+    assert not [key for key, f, _ in keys if not f.metadata.get("help")]
+    unnamed = [(key, c) for key, f, hint in keys for c in choices_of(hint)
+               if not re.search(rf"\b{c}\b", f.metadata["help"])]
+    assert not unnamed
     text = defaults_yaml()
-    missing = [h for h in helped if " ".join(h.split())[:30] not in " ".join(
-        line.split("# ", 1)[-1] for line in text.splitlines())]
+    missing = [f.metadata["help"] for _, f, _ in keys
+               if " ".join(f.metadata["help"].split())[:30] not in " ".join(
+                   line.split("# ", 1)[-1] for line in text.splitlines())]
     assert not missing, missing
+
+
+# Every choice, written out by hand: a Literal with a typo in components/config.py or
+# model/spec.py would refuse the value the rest of the code asks for, and fail here.
+CHOICES = {
+    "protocol": ["holdout", "loso"],
+    "ingest.classes": ["neutral", "happy", "excited", "sad", "angry", "frustrated",
+                       "surprised", "fearful", "disgusted", "other"],
+    "features.kind": ["mfcc", "spectrum"],
+    "features.dtype": ["float16", "float32"],
+    "features.normalization": ["speaker", "global", "none"],
+    "model.kind": ["align", "speech", "text", "late_fusion"],
+    "model.attention": ["additive", "dot", "multihead"],
+    "model.cell": ["lstm", "gru"],
+    "model.word_pooling": ["max", "attention"],
+    "model.unknown_word_init": ["normal", "uniform"],
+    "train.lr_schedule": ["cosine", "constant"],
+    "train.selection": ["average", "best"],
+    "train.device": ["auto", "cpu", "cuda"],
+}
+# What a choice needs beside it (rules between keys).
+NEEDS = {"ingest.classes": ["ingest.merge_excited=false"],
+         "train.selection": ["train.validation_speakers=1"]}
+
+
+def test_the_choices_are_the_literal_keys():
+    declared = {key: choices_of(hint) for key, _, hint in config_keys() if choices_of(hint)}
+    assert {key: sorted(c) for key, c in declared.items()} == {
+        key: sorted(c) for key, c in CHOICES.items()}
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_each_choice_loads_and_no_other_value_does(key):
+    def setting(value: str) -> str:
+        # A class set needs two classes; each choice goes with another.
+        return f"{key}={value},{'sad' if value != 'sad' else 'neutral'}" \
+            if key == "ingest.classes" else f"{key}={value}"
+
+    for choice in CHOICES[key]:
+        config = load_config(None, [setting(choice), *NEEDS.get(key, [])])
+        for part in key.split("."):
+            config = getattr(config, part)
+        assert choice == (config[0] if key == "ingest.classes" else config)
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [setting("nope"), *NEEDS.get(key, [])])
+    assert str(refused.value) == (f"config key {key!r} must be one of "
+                                  f"{', '.join(CHOICES[key])}, got 'nope'")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epochs=0"], "config key 'train.epochs' must be at least 1, got 0"),
+    (["train.lr=0"], "config key 'train.lr' must be above 0, got 0"),
+    (["features.f0_max=2001"], "config key 'features.f0_max' must be at most 2000, got 2001"),
+    (["model.dropout=1"], "config key 'model.dropout' must be in [0, 1), got 1"),
+    (["model.dropout=-0.1"], "config key 'model.dropout' must be in [0, 1), got -0.1"),
+    (["registry.ua_floor=1.5"], "config key 'registry.ua_floor' must be in [0, 1], got 1.5"),
+    (["holdout_session=0"], "config key 'holdout_session' must be in [1, 5], got 0"),
+    (["train.parallelism=0"], "config key 'train.parallelism' must be at least 1, got 0"),
+    (["train.seeds=2,-1"], "config key 'train.seeds' must be at least 0, got -1"),
+    (["train.seeds="], "config key 'train.seeds' must list at least 1 value, got []"),
+    (["train.seeds=1,2,1"], "config key 'train.seeds' must not list a value twice, got "
+                            "[1, 2, 1]"),
+    (["registry.experiment= "], "config key 'registry.experiment' must not be empty, got ''"),
+    (["features.f0_min=600"], "config key 'features.f0_min' must be below features.f0_max "
+                              "(500.0), got 600.0"),
+    (["features.hop_ms=30"], "config key 'features.hop_ms' must be at most features.win_ms "
+                             "(25.0), got 30.0"),
+])
+def test_a_value_out_of_range_names_the_key_and_the_range(overrides, message):
+    """One of each kind of constraint: ge, gt, le, an interval open or closed at its top, on
+    a key that may be null, on a list's items, a list's length, a predicate, and the pairs
+    of keys that must keep their order."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, overrides)
+    assert str(refused.value) == message
+
+
+def test_the_edges_of_a_range_are_in_it():
+    config = load_config(None, ["train.epochs=1", "train.lr=1e-9", "features.f0_max=2000",
+                                "model.dropout=0", "registry.ua_floor=1", "holdout_session=1",
+                                "features.hop_ms=25", "train.seeds=0"])
+    assert (config.train.epochs, config.model.dropout, config.registry.ua_floor) == (1, 0, 1)
+
+
+def test_a_range_reads_as_words():
+    from annotated_types import Interval, Lt
+
+    from components.config import _range_words
+
+    assert _range_words(typing.Annotated[float, Lt(1)], {}) == "below 1"
+    assert _range_words(typing.Annotated[float, Interval(gt=0, le=1)], {}) == "in (0, 1]"
+    assert _range_words(int, {"ge": 3}) == "at least 3"  # no metadata: pydantic's bound
+
+
+# The removed keys as `emoalign run` logged them (config.resolved.yaml) until they went.
+BEFORE_REMOVAL = {"validate": {"sample_rate": 16000},
+                  "train": {"guided_attention": 0.0, "guided_attention_width": 0.2,
+                            "guided_attention_fade": 0.5, "time_masks": 0,
+                            "time_mask_share": 0.1, "feature_masks": 0,
+                            "feature_mask_width": 4}}
+
+
+def test_a_config_logged_before_keys_were_removed_loads_as_it_ran(tmp_path):
+    """`emoalign register` and `emoalign audit` read logged configs again."""
+    import yaml
+
+    from components.config import REMOVED, tree_sha256
+
+    logged = Config().to_dict()
+    for name, keys in BEFORE_REMOVAL.items():
+        logged[name].update(keys)
+    assert {f"{name}.{key}" for name, keys in BEFORE_REMOVAL.items() for key in keys} == set(
+        REMOVED)
+    text = yaml.safe_dump(logged, sort_keys=False)
+    assert config_from_yaml(text) == Config()
+    (tmp_path / "old.yaml").write_text(text)
+    assert load_config(tmp_path / "old.yaml") == Config()
+    # Widths and shares did nothing while their weight or count was 0, whatever they held.
+    assert load_config(None, ["train.guided_attention_width=0.9", "train.time_mask_share=0.5",
+                              "train.feature_mask_width=1", "train.time_masks=0",
+                              "train.guided_attention=0", "validate.sample_rate=16000"]
+                       ) == Config()
+    # The audit hashes the tree as logged, removed keys and all: the hash the run recorded.
+    assert tree_sha256(yaml.safe_load(text)) == tree_sha256(logged) != Config().sha256()
+
+
+@pytest.mark.parametrize("override, why", [
+    ("train.guided_attention=0.5", "the guided-attention loss changed nothing measurable"),
+    ("train.time_masks=2", "masking the speech features helped no model kind"),
+    ("train.feature_masks=1", "masking the speech features helped no model kind"),
+    ("validate.sample_rate=8000", "features are extracted at 16000 Hz only"),
+])
+def test_a_removed_key_set_to_do_something_is_refused_saying_why(override, why):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [override])
+    message = str(refused.value)
+    assert message.startswith(f"config key {key!r} was removed ({why}")
+    assert message.endswith(f"got {value}") and "\n" not in message

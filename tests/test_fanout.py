@@ -215,10 +215,10 @@ def test_one_failing_task_fails_the_run_naming_its_fold_and_seed(prepared, tmp_p
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("train.seeds=", "train.seeds is empty"),
+    ("train.seeds=", "config key 'train.seeds' must list at least 1 value, got []"),
     ("train.seeds=0,one", "'train.seeds' expects an integer, got 'one'"),
-    ("train.seeds=1,1", "train.seeds must be distinct"),
-    ("train.parallelism=0", "train.parallelism must be at least 1"),
+    ("train.seeds=1,1", "config key 'train.seeds' must not list a value twice, got [1, 1]"),
+    ("train.parallelism=0", "config key 'train.parallelism' must be at least 1, got 0"),
 ])
 def test_bad_fan_out_settings_are_one_line_errors(override, fragment, tmp_path):
     assert_one_line_error(emoalign("run", "--workdir", tmp_path, "--set", override), fragment)

@@ -175,7 +175,7 @@ def test_stacking_and_subsampling():
     assert stacked.shape == (4, 6)
     np.testing.assert_array_equal(stacked[0], [0, 1, 2, 3, 4, 5])
     np.testing.assert_array_equal(stacked[-1], [18, 19, 18, 19, 18, 19])  # last frame repeated
-    spec = FeatureSpec(stack=3, subsample=3)
+    spec = FeatureSpec(stack=3, subsample=3, pitch=False, energy=False)
     out = Extractor(spec)(np.random.default_rng(0).standard_normal(16000).astype(np.float32))
     assert out.shape == (34, spec.dim) and spec.dim == 117
 
@@ -208,7 +208,8 @@ def test_cli_features_reuses(manifest, tmp_path):
 
 # ---- the authors' features: magnitude spectrum, pre-emphasis, a length limit ------------
 
-SPECTRUM = FeatureSpec(kind="spectrum", deltas=False, delta_deltas=False)
+SPECTRUM = FeatureSpec(kind="spectrum", deltas=False, delta_deltas=False, pitch=False,
+                       energy=False)
 
 
 def test_the_magnitude_spectrum_with_pre_emphasis_and_a_length_limit():
@@ -226,7 +227,7 @@ def test_the_magnitude_spectrum_with_pre_emphasis_and_a_length_limit():
     np.testing.assert_allclose(emphasised, extract(filtered, SPECTRUM), rtol=1e-5, atol=1e-6)
     assert not np.allclose(emphasised, frames, rtol=0.1)
     # max_seconds cuts (MFCCs too); a shorter utterance is left whole, never padded.
-    for spec in (SPECTRUM, FeatureSpec()):
+    for spec in (SPECTRUM, FeatureSpec(pitch=False, energy=False)):
         cut = extract(audio, replace(spec, max_seconds=1.0))
         np.testing.assert_array_equal(cut, extract(audio[:16000], spec))
         assert len(cut) == 101
@@ -245,6 +246,21 @@ def test_new_feature_settings_change_the_store_key_only_when_used(manifest):
     used = {features.cache_key(rows, FeaturesConfig(**setting)) for setting in
             ({"kind": "spectrum"}, {"pre_emphasis": 0.97}, {"max_seconds": 7.0})}
     assert len(used) == 3 and today not in used
+
+
+def test_pitch_and_energy_are_on_by_default_and_their_absence_means_off():
+    """One default, in model/spec.py. A store or bundle saved before the settings existed
+    lacks them and was made without them; today's default is saved (and keyed) byte for
+    byte as when the config set it over a default of off."""
+    assert FeaturesConfig().spec() == FeatureSpec() and FeatureSpec().pitch
+    plain = FeatureSpec(pitch=False, energy=False)
+    older = {k: v for k, v in plain.to_dict().items() if k not in ("pitch", "energy")}
+    assert FeatureSpec.from_dict(older) == plain
+    assert FeatureSpec.from_dict(FeatureSpec().to_dict()) == FeatureSpec()
+    assert json.dumps(FeaturesConfig().spec().to_dict()) == (
+        '{"sample_rate": 16000, "n_mfcc": 13, "n_mels": 40, "win_ms": 25.0, "hop_ms": 10.0, '
+        '"deltas": true, "delta_deltas": true, "stack": 1, "subsample": 1, "pitch": true, '
+        '"energy": true, "f0_min": 60.0, "f0_max": 500.0}')
 
 
 def test_a_spectrum_store_serves_the_same_values(manifest, wavs, tmp_path):
@@ -313,12 +329,12 @@ def test_silence_and_noise_are_unvoiced_and_energy_follows_loudness():
 
 def test_prosody_is_appended_and_mfccs_are_unchanged(wavs):
     audio, _ = soundfile.read(next(iter(wavs.values())), dtype="float32")
-    plain = extract(audio, FeatureSpec(deltas=False, delta_deltas=False))
-    with_prosody = extract(audio, FeatureSpec(deltas=False, delta_deltas=False, pitch=True,
-                                              energy=True))
+    plain = extract(audio, FeatureSpec(deltas=False, delta_deltas=False, pitch=False,
+                                       energy=False))
+    with_prosody = extract(audio, FeatureSpec(deltas=False, delta_deltas=False))
     np.testing.assert_array_equal(with_prosody[:, :13], plain)
     assert with_prosody.shape == (len(plain), 16)
-    only_energy = extract(audio, FeatureSpec(deltas=False, delta_deltas=False, energy=True))
+    only_energy = extract(audio, FeatureSpec(deltas=False, delta_deltas=False, pitch=False))
     np.testing.assert_array_equal(only_energy[:, 13], with_prosody[:, 15])
 
 
