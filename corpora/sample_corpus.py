@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from components import iemocap
-from corpora import stress_plan
 from components.errors import UserError
+from corpora import stress_plan
 from corpora.stress_plan import StressPlan
 from model.spec import SAMPLE_RATE
 
