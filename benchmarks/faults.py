@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from components import features, ingest, validate  # noqa: E402
-from corpora import sample_corpus  # noqa: E402
 from components.config import load_config  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 
 SMALL = ["train.epochs=6", "train.min_epochs=2", "model.hidden=16", "model.embed_dim=16",
          "model.attention_dim=16", "model.frame_pool=10", "train.threads=1",

@@ -27,8 +27,8 @@ import soundfile  # noqa: E402
 import torch  # noqa: E402
 
 from components import features, ingest, outputs  # noqa: E402
-from corpora import sample_corpus  # noqa: E402
 from components.config import FeaturesConfig, IngestConfig  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 from model.features import Extractor, FeatureSpec  # noqa: E402
 
 

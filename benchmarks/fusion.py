@@ -54,9 +54,9 @@ from scipy import stats  # noqa: E402
 
 import reference  # noqa: E402
 from components import features, folds, ingest, member, train, validate  # noqa: E402
-from corpora import sample_corpus  # noqa: E402
 from components.config import IngestConfig, load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 
 # The benchmark's model size (the fusion test's): small enough for 2 cores.
 SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32", "model.embed_dim=32",

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from components import evaluate, features, ingest, member, train, validate  # noqa: E402
-from corpora import sample_corpus  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.outputs import Evaluation  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 
 # Small models, 30 epochs, one thread: the settings the bounds below were measured with.
 SETTINGS = ["train.epochs=30", "train.min_epochs=15", "model.hidden=32", "model.embed_dim=32",

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import ingest  # noqa: E402
-from corpora import sample_corpus  # noqa: E402
 from components.config import IngestConfig  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 
 
 def generate(root: Path, n: int, workers: int) -> tuple[float, dict]:

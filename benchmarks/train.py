@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 from components import feature_store, features, ingest, outputs, train, validate  # noqa: E402
-from corpora import sample_corpus  # noqa: E402
 from components.config import load_config  # noqa: E402
+from corpora import sample_corpus  # noqa: E402
 from model import network  # noqa: E402
 from model.data import batch_indices, collate  # noqa: E402
 from model.network import build_model  # noqa: E402
