@@ -286,11 +286,20 @@ class NotifyConfig(Section):
                                "registered version, gate decision, UA, WA); empty: none")
 
     def check(self) -> None:
+        """EMOALIGN_WEBHOOK_URL, when set, wins: the config then records only that the URL
+        came from the environment (notify.FROM_ENVIRONMENT), never the URL."""
         from components import notify
 
-        if self.webhook and not notify.is_http_url(self.webhook):
-            raise ConfigError("notify.webhook must be an http(s) URL, got "
-                              f"{notify.redacted(self.webhook)!r}")
+        if url := notify.webhook_from_environment():
+            self.webhook = notify.FROM_ENVIRONMENT
+        elif self.webhook != notify.FROM_ENVIRONMENT:
+            url = self.webhook
+        if url and not notify.is_http_url(url):
+            from_environment = self.webhook == notify.FROM_ENVIRONMENT
+            raise ConfigError(
+                f"{notify.WEBHOOK_ENV} must be an http(s) URL (its value is not shown: it may "
+                "hold a token)" if from_environment else
+                f"notify.webhook must be an http(s) URL, got {notify.redacted(url)!r}")
 
 
 @dataclass

@@ -9,11 +9,17 @@ raises: a webhook that cannot be reached costs one line on stderr, never the run
 
 No credential reaches a payload: a user:password in any URL is dropped, each value the
 caller names as a secret is replaced by ***, and nothing of the environment is included.
+
+A webhook URL often carries a token in its path. Given as EMOALIGN_WEBHOOK_URL, it wins over
+notify.webhook and stays out of every record: the resolved config, and with it the MLflow
+params, the pipeline's parameters and the run folder, hold only `env:EMOALIGN_WEBHOOK_URL`
+(that the URL came from the environment), and logs show its scheme, host and port alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -30,6 +36,24 @@ USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")
 FIELDS = ("pipeline", "pipeline_run", "status", "failed_task", "reason", "error",
           "retrained", "retrain_reason", "model_name", "model_version", "gate_decision", "gate_reason", "ua",
           "wa", "mlflow_run_id", "pipeline_job", "reported_by")
+
+
+WEBHOOK_ENV = "EMOALIGN_WEBHOOK_URL"
+# What notify.webhook holds when the URL comes from the environment: that it does, never it.
+FROM_ENVIRONMENT = f"env:{WEBHOOK_ENV}"
+
+
+def webhook_from_environment() -> str:
+    return os.environ.get(WEBHOOK_ENV, "").strip()
+
+
+def webhook_url(setting: str) -> str:
+    """Where to POST: EMOALIGN_WEBHOOK_URL when set, else notify.webhook; "" for nowhere
+    (also when the config says the URL comes from the environment and this process's
+    environment lacks it: on a cluster, the `emoalign-webhook` secret)."""
+    if from_environment := webhook_from_environment():
+        return from_environment
+    return "" if setting == FROM_ENVIRONMENT else setting
 
 
 def is_http_url(url: str) -> bool:

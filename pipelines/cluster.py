@@ -12,6 +12,9 @@ from kfp import kubernetes
 # Secrets infra/k8s/secrets.template.yaml describes (never real values in this repository).
 MLFLOW_SECRET = os.environ.get("EMOALIGN_MLFLOW_SECRET", "emoalign-mlflow")
 S3_SECRET = os.environ.get("EMOALIGN_S3_SECRET", "emoalign-s3")
+# The webhook's URL (it may hold a token), read by the exit task as EMOALIGN_WEBHOOK_URL;
+# optional: without it the task sends to notify.webhook, or nowhere.
+WEBHOOK_SECRET = os.environ.get("EMOALIGN_WEBHOOK_SECRET", "emoalign-webhook")
 # The volume holding corpora (IEMOCAP itself, or what the fetch step pulled through DVC).
 CORPUS_PVC = os.environ.get("EMOALIGN_CORPUS_PVC", "emoalign-corpus")
 CORPUS_MOUNT = "/mnt/corpus"
@@ -80,6 +83,9 @@ def configure(task, step: str):
             "tracking_uri": "MLFLOW_TRACKING_URI",
             "username": "MLFLOW_TRACKING_USERNAME",
             "password": "MLFLOW_TRACKING_PASSWORD"}, optional=False)
+    if step == "notify":
+        kubernetes.use_secret_as_env(task, secret_name=WEBHOOK_SECRET, secret_key_to_env={
+            "url": "EMOALIGN_WEBHOOK_URL"}, optional=True)
     if step in USES_S3:
         kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env={
             "access_key_id": "AWS_ACCESS_KEY_ID",

@@ -375,9 +375,10 @@ def notify(status: dsl.PipelineTaskFinalStatus, config_yaml: str, pipeline_run: 
     except Exception as e:
         print(f"no notification: the config does not load ({e})")
         return
-    url = config.notify.webhook
+    url = step.webhook_url(config.notify.webhook)
     if not url:
-        print("no notify.webhook: nothing to send")
+        print("no webhook (notify.webhook, or EMOALIGN_WEBHOOK_URL where the config says it "
+              "comes from the environment): nothing to send")
         return
     from components import registry
     from components.registry.store import secret_values

@@ -323,7 +323,7 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
     except Exception as failure:
         notify_run(config, failure=failure)
         raise
-    if config.notify.webhook:
+    if config.notify.webhook:  # a URL, or that it comes from the environment
         notify_run(config, summary=run_summary(run, config, lineage))
     return run
 
@@ -358,7 +358,7 @@ def notify_run(config: Config, summary: dict | None = None,
     from components import notify
     from components.registry.store import secret_values
 
-    url = config.notify.webhook
+    url = notify.webhook_url(config.notify.webhook)
     if not url:
         return None
     if failure is None:

@@ -1,11 +1,13 @@
 """Shared fixtures: small generated corpora in the real IEMOCAP layout."""
 
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,26 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
 
 
 SENTINEL = "s3nt1nel-Secret-Value"  # a credential in the environment: never to be stored
+WEBHOOK_TOKEN = "w3bh00k-T0ken-In-The-Path"  # EMOALIGN_WEBHOOK_URL's: never to be stored either
+
+
+class _RecordingHook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append((self.path, json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def recording_webhook() -> http.server.ThreadingHTTPServer:
+    """A webhook on 127.0.0.1 keeping (path, JSON body) of every POST in `.received`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHook)
+    server.received = []
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
 GATE = TINY + ["registry.ua_floor=0.0", "registry.bootstrap_samples=200"]
 
 
@@ -154,18 +176,21 @@ def two_runs(prepared, tmp_path_factory) -> dict:
     is what a schedule does with a new version of the data: `emoalign retrain` on a v2
     tracked by DVC (more utterances, another draw of the generator, a fifth of the neutral
     utterances relabelled angry), which trains because the data changed and has its class
-    shares judged against the champion's data (tests/test_data_versions.py)."""
+    shares judged against the champion's data (tests/test_data_versions.py). Both report
+    their end to a webhook whose URL, with a token in its path, comes from the environment."""
     from mlflow import MlflowClient
 
     work = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{work / 'mlflow.db'}"
+    hook = recording_webhook()
     env = {"MLFLOW_TRACKING_URI": uri, "AWS_SECRET_ACCESS_KEY": SENTINEL,
-           "MLFLOW_TRACKING_PASSWORD": SENTINEL + "2"}
+           "MLFLOW_TRACKING_PASSWORD": SENTINEL + "2",
+           "EMOALIGN_WEBHOOK_URL": f"http://127.0.0.1:{hook.server_port}/hook/{WEBHOOK_TOKEN}"}
     second = work / "v2" / "IEMOCAP_full_release"
     sample_corpus.generate(second, 240, seed=7)
     assert relabel(second, "neu", "ang", 0.2) > 0
     second_dvc_hash = dvc_add(second.parent, second)
-    summaries, stdouts = [], []
+    summaries, stdouts, stderrs = [], [], []
     for n, (command, corpus) in enumerate((("run", prepared["corpus"]), ("retrain", second))):
         path = work / f"summary{n}.json"
         overrides = sum((["--set", o] for o in GATE + [f"seed={n}"]), [])
@@ -174,6 +199,10 @@ def two_runs(prepared, tmp_path_factory) -> dict:
         assert result.returncode == 0, result.stderr + result.stdout[-3000:]
         summaries.append(json.loads(path.read_text()))
         stdouts.append(result.stdout)
+        stderrs.append(result.stderr)
+    hook.shutdown()
+    hook.server_close()
     return {"uri": uri, "env": env, "work": work, "summaries": summaries, "stdouts": stdouts,
+            "stderrs": stderrs, "webhook_posts": hook.received,
             "corpora": [prepared["corpus"], second], "second_dvc_hash": second_dvc_hash,
             "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}

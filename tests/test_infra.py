@@ -370,7 +370,7 @@ def test_secrets_template_provides_what_the_manifests_and_the_pipeline_mount():
         for s in executor.get("secretAsEnv", []):
             name = s.get("secretName") or s["secretNameParameter"]["runtimeValue"]["constant"]
             mounted.setdefault(name, set()).update(k["secretKey"] for k in s["keyToEnv"])
-    assert set(mounted) == {cluster.MLFLOW_SECRET, cluster.S3_SECRET}
+    assert set(mounted) == {cluster.MLFLOW_SECRET, cluster.S3_SECRET, cluster.WEBHOOK_SECRET}
     for name, keys in mounted.items():
         assert keys <= by_ns[profile].get(name, set()), \
             f"{name} in {profile} lacks {keys - by_ns[profile].get(name, set())}"

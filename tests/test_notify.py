@@ -212,6 +212,29 @@ def test_a_webhook_that_is_not_http_is_a_one_line_error(tmp_path):
     assert config.for_task(0).notify.webhook == ""
 
 
+def test_a_webhook_from_the_environment_wins_and_is_recorded_only_as_such(webhook,
+                                                                         monkeypatch):
+    token_url = webhook.url + "/T0KEN-in-path"
+    monkeypatch.setenv("EMOALIGN_WEBHOOK_URL", token_url)
+    config = load_config(None, ["notify.webhook=https://hooks.example.com/from-config"])
+    assert config.notify.webhook == notify.FROM_ENVIRONMENT == "env:EMOALIGN_WEBHOOK_URL"
+    assert "T0KEN" not in config.to_yaml() and "from-config" not in config.to_yaml()
+    assert notify.webhook_url(config.notify.webhook) == token_url
+    # A logged config read again (a task, an audit) keeps saying so, and still loads.
+    assert config_from_yaml(config.to_yaml()).notify.webhook == notify.FROM_ENVIRONMENT
+    sent = local.notify_run(config, summary={"pipeline_run": "emoalign-1"})
+    assert bodies(webhook) == [sent] and "T0KEN" not in json.dumps(sent)
+    # Where the config says the URL comes from the environment and it lacks it: nowhere.
+    monkeypatch.delenv("EMOALIGN_WEBHOOK_URL")
+    assert notify.webhook_url(config_from_yaml(config.to_yaml()).notify.webhook) == ""
+    assert local.notify_run(config_from_yaml(config.to_yaml())) is None
+    # Not a URL: one line, without the value (it may hold a token).
+    monkeypatch.setenv("EMOALIGN_WEBHOOK_URL", "hooks.example.com/T0KEN")
+    with pytest.raises(ConfigError, match="EMOALIGN_WEBHOOK_URL must be an http") as e:
+        load_config()
+    assert "T0KEN" not in str(e.value)
+
+
 def test_no_credential_reaches_the_payload(webhook, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SENTINEL)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:pa55word@mlflow:5000")

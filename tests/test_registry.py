@@ -18,7 +18,7 @@ from components import lineage, registry
 from components.config import Config, load_config
 from components.lineage import Lineage
 from components.outputs import StepOutputs
-from conftest import GATE, SENTINEL, assert_one_line_error, emoalign
+from conftest import GATE, SENTINEL, WEBHOOK_TOKEN, assert_one_line_error, emoalign
 from model.metrics import scores, unweighted_accuracy
 
 def _sets(overrides):
@@ -230,12 +230,25 @@ def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
 
 
 def test_no_credential_from_the_environment_reaches_the_store_or_the_logs(two_runs):
+    """Nor the webhook's token (EMOALIGN_WEBHOOK_URL): it was used for both POSTs, and every
+    record says only that the URL came from the environment."""
+    secrets = (SENTINEL, WEBHOOK_TOKEN)
     scanned = 0
     for path in two_runs["work"].rglob("*"):
         if path.is_file() and "v2" not in path.parts:  # everything but the corpus copy
-            assert SENTINEL.encode() not in path.read_bytes(), path
+            assert not any(s.encode() in path.read_bytes() for s in secrets), path
             scanned += path.name in ("mlflow.db", "pipeline.log", "config.resolved.yaml")
     assert scanned >= 5  # the store and both runs' logs and configs were among them
+    for printed in two_runs["stdouts"] + two_runs["stderrs"]:
+        assert not any(s in printed for s in secrets)
+    posts = two_runs["webhook_posts"]
+    assert [path for path, _ in posts] == [f"/hook/{WEBHOOK_TOKEN}"] * 2
+    assert [body["pipeline_run"] for _, body in posts] == \
+        [s["pipeline_run"] for s in two_runs["summaries"]]
+    run_dir = Path(two_runs["summaries"][0]["run_dir"])
+    assert "webhook: env:EMOALIGN_WEBHOOK_URL" in (run_dir / "config.resolved.yaml").read_text()
+    run = two_runs["client"].get_run(two_runs["summaries"][0]["mlflow_run_id"])
+    assert run.data.params["notify.webhook"] == "env:EMOALIGN_WEBHOOK_URL"
 
 
 def test_scrub_masks_credentials_in_params_and_uris(monkeypatch):
