@@ -186,10 +186,10 @@ def two_runs(prepared, tmp_path_factory) -> dict:
     env = {"MLFLOW_TRACKING_URI": uri, "AWS_SECRET_ACCESS_KEY": SENTINEL,
            "MLFLOW_TRACKING_PASSWORD": SENTINEL + "2",
            "EMOALIGN_WEBHOOK_URL": f"http://127.0.0.1:{hook.server_port}/hook/{WEBHOOK_TOKEN}"}
-    second = work / "v2" / "IEMOCAP_full_release"
+    second = work / "v2" / "data" / "IEMOCAP_full_release"
     sample_corpus.generate(second, 240, seed=7)
     assert relabel(second, "neu", "ang", 0.2) > 0
-    second_dvc_hash = dvc_add(second.parent, second)
+    second_dvc_hash = dvc_add(second.parents[1], second.parent)  # as data.dvc tracks data/
     summaries, stdouts, stderrs = [], [], []
     for n, (command, corpus) in enumerate((("run", prepared["corpus"]), ("retrain", second))):
         path = work / f"summary{n}.json"
