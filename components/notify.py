@@ -34,8 +34,9 @@ RETRY_WAIT_S = 1.0
 # scheme://user:password@ or scheme://token@ inside any text.
 USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")
 FIELDS = ("pipeline", "pipeline_run", "status", "failed_task", "reason", "error",
-          "retrained", "retrain_reason", "model_name", "model_version", "gate_decision", "gate_reason", "ua",
-          "wa", "mlflow_run_id", "pipeline_job", "reported_by")
+          "retrained", "retrain_reason", "model_name", "model_version", "gate_decision",
+          "gate_reason", "ua", "wa", "drift_unavailable", "mlflow_run_id", "pipeline_job",
+          "reported_by")
 
 
 WEBHOOK_ENV = "EMOALIGN_WEBHOOK_URL"
@@ -85,7 +86,9 @@ def payload(pipeline_run: str | None, status: str, *, secrets: list[str] | tuple
     one-line cause), error (the whole one-line message), retrained and retrain_reason,
     model_name, model_version, gate_decision (promoted / rejected; None when nothing was
     registered) and gate_reason (or why nothing was: UA below the floor), ua, wa,
-    mlflow_run_id, pipeline_job (the cluster's resource name) and reported_by."""
+    drift_unavailable (why the drift check against the champion's data could not be made,
+    which keeps the gate from promoting the version; None when it was made or not asked
+    for), mlflow_run_id, pipeline_job (the cluster's resource name) and reported_by."""
     unknown = set(facts) - set(FIELDS)
     if unknown:
         raise TypeError(f"payload: unknown fields {sorted(unknown)}")
@@ -110,8 +113,11 @@ def _clean(value, secrets: tuple):
 
 def recorded_outcome(client, experiment: str, model_name: str, pipeline_run: str) -> dict:
     """What an MLflow client's store holds of `pipeline_run`: the run its track step logged
-    (its id, UA and WA) and the version registered from it (number, gate decision and
-    reason); {} when nothing was tracked. Both carry the `pipeline_run` tag."""
+    (its id, UA and WA, and why its drift check could not be made, if it could not) and the
+    version registered from it (number, gate decision and reason); {} when nothing was
+    tracked. Both carry the `pipeline_run` tag."""
+    from components.registry.drift import UNAVAILABLE_TAG
+
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return {}
@@ -124,7 +130,8 @@ def recorded_outcome(client, experiment: str, model_name: str, pipeline_run: str
     run = runs[0]
     metrics = run.data.metrics
     outcome = {"retrained": True, "mlflow_run_id": run.info.run_id,
-               "ua": metrics.get("evaluate/ua"), "wa": metrics.get("evaluate/wa")}
+               "ua": metrics.get("evaluate/ua"), "wa": metrics.get("evaluate/wa"),
+               "drift_unavailable": run.data.tags.get(UNAVAILABLE_TAG)}
     versions = client.search_model_versions(
         f"name={_quoted(model_name)} and tags.pipeline_run = {_quoted(pipeline_run)}")
     if versions:

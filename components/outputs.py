@@ -135,6 +135,12 @@ class Validated(_ManifestFolder):
     GX_RESULT = "gx_result.json"
     HTML = "report.html"
     STATS = "stats.json"
+    # The drift reference a run passes to validate when it has no statistics to pass (the
+    # registry's champion lookup, components/registry/drift.py): no champion yet, or
+    # NO_CHECK + why a check that was asked for cannot be made. The report then says why
+    # in `drift_unavailable`, and the gate does not promote the run's version.
+    NO_CHAMPION = "no drift check: no champion yet"
+    NO_CHECK = "no drift check: "
 
 
 # ---- features: the store ----------------------------------------------------------------

@@ -30,6 +30,8 @@ from model.spec import SAMPLE_RATE
 from model.text import tokenize
 
 SPEAKER_RE = r"^Ses0[1-5][FM]$"
+# What a drift check that could not be made means for the run (components/registry/gate.py).
+NOT_PROMOTED = "a version registered from this run is not promoted automatically"
 
 
 class ValidationError(UserError):
@@ -300,24 +302,33 @@ def drift(current: dict, reference: dict, cfg: DriftConfig) -> list[dict]:
 @dataclass(frozen=True)
 class DriftReference:
     """What the corpus is compared with: a stats.json (another run's Validated.STATS), and
-    what it is; or no file, and why there is no drift check."""
+    what it is; or no file, and why there is no drift check. `unavailable` says why a drift
+    check that was asked for (against the champion) could not be made; None when it was made,
+    or when none was asked for or possible (validate.drift_reference: none, no champion yet).
+    The report carries it as `drift_unavailable`, and the gate does not promote a version
+    from such a run automatically."""
 
     stats: Path | None
     label: str
+    unavailable: str | None = None
 
     @classmethod
     def named(cls, setting: str) -> "DriftReference":
         """The reference validate.drift_reference names, as far as this step can see: a
         file, or none. The champion's statistics are the registry's to find: the pipeline
         resolves the champion when a run starts and passes them (kfp_components.validate);
-        `setting` may then be why there is none ("no drift check: no champion yet")."""
+        `setting` may then be why there is none: no champion yet (Validated.NO_CHAMPION),
+        or any other `no drift check: <why>` (Validated.NO_CHECK), a check that was asked
+        for and could not be made."""
         if setting == "none":
             return cls(None, "no drift check (validate.drift_reference is none)")
         if setting == "champion":
             return cls(None, "no drift check (the champion is looked up by the pipeline, "
                              "not by this step alone)")
-        if setting.startswith("no drift check"):
+        if setting == Validated.NO_CHAMPION:
             return cls(None, setting)
+        if setting.startswith(Validated.NO_CHECK):
+            return cls(None, setting, setting[len(Validated.NO_CHECK):])
         return cls(Path(setting), setting)
 
 
@@ -437,6 +448,8 @@ def _decide(manifest_path: Path, manifest: pd.DataFrame, checked: _Checked,
         "drift": drift_rows,
         "reference_stats": str(reference.stats) if reference.stats else None,
         "drift_reference": reference.label,
+        # Why the drift check asked for could not be made (None: made, or none asked for).
+        "drift_unavailable": reference.unavailable,
         "strict": config.strict,
         "manifest": str(manifest_path),
     }
@@ -527,7 +540,8 @@ def render_html(report: dict, quarantine: pd.DataFrame) -> str:
         parts += _html_drift(report["drift"], report.get("drift_reference")
                              or report["reference_stats"])
     elif report.get("drift_reference"):
-        parts.append(f"<h2>Drift</h2><p>{html.escape(report['drift_reference'])}</p>")
+        note = f"; {NOT_PROMOTED}" if report.get("drift_unavailable") else ""
+        parts.append(f"<h2>Drift</h2><p>{html.escape(report['drift_reference'] + note)}</p>")
     parts += _html_quarantine(quarantine)
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -617,6 +631,8 @@ def drift_line(report: dict) -> str:
     """The drift in one line: each distance against the reference, or why none was
     measured."""
     against = report.get("drift_reference") or report.get("reference_stats") or "nothing"
+    if report.get("drift_unavailable"):
+        return f"drift: {against}; {NOT_PROMOTED}"
     if not report.get("drift"):
         return f"drift: {against}" if against.startswith("no drift check") else \
             f"drift: not measured against {against}"

@@ -131,7 +131,7 @@ def validate(
 
         reference = step.DriftReference(*registry.version_stats(drift_reference,
                                                                 Path(scratch)))
-    else:  # none, a stats.json path, or why there is no champion to compare with
+    else:  # none, a stats.json path, or why there is no drift check (DriftReference.named)
         reference = step.DriftReference.named(drift_reference)
     try:
         result = step.run(Path(manifest.path), out, config.ingest.classes, config.validate,

@@ -371,7 +371,8 @@ def notify_run(config: Config, summary: dict | None = None,
                      gate_decision=(None if version is None else
                                     "promoted" if summary.get("promoted") else "rejected"),
                      gate_reason=(summary.get("promotion_reason") if version is not None
-                                  else summary.get("ua_floor_check")))
+                                  else summary.get("ua_floor_check")),
+                     drift_unavailable=summary.get("drift_unavailable"))
         body = notify.payload(summary.get("pipeline_run"), "succeeded", **facts,
                               model_name=config.registry.model_name,
                               reported_by="local_runner", secrets=secret_values())
@@ -441,7 +442,10 @@ def _data_summary(out: StepOutputs) -> dict:
     report, checks = out.ingested.report(), out.validated.report()
     return {"n_label_blocks": report["n_label_blocks"], "n_labelled": report["n_labelled"],
             "label_counts": report["counts"]["label"], "n_kept": checks["counts"]["kept"],
-            "n_quarantined": checks["counts"]["quarantined"]}
+            "n_quarantined": checks["counts"]["quarantined"],
+            # Why the drift check against the champion could not be made (None: it was, or
+            # none was asked for); the gate does not promote such a run's version.
+            "drift_unavailable": checks.get("drift_unavailable")}
 
 
 def _report_lines(run: LocalRun, config: Config, summary: dict) -> list[str]:

@@ -89,7 +89,8 @@ def gather(outputs: StepOutputs, config: Config, tags: dict) -> dict:
                        "quarantine_by_check": validation["quarantine_by_check"],
                        "drift": validation.get("drift"),
                        "reference_stats": validation.get("reference_stats"),
-                       "drift_reference": validation.get("drift_reference")},
+                       "drift_reference": validation.get("drift_reference"),
+                       "drift_unavailable": validation.get("drift_unavailable")},
         "lineage": {k: tags.get(k, "") for k in (
             "pipeline_run", "git_sha", "git_dirty", "config_sha256", "seed", "validation")},
         "environment": {k: v for k, v in sorted(tags.items()) if k.startswith("env.")},
@@ -349,20 +350,28 @@ def _evaluation(facts: dict) -> list[str]:
 
 
 def _gate(facts: dict) -> list[str]:
-    """The decision against the champion (its reason carries the numbers it rests on)."""
-    gate = facts["gate"]
+    """The decision against the champion (its reason carries the numbers it rests on), and,
+    when the drift check against the champion's data could not be made, what that means."""
+    gate, model = facts["gate"], facts["model"]
     n, infra = gate["numbers"], gate["infra_check"]
-    return ["## Promotion gate",
-            "",
-            f"**{'Promoted to champion' if gate['promoted'] else 'Not promoted'}** (champion "
-            f"now: {_version(gate['champion_version'])}): {gate['reason']}.",
-            "",
-            f"Floor UA {n['ua_floor']}, tolerance {n['tolerance']}, on the seed ensemble's "
-            f"predictions. Served through MLflow: "
-            f"{'ok' if infra['ok'] else 'FAILED'} on {infra.get('n', 0)} utterances"
-            + (f" (max |Δp| {infra['max_abs_diff_vs_evaluation']:.1e})"
-               if "max_abs_diff_vs_evaluation" in infra else "")
-            + (f": {infra['error']}" if infra.get("error") else "") + "."]
+    lines = ["## Promotion gate",
+             "",
+             f"**{'Promoted to champion' if gate['promoted'] else 'Not promoted'}** (champion "
+             f"now: {_version(gate['champion_version'])}): {gate['reason']}.",
+             "",
+             f"Floor UA {n['ua_floor']}, tolerance {n['tolerance']}, on the seed ensemble's "
+             f"predictions. Served through MLflow: "
+             f"{'ok' if infra['ok'] else 'FAILED'} on {infra.get('n', 0)} utterances"
+             + (f" (max |Δp| {infra['max_abs_diff_vs_evaluation']:.1e})"
+                if "max_abs_diff_vs_evaluation" in infra else "")
+             + (f": {infra['error']}" if infra.get("error") else "") + "."]
+    if facts["validation"].get("drift_unavailable") and not gate["promoted"]:
+        lines += ["",
+                  "The gate promotes no version whose data it could not check for drift "
+                  "against the champion's (why: under Training data). Once a person has, "
+                  f"`emoalign promote --name {model['name']} --version {model['version']} "
+                  '--reason "..."` makes it the champion.']
+    return lines
 
 
 def _limitations(facts: dict) -> list[str]:
@@ -458,7 +467,7 @@ def read(client, version) -> str:
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=scratch, tracking_uri=client.tracking_uri)
-        except Exception as e:
+        except Exception as e:  # broad on purpose: decides nothing, says it in one line
             raise RegistryError(f"cannot read the model card of version {version.version} of "
                                 f"{version.name!r} ({uri}): "
                                 f"{str(e).splitlines()[0][:200]}") from None

@@ -9,8 +9,17 @@ import pandas as pd
 
 from components.config import Config
 from components.outputs import StepOutputs
-from components.registry.store import RegistryError, store_outage
+from components.registry.store import RegistryError, read_errors, store_outage
 from model.metrics import unweighted_accuracy
+
+
+def unservable() -> tuple[type[BaseException], ...]:
+    """What loading and scoring a registered version through MLflow raises when the version
+    cannot serve: MLflow's errors (its files or flavour, its input), the file system's and
+    the store's (store.read_errors), its code's imports, torch's and libsndfile's
+    (RuntimeError), and score_champion's RegistryError (other classes). A bug in the gate
+    (TypeError, KeyError, ValueError, ...) is none of them: it is raised."""
+    return read_errors() + (ImportError, RuntimeError)
 
 
 def paired_bootstrap(labels, challenger, champion, n_classes: int, samples: int,
@@ -51,7 +60,9 @@ def gate_data(outputs: StepOutputs) -> pd.DataFrame:
 
 def recorded_predictions(client, run_id: str, classes: list[str]) -> pd.DataFrame | None:
     """A leave-one-session-out champion's own out-of-fold predictions, as its run recorded
-    them (None when it was evaluated otherwise, or they cannot be read)."""
+    them (None when it was evaluated otherwise, or they cannot be read or parsed: the
+    champion is then re-scored now). A bug raises."""
+    import json
     import tempfile
 
     import mlflow
@@ -65,9 +76,11 @@ def recorded_predictions(client, run_id: str, classes: list[str]) -> pd.DataFram
                 tracking_uri=client.tracking_uri))
             if read_json(folder / Evaluation.METRICS).get("protocol") != "loso":
                 return None
-            return per_utterance(pd.read_csv(folder / Evaluation.PREDICTIONS), classes)
-    except Exception:
+            recorded = pd.read_csv(folder / Evaluation.PREDICTIONS)
+    except read_errors() + (json.JSONDecodeError, pd.errors.ParserError,
+                            pd.errors.EmptyDataError):
         return None
+    return per_utterance(recorded, classes)
 
 
 def model_input(frame: pd.DataFrame) -> pd.DataFrame:
@@ -85,14 +98,16 @@ def _store_down() -> bool:
 def infra_check(model_uri: str, data: pd.DataFrame, classes: list[str], n: int,
                 compare_probabilities: bool) -> dict:
     """Load the registered version through MLflow and score a few test utterances, as
-    serving will. Under holdout its probabilities must match evaluation's."""
+    serving will. Under holdout its probabilities must match evaluation's. A version that
+    does not serve (`unservable`) fails the check, the error said; a store that is down,
+    and a bug, are raised."""
     from model.pyfunc import load
 
     sample = data.head(n)
+    served = model_input(sample)
     try:
-        loaded = load(model_uri)
-        out = loaded.predict(model_input(sample))
-    except Exception as e:
+        out = load(model_uri).predict(served)
+    except unservable() as e:
         if _store_down():
             raise  # the store is down: no verdict on the model (registration says which)
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
@@ -113,16 +128,33 @@ def score_champion(model_uri: str, data: pd.DataFrame, classes: list[str]) -> np
     """The champion's predicted class ids on the challenger's test utterances, now."""
     from model.pyfunc import load
 
-    loaded = load(model_uri)
-    out = loaded.predict(model_input(data))
+    served = model_input(data)
+    out = load(model_uri).predict(served)
     missing = [c for c in classes if f"p_{c}" not in out.columns]
     if missing:
         raise RegistryError(f"the champion predicts other classes (lacks {missing})")
     return out["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
 
 
-def decide(config: Config, challenger_ua: float, infra: dict, champion: dict | None
+def decide(config: Config, challenger_ua: float, infra: dict, champion: dict | None,
+           drift_unavailable: str | None = None) -> tuple[bool, str]:
+    """(promote?, why in one line). `drift_unavailable`: why the drift check against the
+    champion's data, which validation was asked to make, could not be made (the validation
+    report's `drift_unavailable`). The gate does not promote a version whose data it could
+    not check, whatever its scores: the reason says why, beside the figures, for the person
+    who may promote it (`emoalign promote`)."""
+    promoted, reason = _judge(config, challenger_ua, infra, champion)
+    if not drift_unavailable:
+        return promoted, reason
+    if not promoted:  # the scores reject it already; the missing check is said too
+        return False, f"{reason}; nor was a drift check possible ({drift_unavailable})"
+    return False, (f"no drift check was possible ({drift_unavailable}), so the gate leaves "
+                   f"the promotion to a person; {reason}")
+
+
+def _judge(config: Config, challenger_ua: float, infra: dict, champion: dict | None
            ) -> tuple[bool, str]:
+    """The decision on the scores: the floor, the infra check, the champion."""
     floor, tolerance = config.registry.ua_floor, config.registry.tolerance
     if challenger_ua < floor:
         return False, f"UA {challenger_ua:.4f} is below the floor {floor:.2f}"
@@ -148,7 +180,8 @@ def challenge(champion_uri: str, champion_version: str, data: pd.DataFrame,
               ) -> tuple[dict, float | None]:
     """The champion's predictions on the challenger's test utterances, the paired bootstrap
     interval of the UA difference, and the challenger's UA on the same utterances (None
-    when the champion could not be scored: the error says why).
+    when the champion could not be scored, `unservable`: the error says why, and the gate
+    may replace it). A store that is down, and a bug, are raised: neither promotes.
 
     Like with like: under leave-one-session-out the challenger's predictions are
     out-of-fold, so the champion's are its recorded out-of-fold ones (`recorded`) when they
@@ -156,23 +189,24 @@ def challenge(champion_uri: str, champion_version: str, data: pd.DataFrame,
     ids = {c: i for i, c in enumerate(classes)}
     labels, mine = data["label"].map(ids).to_numpy(), data["predicted"].map(ids).to_numpy()
     champion = {"version": champion_version, "n": int(len(data))}
-    try:
-        if recorded is not None and set(data["utt_id"]) <= set(recorded["utt_id"]):
-            champion["basis"] = "its recorded out-of-fold predictions"
-            theirs = recorded.set_index("utt_id").loc[data["utt_id"], "predicted"] \
-                .map(ids).to_numpy()
-        else:
-            champion["basis"] = "re-scored now"
+    if recorded is not None and set(data["utt_id"]) <= set(recorded["utt_id"]):
+        champion["basis"] = "its recorded out-of-fold predictions"
+        theirs = recorded.set_index("utt_id").loc[data["utt_id"], "predicted"] \
+            .map(ids).to_numpy()
+    else:
+        champion["basis"] = "re-scored now"
+        try:
             theirs = score_champion(champion_uri, data, classes)
-        champion["ua"] = float(unweighted_accuracy(labels, theirs, len(classes))[0])
-        challenger_ua = float(unweighted_accuracy(labels, mine, len(classes))[0])
-        champion["ci_low"], champion["ci_high"] = paired_bootstrap(
-            labels, mine, theirs, len(classes), config.registry.bootstrap_samples, config.seed)
-    except Exception as e:
-        if _store_down():
-            raise  # an outage must not promote the challenger by default
-        champion["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        return champion, None
+        except unservable() as e:
+            if _store_down():
+                raise  # an outage must not promote the challenger by default
+            # The champion cannot serve these utterances: the challenger may replace it.
+            champion["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            return champion, None
+    champion["ua"] = float(unweighted_accuracy(labels, theirs, len(classes))[0])
+    challenger_ua = float(unweighted_accuracy(labels, mine, len(classes))[0])
+    champion["ci_low"], champion["ci_high"] = paired_bootstrap(
+        labels, mine, theirs, len(classes), config.registry.bootstrap_samples, config.seed)
     return champion, challenger_ua
 
 

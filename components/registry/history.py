@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from components.registry.store import RegistryError, connect, redact, scrub
+from components.registry.store import (RegistryError, connect, is_missing, is_refused_alias,
+                                       redact, scrub)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_PREFIX = "history."
@@ -44,11 +45,15 @@ def read_history(client, name: str) -> list[dict]:
 
 
 def registered_model(client, name: str):
+    """The registered model `name`, or a RegistryError when it does not exist; any other
+    failure to read it is raised as it is."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if not is_missing(e):
+            raise
         raise RegistryError(f"no registered model named {name!r} in "
                             f"{redact(client.tracking_uri)}") from None
 
@@ -109,7 +114,9 @@ def resolve(client, uri: str):
         if m["alias"]:
             return client.get_model_version_by_alias(name, m["alias"])
         return client.get_model_version(name, m["version"])
-    except MlflowException:
+    except MlflowException as e:
+        if not (is_missing(e) or (m["alias"] and is_refused_alias(e))):
+            raise  # the store failed: not an answer about the version
         what = f"alias {m['alias']!r}" if m["alias"] else f"version {m['version']}"
         raise RegistryError(f"registered model {name!r} has no {what}") from None
 

@@ -15,7 +15,7 @@ from components.registry.gate import (challenge, decide, gate_data, gate_numbers
                                       infra_check, recorded_predictions)
 from components.registry.history import (CHALLENGER, CHAMPION, alias_version, gate_lock,
                                           move_alias)
-from components.registry.store import artifact_access, connect, scrub
+from components.registry.store import artifact_access, connect, exists_already, scrub
 
 DESCRIPTION = ("IEMOCAP speech + text emotion recognition (emoalign). Aliases: champion = "
                "in service, challenger = newest candidate. history.* tags record every move.")
@@ -23,13 +23,16 @@ DESCRIPTION = ("IEMOCAP speech + text emotion recognition (emoalign). Aliases: c
 
 def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -> dict:
     """Log the pyfunc into the pipeline's MLflow run, register it as a new version (alias
-    challenger), run the gate and move `champion` when it passes."""
+    challenger), run the gate and move `champion` when it passes. A run whose drift check
+    against the champion could not be made (its validation report's `drift_unavailable`)
+    is registered and judged, never promoted automatically (gate.decide)."""
     client = connect(consequence="nothing was registered (the run is tracked)")
     name = config.registry.model_name
     tags = {k: v for k, v in client.get_run(run_id).data.tags.items()
             if not k.startswith("mlflow.")}
     metrics = outputs.evaluation.metrics()
     classes = metrics["classes"]
+    validation = outputs.validated.report()
     data = gate_data(outputs)
     facts = gather(outputs, config, tags)  # the model card's, before any version exists
     version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
@@ -49,9 +52,10 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
                     champion, same_utterances_ua = _challenge(client, name, champion_version,
                                                               data, classes, config)
                 challenger_ua = same_utterances_ua or challenger_ua
-            promoted, reason = decide(config, challenger_ua, infra, champion)
+            promoted, reason = decide(config, challenger_ua, infra, champion,
+                                      validation.get("drift_unavailable"))
             numbers = gate_numbers(config, challenger_ua, int(len(data)), infra, champion)
-            numbers["drift"] = drift_summary(outputs.validated.report())  # beside the figures
+            numbers["drift"] = drift_summary(validation)  # beside the figures
             _record_decision(client, name, version, promoted, reason, numbers, infra, tags)
             judged = True
             champion_now = alias_version(client, name, CHAMPION)
@@ -62,7 +66,8 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     result = {"model_name": name, "model_version": str(version), "promoted": promoted,
               "reason": reason, "champion_version": champion_now, "mlflow_run_id": run_id,
               "numbers": numbers, "infra_check": infra, "swept_incomplete": swept,
-              "model_uri": f"models:/{name}/{version}"}
+              "model_uri": f"models:/{name}/{version}",
+              "drift_unavailable": validation.get("drift_unavailable")}
     registered = Registered(Path(out_dir))
     registered.folder.mkdir(parents=True, exist_ok=True)
     # The model card: beside registration.json, logged with the run, the version's
@@ -79,7 +84,6 @@ def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], da
                  run_id: str, tags: dict) -> tuple[str, list[str]]:
     """Log the pyfunc into the run and register it; (new version, versions swept)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from model.pyfunc import log_model, wav_example
 
@@ -91,12 +95,20 @@ def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], da
     with artifact_access(client, "store the model's files", "nothing was registered"), \
             mlflow.start_run(run_id=run_id):
         info = log_model(outputs.trained.bundles(), classes, example)
-    try:
-        client.create_registered_model(name, description=DESCRIPTION)
-    except MlflowException:
-        pass  # it exists
+    ensure_registered_model(client, name)
     swept = _sweep_incomplete(client, name)
     return mlflow.register_model(info.model_uri, name, tags=tags).version, swept
+
+
+def ensure_registered_model(client, name: str) -> None:
+    """Create the registered model `name` unless it exists; any other failure is raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description=DESCRIPTION)
+    except MlflowException as e:
+        if not exists_already(e):  # it exists already: the usual case
+            raise
 
 
 def _challenge(client, name: str, champion_version: str, data, classes: list[str],
@@ -114,14 +126,16 @@ def _withdraw(client, name: str, version: str) -> None:
     """A version whose registration failed before the gate decided is deleted, so none is
     left half-registered (its run keeps the logged model). If the registry cannot even do
     that, the version is marked incomplete, and the next register step sweeps it."""
+    # Broad on purpose, and nothing is decided on them: this runs while the failure that
+    # stopped the gate is raised, and must never replace it.
     try:
         client.delete_model_version(name, version)
         return
-    except Exception:
+    except Exception:  # noqa: BLE001
         pass
     try:
         client.set_model_version_tag(name, version, "gate.decision", "incomplete")
-    except Exception:
+    except Exception:  # noqa: BLE001
         pass
 
 

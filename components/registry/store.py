@@ -21,6 +21,61 @@ class RegistryError(UserError):
     """The tracking server or registry cannot do what was asked; the message says why."""
 
 
+def _has_code(error: BaseException, code: int) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    return isinstance(error, MlflowException) and error.error_code == ErrorCode.Name(code)
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether `error` is MLflow's answer that what was asked for does not exist
+    (RESOURCE_DOES_NOT_EXIST), and not any other failure of the store."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    return _has_code(error, RESOURCE_DOES_NOT_EXIST)
+
+
+def exists_already(error: BaseException) -> bool:
+    """Whether `error` is MLflow's answer that what was to be created exists
+    (RESOURCE_ALREADY_EXISTS), and not any other failure of the store."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    return _has_code(error, RESOURCE_ALREADY_EXISTS)
+
+
+def is_refused_alias(error: BaseException) -> bool:
+    """Whether `error` is how MLflow answers an alias that is not set (or not a valid alias
+    name): INVALID_PARAMETER_VALUE."""
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return _has_code(error, INVALID_PARAMETER_VALUE)
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What reading the registry or its artifact store raises when it cannot: a store that
+    does not answer (RegistryError, from `connect`), MLflow's own errors (a version or file
+    that is not there, a server's error answer), the file system's and the network's
+    (requests' errors are OSErrors) and S3's (botocore's, where it is installed). A bug
+    (TypeError, KeyError, ...) is none of them."""
+    from mlflow.exceptions import MlflowException
+
+    errors: tuple[type[BaseException], ...] = (RegistryError, MlflowException, OSError)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return errors
+    return errors + (BotoCoreError, ClientError)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`error` as `Type: its first line`, credentials scrubbed, at most `limit` characters of
+    the message."""
+    text = str(error).strip()
+    first = scrub(text.splitlines()[0])[:limit] if text else ""
+    return type(error).__name__ + (f": {first}" if first else "")
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else the SQLite store under runs/ (an absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
@@ -83,6 +138,8 @@ def connect(uri: str | None = None, timeout_s: float = 10.0,
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
     except Exception as e:
+        # Broad on purpose, and nothing is decided on it: whatever keeps the store from
+        # opening (a SQLAlchemy, alembic or HTTP error) stops the caller in one line.
         raise RegistryError(f"MLflow tracking store {redact(uri)} does not answer: "
                             f"{scrub(str(e).splitlines()[0])[:400]}; {consequence}") from None
     # MLflow's module-level functions (models:/ URIs, downloads) must see the same store.
@@ -128,6 +185,7 @@ def _artifact_store_problem(uri: str, timeout_s: float = 10.0) -> str | None:
 
 def _problem(uri: str, endpoint: str, method: str, timeout_s: float, store: str, doing: str,
              hint: str, **request) -> str | None:
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -135,7 +193,7 @@ def _problem(uri: str, endpoint: str, method: str, timeout_s: float, store: str,
     try:
         response = http_request(creds, endpoint, method, max_retries=0, timeout=timeout_s,
                                 raise_on_status=False, **request)
-    except Exception as e:
+    except MlflowException as e:  # http_request's one error: no answer, a timeout, a bad URL
         # A server whose S3 endpoint is down can spend longer than the timeout on its own
         # retries to S3 before it answers 500: slow, not gone, if its /health answers.
         if _answers_health(creds, http_request):
@@ -149,10 +207,12 @@ def _problem(uri: str, endpoint: str, method: str, timeout_s: float, store: str,
 
 
 def _answers_health(creds, http_request) -> bool:
+    from mlflow.exceptions import MlflowException
+
     try:
         return http_request(creds, "/health", "GET", max_retries=0, timeout=5,
                             raise_on_status=False).status_code == 200
-    except Exception:
+    except MlflowException:  # no answer (http_request wraps every failure in it)
         return False
 
 
@@ -174,7 +234,7 @@ def artifact_access(client, what: str, consequence: str):
         yield
     except UserError:
         raise
-    except Exception:
+    except Exception:  # broad on purpose: re-raised as it is unless the store is down
         outage = store_outage(client.tracking_uri)
         if outage is None:
             raise
@@ -207,7 +267,10 @@ def ensure_experiment(client, name: str) -> str:
     try:
         return client.create_experiment(name, artifact_location=_artifact_location(
             client.tracking_uri))
-    except MlflowException:  # created by a run started at the same moment
+    except MlflowException as e:
+        if not exists_already(e):
+            raise
+        # Created by a run started at the same moment.
         return client.get_experiment_by_name(name).experiment_id
 
 
