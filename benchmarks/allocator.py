@@ -63,7 +63,7 @@ def untouched_environment(tree: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(tree), "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def child(args: list[str], tree: Path, env: dict, log: Path) -> tuple[float, "os.struct_rusage", int]:
+def child(args: list[str], tree: Path, env: dict, log: Path) -> tuple[float, object, int]:
     """Run one child; its wall seconds, its own resource usage and exit status."""
     with log.open("w") as out:
         started = time.perf_counter()

@@ -69,21 +69,22 @@ def deterministic_algorithms(device, wanted: bool):
         torch.backends.cudnn.benchmark = before[1]
 
 
-# glibc's malloc for training, set before the process starts, through the environment:
-# glibc reads GLIBC_TUNABLES then, and a setting changed from inside a running process
-# switches glibc's adaptive mmap threshold off for the rest of that process, whatever is set
-# back afterwards. By default glibc gives back every large block when it is freed (a block
-# past the mmap threshold is unmapped; the heap's top is trimmed once enough is free) and the
-# next step's tensors of the same size fault it in again, page by page: on CPU, 8 of the
-# default run's 20 s of training went so, in the kernel (4.6 million page faults;
-# benchmarks/RESULTS.md, "Training: the kernel's page faults"). With these, every block
-# comes from the heap (no mapping of its own), the heap grows 64 MiB at a time and is
-# trimmed only past 2 GiB free. Only where memory comes from changes, not the arithmetic:
-# the weights are the same bit for bit (tests/test_train.py). A process so started keeps
-# up to 2 GiB of freed memory until it ends, so they go to processes that end with their
-# work: the tasks kfp.local starts (pipelines/local.py), the image's processes but the
-# MLflow server (infra/Dockerfile*, infra/k8s/mlflow.yaml), and `emoalign train |
-# reproduce | audit`, which start again with them (pipelines/cli.py).
+# glibc's malloc for training, set before the process starts, through the environment: glibc
+# reads GLIBC_TUNABLES then, and a setting changed from inside a running process switches
+# glibc's adaptive mmap threshold off for the rest of that process, whatever is set back
+# afterwards (set at the start, it is off for the whole process: meant so). By default glibc
+# gives back every large block when it is freed (a block past the mmap threshold is
+# unmapped; the heap's top is trimmed once enough is free) and the next step's tensors of
+# the same size fault it in again, page by page: on CPU, 8 of the default run's 20 s of
+# training went so, in the kernel (4.6 million page faults; benchmarks/RESULTS.md,
+# "Training: the kernel's page faults"). With these, every block comes from the heap (no
+# mapping of its own), the heap grows 64 MiB at a time and is trimmed only past 2 GiB free.
+# Only where memory comes from changes, not the arithmetic: the weights are the same bit for
+# bit (tests/test_train.py). A process so started keeps up to 2 GiB of freed memory until it
+# ends, so they go to processes that end with their work: the tasks kfp.local starts
+# (pipelines/local.py), the image's processes but the MLflow server (infra/Dockerfile*,
+# infra/k8s/mlflow.yaml), and `emoalign train | reproduce | audit`, which start again with
+# them (pipelines/cli.py).
 TRAINING_TUNABLES = {
     "glibc.malloc.mmap_max": "0",
     "glibc.malloc.trim_threshold": str(2**31 - 1),
