@@ -1,4 +1,5 @@
-"""Where a model was computed: device, CPU kernels, library versions, threads, determinism.
+"""Where a model was computed: device, CPU kernels, library versions, threads, determinism;
+and the allocator settings the processes that train are started with.
 
 Training records it beside the weights; tracking puts it on the MLflow run and the model
 version as `env.*` tags; `emoalign audit` compares it with the machine re-running the steps.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 # Measured across CPU kernel sets on the default run (benchmarks/RESULTS.md): models that
@@ -67,40 +69,82 @@ def deterministic_algorithms(device, wanted: bool):
         torch.backends.cudnn.benchmark = before[1]
 
 
-# mallopt(3)'s parameters, and glibc's defaults for them
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
-TRIM_DEFAULT, PAD_DEFAULT, MMAPS_DEFAULT = 128 * 1024, 128 * 1024, 65536
+# glibc's malloc for training, set before the process starts, through the environment: glibc
+# reads GLIBC_TUNABLES then, and a setting changed from inside a running process switches
+# glibc's adaptive mmap threshold off for the rest of that process, whatever is set back
+# afterwards (set at the start, it is off for the whole process: meant so). By default glibc
+# gives back every large block when it is freed (a block past the mmap threshold is
+# unmapped; the heap's top is trimmed once enough is free) and the next step's tensors of
+# the same size fault it in again, page by page: on CPU, 8 of the default run's 20 s of
+# training went so, in the kernel (4.6 million page faults; benchmarks/RESULTS.md,
+# "Training: the kernel's page faults"). With these, every block comes from the heap (no
+# mapping of its own), the heap grows 64 MiB at a time and is trimmed only past 2 GiB free.
+# Only where memory comes from changes, not the arithmetic: the weights are the same bit for
+# bit (tests/test_train.py). A process so started keeps up to 2 GiB of freed memory until it
+# ends, so they go to processes that end with their work: the tasks kfp.local starts
+# (pipelines/local.py), the image's processes but the MLflow server (infra/Dockerfile*,
+# infra/k8s/mlflow.yaml), and `emoalign train | reproduce | audit`, which start again with
+# them (pipelines/cli.py).
+TRAINING_TUNABLES = {
+    "glibc.malloc.mmap_max": "0",
+    "glibc.malloc.trim_threshold": str(2**31 - 1),
+    "glibc.malloc.top_pad": str(64 << 20),
+}
+# The settings that decide when freed memory goes back to the kernel, under both names glibc
+# reads them by: the GLIBC_TUNABLES key and the older MALLOC_*_ variable.
+RETURN_SETTINGS = {
+    "glibc.malloc.mmap_max": "MALLOC_MMAP_MAX_",
+    "glibc.malloc.mmap_threshold": "MALLOC_MMAP_THRESHOLD_",
+    "glibc.malloc.trim_threshold": "MALLOC_TRIM_THRESHOLD_",
+    "glibc.malloc.top_pad": "MALLOC_TOP_PAD_",
+}
+
+
+def tunables(environ: Mapping[str, str]) -> dict[str, str]:
+    """GLIBC_TUNABLES of `environ`, key -> value (name=value pairs separated by colons)."""
+    pairs = (item.partition("=") for item in environ.get("GLIBC_TUNABLES", "").split(":"))
+    return {key: value for key, _, value in pairs if key}
+
+
+def training_allocator(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables to add to `environ` (os.environ by default) so that a process started
+    with it allocates as training wants (TRAINING_TUNABLES): {"GLIBC_TUNABLES": ...}, or
+    {} where there is nothing to add.
+
+    Nothing where the C library is not glibc (musl, macOS), and nothing where `environ`
+    already sets any of RETURN_SETTINGS, by either name (the operator's, or ours, given
+    before): those four settings together decide when memory goes back to the kernel, and
+    setting any one of them fixes glibc's mmap threshold, so half of an operator's choice
+    merged with half of ours would be a configuration nobody chose or measured; theirs is
+    left whole. Their other tunables (glibc.cpu.*, glibc.malloc.arena_max, MALLOC_ARENA_MAX,
+    ...) say nothing about that, and stay as they are, ours appended after them."""
+    environ = os.environ if environ is None else environ
+    if platform.libc_ver()[0] != "glibc":
+        return {}
+    given = tunables(environ)
+    if any(key in given or alias in environ for key, alias in RETURN_SETTINGS.items()):
+        return {}
+    ours = ":".join(f"{key}={value}" for key, value in TRAINING_TUNABLES.items())
+    theirs = environ.get("GLIBC_TUNABLES", "").strip(":")
+    return {"GLIBC_TUNABLES": f"{theirs}:{ours}" if theirs else ours}
 
 
 @contextmanager
-def allocator_keeps_freed_memory():
-    """While training: glibc's malloc keeps what is freed for the next allocation instead of
-    giving it back to the kernel. By default it gives back every large block (a block past
-    the mmap threshold is unmapped when freed; the heap's top is trimmed past 128 KiB free)
-    and the next step's tensors of the same size fault it back in, page by page: on CPU, 8
-    of the default run's 20 s of training went so, in the kernel (4.6 million page faults).
-    Here every block comes from the heap (no mapping of its own), the heap grows 64 MiB at a
-    time and is trimmed only past 2 GiB free. Only where memory comes from changes, not the
-    arithmetic: the weights are the same bit for bit (benchmarks/RESULTS.md). Not glibc
-    (musl, macOS): nothing changes. Afterwards glibc's defaults come back, and what is free
-    is given back."""
-    import ctypes
-    import platform
-
-    libc = ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        yield
-        return
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-    libc.mallopt(M_TOP_PAD, 64 << 20)
+def training_allocator_for_subprocesses():
+    """While inside: the processes this one starts (and that inherit its environment) get
+    training_allocator()'s variables; os.environ is as it was afterwards. This process's own
+    allocator is not changed (glibc read its tunables when it started)."""
+    added = training_allocator()
+    before = {name: os.environ.get(name) for name in added}
+    os.environ.update(added)
     try:
-        yield
+        yield added
     finally:
-        libc.mallopt(M_TOP_PAD, PAD_DEFAULT)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_DEFAULT)
-        libc.mallopt(M_MMAP_MAX, MMAPS_DEFAULT)
-        libc.malloc_trim(0)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def differences(recorded: dict[str, str], now: dict[str, str]) -> dict[str, tuple[str, str]]:

@@ -329,8 +329,9 @@ def train_member(task: Task, store: FeatureStore, rows: pd.DataFrame, config: Co
         {"config": config.to_dict(), "store": store.meta["key"], "rows": sorted(rows.index)},
         sort_keys=True).encode()).hexdigest()
     started = time.perf_counter()
-    with environment.deterministic_algorithms(device, config.train.deterministic) as enforced, \
-            environment.allocator_keeps_freed_memory():
+    # glibc's malloc is set up for training before this process starts
+    # (environment.TRAINING_TUNABLES), not here: a change from inside would outlast training.
+    with environment.deterministic_algorithms(device, config.train.deterministic) as enforced:
         trainer = MemberTrainer(task, store, rows, config, Path(out_dir) / task.member,
                                 device, fingerprint)
         if resume:

@@ -504,10 +504,35 @@ def _add_cluster_commands(sub) -> None:
     p.set_defaults(func=cmd_compile)
 
 
+def _restart_with_training_allocator() -> None:
+    """`emoalign train | reproduce | audit` train in this process, and glibc's malloc is
+    set up for training before a process starts (components/environment.py,
+    TRAINING_TUNABLES): where the environment lacks the settings, the command starts itself
+    again in this process's place (os.execve: the same pid, arguments and open files) with
+    them added. Once: the new process finds them set. Nothing where the C library is not
+    glibc, or the operator set their own (environment.training_allocator); nor where there is
+    no command line to run again (a script on stdin); nor when execve fails (training then
+    runs as it is, slower)."""
+    from components.environment import training_allocator
+
+    added = training_allocator()
+    if not added or not sys.executable or sys.argv[0] in ("", "-"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **added})
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = build_parser().parse_args(argv)
+    # argv given: main was called from Python code, whose process is not ours to restart.
+    if argv is None and args.func in (cmd_train, cmd_reproduce, cmd_audit):
+        _restart_with_training_allocator()
     try:
         return args.func(args)
     except UserError as e:

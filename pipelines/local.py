@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from components import check
+from components import check, environment
 from components.config import Config, config_from_yaml
 from components.errors import UserError
 from components.lineage import DEFAULT_DATA, Lineage
@@ -220,7 +220,10 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
     log_path = pipeline_root / f".{PIPELINE_NAME}-{time.time_ns()}.log"
     started = time.perf_counter()
     error = None
-    with _captured(log_path, echo), warnings.catch_warnings():
+    # The task processes kfp.local starts inherit this process's environment, the allocator
+    # settings for training with it (environment.TRAINING_TUNABLES).
+    with _captured(log_path, echo), warnings.catch_warnings(), \
+            environment.training_allocator_for_subprocesses():
         # The project image is the base image on purpose: locally it *is* this environment.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         # Resources, GPU, secrets, volumes are for the cluster (pipelines/cluster.py).

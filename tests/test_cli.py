@@ -1,8 +1,15 @@
 """The command line as a user meets it: help, outputs, and one-line errors with exit 2."""
 
 import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
 
 from corpora import sample_corpus
+from components import environment
 from components.outputs import Ingested
 from conftest import assert_one_line_error, emoalign, truth_of
 
@@ -77,3 +84,48 @@ def test_bad_config_key_on_the_command_line(small_corpus, tmp_path):
     assert_one_line_error(
         emoalign("ingest", "--corpus", small_corpus, "--out", tmp_path, "--config",
                  tmp_path / "none.yaml"), "config file not found")
+
+
+# The command line with each command's work replaced by a report of the process: how often
+# the program started, and the GLIBC_TUNABLES it runs with. (Not read from /proc/self/environ:
+# glibc 2.36 cuts the variable short there as it parses it, and keeps a whole copy in environ.)
+STARTED_WITH = """
+import os, sys
+from pipelines import cli
+print("started", flush=True)
+def reporter():
+    def report(args):
+        print("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES", "<unset>"))
+        return 0
+    return report
+cli.cmd_train, cli.cmd_reproduce, cli.cmd_audit = reporter(), reporter(), reporter()
+cli.cmd_features = reporter()
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc alone")
+def test_commands_that_train_here_start_again_with_the_training_allocator():
+    """`emoalign train | reproduce | audit` train in their own process: started without
+    glibc's malloc settings for training, they start again with them, once. Other commands
+    do not; and an operator's own setting of when memory goes back is left alone."""
+    ours = ":".join(f"{k}={v}" for k, v in environment.TRAINING_TUNABLES.items())
+    clean = {k: v for k, v in os.environ.items()
+             if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+
+    def run(*args, **env):
+        done = subprocess.run([sys.executable, "-c", STARTED_WITH, *args],
+                              env={**clean, **env}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.count("started"), done.stdout.split("GLIBC_TUNABLES ")[1].strip()
+
+    paths = ["--store", "s", "--manifest", "m", "--out", "o"]
+    assert run("train", *paths) == (2, ours)
+    assert run("reproduce", "--corpus", "c", "--out", "o") == (2, ours)
+    assert run("audit", "models:/emoalign/1") == (2, ours)
+    assert run("train", *paths, GLIBC_TUNABLES="glibc.cpu.x86_ibt=on") == (
+        2, f"glibc.cpu.x86_ibt=on:{ours}")
+    assert run("train", *paths, MALLOC_TOP_PAD_="0") == (1, "<unset>")
+    assert run("train", *paths, GLIBC_TUNABLES="glibc.malloc.trim_threshold=0") == (
+        1, "glibc.malloc.trim_threshold=0")
+    assert run("features", "--manifest", "m", "--out", "o") == (1, "<unset>")

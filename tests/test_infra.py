@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import environment
 from pipelines import cluster, kfp_components
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,6 +290,8 @@ def test_mlflow_server_runs_the_project_image_with_its_stores():
                      ("MLFLOW_S3_ENDPOINT_URL", "endpoint_url")):
         assert env[var]["valueFrom"]["secretKeyRef"] == {"name": cluster.S3_SECRET, "key": key}
     assert env["MLFLOW_DISABLE_TELEMETRY"]["value"] == "true"
+    # The image's malloc settings are for training; the server keeps glibc's defaults.
+    assert env["GLIBC_TUNABLES"]["value"] == ""
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/health"
         assert container[probe]["httpGet"]["port"] in (5000, "http")
@@ -438,6 +441,13 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile):
     assert ("ARG", 'GIT_SHA=""') in steps_ and ("ARG", "GIT_DIRTY=false") in steps_
     envs = " ".join(args for w, args in steps_ if w == "ENV")
     assert "EMOALIGN_GIT_SHA=$GIT_SHA" in envs and "EMOALIGN_GIT_DIRTY=$GIT_DIRTY" in envs
+    # glibc's malloc for training, set before any process of the image starts, after the
+    # last RUN (the build's own processes keep glibc's defaults).
+    tunables = ":".join(f"{k}={v}" for k, v in environment.TRAINING_TUNABLES.items())
+    [setting] = [i for i, (w, args) in enumerate(steps_)
+                 if w == "ENV" and args.startswith("GLIBC_TUNABLES=")]
+    assert steps_[setting][1] == f"GLIBC_TUNABLES={tunables}"
+    assert setting > max(i for i, (w, _) in enumerate(steps_) if w == "RUN")
     assert "--build-arg GIT_SHA=$(git rev-parse HEAD)" in dockerfile.read_text()
     # Everything COPY'd exists and is not hidden from the build context by .dockerignore.
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()

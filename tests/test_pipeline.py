@@ -2,12 +2,14 @@
 
 import base64
 import json
+import os
+import platform
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components import feature_store, lineage, outputs
+from components import environment, feature_store, lineage, outputs
 from components.config import Config, config_from_yaml, load_config
 from conftest import GATE, assert_one_line_error, emoalign, truth_of
 from pipelines import local
@@ -139,6 +141,40 @@ def test_a_failing_task_is_named_with_its_reason_and_log(tmp_path, monkeypatch):
     assert "CorpusError: corpus path does not exist" in message
     log = Path(message.rsplit("log: ", 1)[1].rstrip(")"))
     assert "Traceback" in log.read_text()
+
+
+@pytest.mark.slow  # takes a pipeline through kfp.local: not in `make test-fast`
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc alone")
+def test_kfp_local_tasks_start_with_the_training_allocator(tmp_path, monkeypatch):
+    """run_pipeline's tasks are processes kfp.local starts: they start with glibc's malloc
+    settings for training (an operator's other tunables kept), which the train task's
+    process cannot set for itself; run_pipeline's own environment is as it was after."""
+    from kfp import dsl
+
+    from pipelines import PIPELINE_NAME, pipeline
+    from pipelines.kfp_components import IMAGE
+
+    @dsl.component(base_image=IMAGE, install_kfp_package=False)
+    def started_with() -> str:
+        import os
+
+        return os.environ.get("GLIBC_TUNABLES", "<unset>")
+
+    def one_task_pipeline(*args, **kwargs):
+        @dsl.pipeline(name=PIPELINE_NAME)
+        def allocator():
+            started_with()
+
+        return allocator
+
+    for name in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.x86_ibt=on")
+    monkeypatch.setattr(pipeline, "build_pipeline", one_task_pipeline)
+    run = run_pipeline({}, tmp_path / "root", echo=False)
+    ours = ":".join(f"{k}={v}" for k, v in environment.TRAINING_TUNABLES.items())
+    assert run.parameter("started-with") == f"glibc.cpu.x86_ibt=on:{ours}"
+    assert os.environ["GLIBC_TUNABLES"] == "glibc.cpu.x86_ibt=on"
 
 
 def test_the_failed_task_is_read_from_kfp_locals_exception(tmp_path):
