@@ -221,24 +221,20 @@ def changed_settings(config: Config, logged: dict[str, str]) -> list[str]:
 def _champion(client, name: str):
     """(the champion's version, its run's params, None when its run is gone), or why there
     is no champion: the registered model does not exist, or has no champion alias. Any
-    other failure to read them is a RegistryError naming the store."""
-    from mlflow.exceptions import MlflowException
-
-    from components.registry.store import RegistryError, redact
-
-    def missing(e: Exception) -> bool:
-        return isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST"
+    other failure to read them (store.read_errors) is a RegistryError naming the store; a
+    bug is raised as it is."""
+    from components.registry.store import (RegistryError, is_missing, one_line,
+                                           read_errors, redact)
 
     def unreadable(what: str, e: Exception) -> RegistryError:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return RegistryError(f"cannot read {what} from MLflow tracking store "
-                             f"{redact(client.tracking_uri)}: {scrub(first)[:300]}; the "
-                             "retrain check could not decide, nothing was trained")
+                             f"{redact(client.tracking_uri)} ({one_line(e)}); the retrain "
+                             "check could not decide, nothing was trained")
 
     try:
         model = client.get_registered_model(name)
-    except Exception as e:
-        if missing(e):
+    except read_errors() as e:
+        if is_missing(e):
             return f"no champion yet: there is no registered model {name!r}"
         raise unreadable(f"registered model {name!r}", e) from None
     # The alias read off the model: MLflow's own lookup by alias answers a missing alias
@@ -248,14 +244,14 @@ def _champion(client, name: str):
         return f"no champion yet: registered model {name!r} has no {CHAMPION!r} alias"
     try:
         version = client.get_model_version(name, str(number))
-    except Exception as e:
+    except read_errors() as e:
         raise unreadable(f"champion version {number} of {name!r}", e) from None
     if not version.run_id:
         return version, None
     try:
         return version, client.get_run(version.run_id).data.params
-    except Exception as e:
-        if missing(e):
+    except read_errors() as e:
+        if is_missing(e):
             return version, None
         raise unreadable(f"the run of champion version {number} of {name!r}", e) from None
 
