@@ -311,6 +311,8 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
             run = record_not_started(decided, config, lineage, workdir / "pipeline_root",
                                      started)
         else:
+            if decided is not None:  # what changed since the champion, named
+                print(f"retraining: {decided.reason}")
             # The champion for the drift check, resolved here too: fetch would import
             # MLflow in a process of its own to ask.
             champion = (registry.champion_reference(config.registry.model_name)
