@@ -2,7 +2,7 @@
 
 The steps, one module each, in the order they run (pipelines/steps.py):
     fetch.py      the corpus (a path, or a DVC revision) and its data hash
-    check.py      whether to train at all: data, code or config changed since the champion
+    check.py      whether to train at all: data, model code or model settings changed
     ingest.py     an IEMOCAP release -> the manifest
     validate.py   the Great Expectations gate, audio checks, quarantine, drift
     features.py   the manifest's audio -> a feature store

@@ -74,12 +74,13 @@ def section(cls: type, help: str = ""):
 
 @dataclass
 class SampleCorpusConfig(Section):
-    """The generated corpus `emoalign run` uses when `data/` is empty."""
+    """The generated corpus `emoalign run` uses when `data/` is empty. Neither key shapes
+    the model: what they write is the data, which the data hash covers."""
 
     utterances: Annotated[int, Ge(len(iemocap.LABEL_CODES))] = setting(
-        600, "utterances to write; at least one per IEMOCAP code (11)")
+        600, "utterances to write; at least one per IEMOCAP code (11)", shapes_model=False)
     seed: Annotated[int, Ge(0)] = setting(0, "draws its speakers, their voices, the labels "
-                                             "and the sentences")
+                                             "and the sentences", shapes_model=False)
 
 
 @dataclass
@@ -88,10 +89,10 @@ class IngestConfig(Section):
         ["neutral", "happy", "angry", "sad"], "two or more of neutral, happy, excited, sad, "
                                               "angry, frustrated, surprised, fearful, "
                                               "disgusted, other; utterances of other codes "
-                                              "are left out")
+                                              "are left out", shapes_model=True)
     merge_excited: bool = setting(True, "the standard 4-class protocol counts exc as happy; "
                                         "false drops it (or keeps it, when 'excited' is a "
-                                        "class)")
+                                        "class)", shapes_model=True)
 
     def label_map(self) -> dict[str, str]:
         """IEMOCAP code -> class name, for the codes this class set keeps."""
@@ -112,44 +113,58 @@ DRIFT_METRICS = ("class_share", "duration", "speaker", "oov")
 
 @dataclass
 class DriftConfig(Section):
-    """Thresholds on how far a corpus may move from the reference statistics."""
+    """Thresholds on how far a corpus may move from the reference statistics. None shapes
+    the model: they warn or fail a run, and a run that passes keeps the same utterances."""
 
     ORDERED: ClassVar[tuple] = tuple((f"{m}_warn", "<=", f"{m}_fail") for m in DRIFT_METRICS)
-    class_share_warn: float = setting(0.10, "total variation distance of class shares")
-    class_share_fail: float = setting(0.25, "above it validation fails (_warn: it warns)")
-    duration_warn: float = setting(0.15, "Kolmogorov-Smirnov distance of durations")
-    duration_fail: float = setting(0.40, "above it validation fails")
-    speaker_warn: float = setting(0.15, "total variation distance of utterances per speaker")
-    speaker_fail: float = setting(0.40, "above it validation fails")
-    oov_warn: float = setting(0.05, "share of tokens outside the reference vocabulary")
-    oov_fail: float = setting(0.20, "above it validation fails")
+    class_share_warn: float = setting(0.10, "total variation distance of class shares",
+                                      shapes_model=False)
+    class_share_fail: float = setting(0.25, "above it validation fails (_warn: it warns)",
+                                      shapes_model=False)
+    duration_warn: float = setting(0.15, "Kolmogorov-Smirnov distance of durations",
+                                   shapes_model=False)
+    duration_fail: float = setting(0.40, "above it validation fails", shapes_model=False)
+    speaker_warn: float = setting(0.15, "total variation distance of utterances per speaker",
+                                  shapes_model=False)
+    speaker_fail: float = setting(0.40, "above it validation fails", shapes_model=False)
+    oov_warn: float = setting(0.05, "share of tokens outside the reference vocabulary",
+                              shapes_model=False)
+    oov_fail: float = setting(0.20, "above it validation fails", shapes_model=False)
 
 
 @dataclass
 class ValidateConfig(Section):
     ORDERED: ClassVar[tuple] = (("min_duration_s", "<", "max_duration_s"),)
-    channels: int = setting(1, "channels a wav must have; others are quarantined")
+    channels: int = setting(1, "channels a wav must have; others are quarantined",
+                            shapes_model=True)
     min_duration_s: Annotated[float, Ge(0)] = setting(0.2, "shorter utterances are "
-                                                           "quarantined")
+                                                           "quarantined", shapes_model=True)
     # The real release's longest turn lasts about 34 s.
-    max_duration_s: float = setting(40.0, "longer utterances are quarantined")
+    max_duration_s: float = setting(40.0, "longer utterances are quarantined",
+                                    shapes_model=True)
     duration_tolerance_s: Annotated[float, Ge(0)] = setting(
-        0.1, "wav length against its label block; more quarantines the wav")
+        0.1, "wav length against its label block; more quarantines the wav",
+        shapes_model=True)
     silence_floor_dbfs: float = setting(-55.0, "a wav whose RMS level is below this is "
-                                               "silent and quarantined")
+                                               "silent and quarantined", shapes_model=True)
     max_clipped_share: Annotated[float, Ge(0)] = setting(
-        0.01, "a wav with more of its samples at full scale is clipped and quarantined")
+        0.01, "a wav with more of its samples at full scale is clipped and quarantined",
+        shapes_model=True)
+    # The keys above decide which utterances are kept, so they shape the model; those below
+    # pass or fail the run (or say what drift is measured against): a run that passes keeps
+    # the same utterances whatever they hold.
     min_class_share: Annotated[float, Ge(0)] = setting(
         0.03, "of the labelled rows, per class, before and after quarantine; less fails "
-              "validation")
+              "validation", shapes_model=False)
     max_quarantined_share: Annotated[float, Ge(0)] = setting(
-        0.20, "more than this is a broken corpus, not a few bad files")
-    strict: bool = setting(False, "every warning becomes an error")
+        0.20, "more than this is a broken corpus, not a few bad files", shapes_model=False)
+    strict: bool = setting(False, "every warning becomes an error", shapes_model=False)
     drift_reference: Annotated[str, Predicate(not_blank)] = setting(
         "champion", "what the corpus is compared with for drift: champion (the statistics of "
                     "the data the current champion was trained on; none before the first) | "
-                    "none | a stats.json path")
-    workers: Annotated[int, Ge(0)] = setting(0, "audio check processes; 0 = one per core")
+                    "none | a stats.json path", shapes_model=False)
+    workers: Annotated[int, Ge(0)] = setting(0, "audio check processes; 0 = one per core",
+                                             shapes_model=False)
     drift: DriftConfig = section(DriftConfig, "warn / fail above these distances from the "
                                               "reference")
 
@@ -166,15 +181,18 @@ class FeaturesConfig(FeatureSpec, Section):
     ORDERED: ClassVar[tuple] = (("n_mfcc", "<=", "n_mels"), ("hop_ms", "<=", "win_ms"),
                                 ("f0_min", "<", "f0_max"))
     dtype: Literal["float16", "float32"] = setting("float16", "float16 | float32: how the "
-                                                              "store keeps the frames")
+                                                              "store keeps the frames",
+                                                              shapes_model=True)
     normalization: Literal["speaker", "global", "none"] = setting(
         "speaker", "speaker (each speaker's own statistics; serving enrols a new speaker "
-                   "from its own utterances) | global | none")
+                   "from its own utterances) | global | none", shapes_model=True)
+    # How stores are found and made (their cache key, their processes), not the frames.
     content_hash: bool = setting(False, "cache key from wav size + mtime; true hashes the "
-                                        "bytes")
-    workers: Annotated[int, Ge(0)] = setting(0, "extraction processes; 0 = one per core")
+                                        "bytes", shapes_model=False)
+    workers: Annotated[int, Ge(0)] = setting(0, "extraction processes; 0 = one per core",
+                                             shapes_model=False)
     cache_dir: str = setting("", "stores kept across runs; `emoalign run` uses "
-                                 "runs/feature_cache")
+                                 "runs/feature_cache", shapes_model=False)
 
 
 @dataclass
@@ -182,19 +200,21 @@ class ModelConfig(Architecture, Section):
     """The network (model/spec.py's Architecture, whose fields come first here) and what
     its inputs are built from."""
 
+    # Its path is compared with the champion's, not the file's contents.
     word_vectors: str = setting("", "a local GloVe-format file (never downloaded); \"\" = "
-                                    "embeddings learnt from scratch")
+                                    "embeddings learnt from scratch", shapes_model=True)
     unknown_word_init: UnknownWordInit = setting(
         "normal", "word_vectors: the vectors of words the file lacks: normal (sd 0.1) | "
-                  "uniform (in [-1, 1], the authors' code)")
+                  "uniform (in [-1, 1], the authors' code)", shapes_model=True)
     min_word_count: Annotated[int, Ge(1)] = setting(
         1, "training-set occurrences a word needs to enter the vocabulary; rarer words are "
-           "unknown")
+           "unknown", shapes_model=True)
     # The tokenizer is kept with the trained model, so serving tokenizes as training did.
     punctuation_tokens: bool = setting(False, "tokens are [\\w']+ words and the marks . , ! "
-                                              "? ; (the authors' code); false: words only")
+                                              "? ; (the authors' code); false: words only",
+                                              shapes_model=True)
     max_words: Annotated[int, Ge(0)] = setting(0, "the first this many tokens of a "
-                                                  "transcript; 0: all")
+                                                  "transcript; 0: all", shapes_model=True)
 
     def check(self) -> None:
         if self.attention == "multihead" and (2 * self.hidden) % self.attention_heads:
@@ -205,50 +225,60 @@ class ModelConfig(Architecture, Section):
 
 @dataclass
 class TrainConfig(Section):
-    epochs: Annotated[int, Ge(1)] = setting(30, "passes over the training set")
-    batch_size: Annotated[int, Ge(1)] = setting(32, "utterances per optimizer step")
-    lr: Annotated[float, Gt(0)] = setting(3e-3, "Adam's learning rate")
+    epochs: Annotated[int, Ge(1)] = setting(30, "passes over the training set",
+                                            shapes_model=True)
+    batch_size: Annotated[int, Ge(1)] = setting(32, "utterances per optimizer step",
+                                                shapes_model=True)
+    lr: Annotated[float, Gt(0)] = setting(3e-3, "Adam's learning rate", shapes_model=True)
     lr_schedule: Literal["cosine", "constant"] = setting(
-        "cosine", "cosine (down to lr/10 at the last epoch) | constant")
+        "cosine", "cosine (down to lr/10 at the last epoch) | constant", shapes_model=True)
     patience: Annotated[int, Ge(1)] = setting(8, "selection best: epochs without a better "
-                                                 "validation UA before stopping")
+                                                 "validation UA before stopping",
+                                                 shapes_model=True)
     min_epochs: int = setting(12, "no epoch is picked, and training never stops, before "
-                                  "this")
+                                  "this", shapes_model=True)
     # "average" is the default because no small validation set can sway it (a mean of
     # weights, every epoch run; validation, if any, is only watched).
     selection: Literal["average", "best"] = setting(
         "average", "average: the mean of the last average_epochs epochs' weights | best: the "
-                   "epoch with the best validation UA (early stopping)")
+                   "epoch with the best validation UA (early stopping)", shapes_model=True)
     average_epochs: Annotated[int, Ge(1)] = setting(10, "selection average: how many of the "
-                                                        "last epochs; more than epochs: all")
+                                                        "last epochs; more than epochs: all",
+                                                        shapes_model=True)
     # 0 is the default: on both benchmark corpora every kind scored higher, and retrains
     # varied less, than with one speaker held out for early stopping (benchmarks/RESULTS.md).
     validation_speakers: Annotated[int, Ge(0)] = setting(
         0, "speakers of the training sessions held out for validation, one per session; 0: "
-           "train on all (needs selection average)")
+           "train on all (needs selection average)", shapes_model=True)
     grad_clip: Annotated[float, Ge(0)] = setting(1.0, "largest global gradient norm; 0: no "
-                                                      "clipping")
-    class_weights: bool = setting(False, "weight the loss by inverse class frequency")
+                                                      "clipping", shapes_model=True)
+    class_weights: bool = setting(False, "weight the loss by inverse class frequency",
+                                  shapes_model=True)
     modality_dropout: Annotated[float, Interval(ge=0, lt=1)] = setting(
         0.3, "align only: share of training utterances shown without speech or without "
-             "words")
+             "words", shapes_model=True)
     unimodal_loss: Annotated[float, Interval(ge=0, le=10)] = setting(
         1.0, "align only: weight of the speech-only and text-only head losses (0: the "
-             "fusion loss alone, as in the paper)")
-    bucketing: bool = setting(True, "batch utterances of similar length together")
+             "fusion loss alone, as in the paper)", shapes_model=True)
+    bucketing: bool = setting(True, "batch utterances of similar length together",
+                              shapes_model=True)
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto (cuda when there is a "
-                                                             "GPU) | cpu | cuda")
-    bf16: bool = setting(True, "autocast on CUDA")
+                                                             "GPU) | cpu | cuda",
+                                                             shapes_model=True)
+    bf16: bool = setting(True, "autocast on CUDA", shapes_model=True)
     deterministic: bool = setting(True, "CUDA: deterministic algorithms (same GPU, same "
-                                        "weights)")
+                                        "weights)", shapes_model=True)
+    # Thread and task counts say how fast a run goes, not what it trains (the same weights,
+    # up to float rounding), so neither shapes the model.
     threads: Annotated[int, Ge(0)] = setting(0, "CPU threads per task; 0: the cores, shared "
-                                                "among the tasks running at once")
+                                                "among the tasks running at once",
+                                                shapes_model=False)
     seeds: Annotated[list[Annotated[int, Ge(0)]], MinLen(1), Predicate(distinct)] | None = \
         setting(None, "e.g. [0, 1, 2]: each fold trained once per seed, as its own task; "
-                      "null: [seed]")
+                      "null: [seed]", shapes_model=True)
     parallelism: Annotated[int, Ge(1)] | None = setting(
         None, "(fold, seed) tasks at once; null: one per core locally, no limit on a cluster "
-              "(fixed when the pipeline is compiled)")
+              "(fixed when the pipeline is compiled)", shapes_model=False)
 
     def check(self) -> None:
         if self.validation_speakers == 0 and self.selection != "average":
@@ -260,21 +290,24 @@ class TrainConfig(Section):
 @dataclass
 class RegistryConfig(Section):
     """MLflow names and the promotion gate (components/registry/). The tracking store is
-    not configured here: MLFLOW_TRACKING_URI, else SQLite under runs/."""
+    not configured here: MLFLOW_TRACKING_URI, else SQLite under runs/. No key shapes the
+    model: they name where it is kept and how the gate judges it."""
 
     model_name: Annotated[str, Predicate(not_blank)] = setting(
-        "emoalign", "the registered model versions are added to")
+        "emoalign", "the registered model versions are added to", shapes_model=False)
     experiment: Annotated[str, Predicate(not_blank)] = setting(
-        "emoalign", "the MLflow experiment runs are tracked in")
+        "emoalign", "the MLflow experiment runs are tracked in", shapes_model=False)
     ua_floor: Annotated[float, Interval(ge=0, le=1)] = setting(
-        0.40, "below it a model is tracked but never registered (4 classes: chance is 0.25)")
+        0.40, "below it a model is tracked but never registered (4 classes: chance is 0.25)",
+        shapes_model=False)
     tolerance: Annotated[float, Interval(ge=0, le=1)] = setting(
         0.01, "how much lower than the champion's UA, both re-scored on the same test "
-              "utterances, may still be promoted")
+              "utterances, may still be promoted", shapes_model=False)
     bootstrap_samples: Annotated[int, Ge(100)] = setting(1000, "for the 95 % interval of "
-                                                               "the UA difference")
+                                                               "the UA difference",
+                                                               shapes_model=False)
     infra_check_utterances: Annotated[int, Ge(1)] = setting(
-        8, "test utterances scored through MLflow before promotion")
+        8, "test utterances scored through MLflow before promotion", shapes_model=False)
 
 
 @dataclass
@@ -283,7 +316,8 @@ class NotifyConfig(Section):
 
     webhook: str = setting("", "http(s) URL that gets one JSON POST when a run ends, "
                                "succeeded or failed (status, failed task and reason, "
-                               "registered version, gate decision, UA, WA); empty: none")
+                               "registered version, gate decision, UA, WA); empty: none",
+                               shapes_model=False)
 
     def check(self) -> None:
         """EMOALIGN_WEBHOOK_URL, when set, wins: the config then records only that the URL
@@ -307,12 +341,13 @@ class Config(Section):
     seed: Annotated[int, Ge(0)] = setting(0, "seeds training (initial weights, batch order, "
                                              "dropout), the choice of validation speakers "
                                              "and the gate's bootstrap; train.seeds trains "
-                                             "several")
+                                             "several", shapes_model=True)
     protocol: Literal["holdout", "loso"] = setting(
-        "holdout", "holdout: test on holdout_session; loso: leave-one-session-out, 5 folds")
+        "holdout", "holdout: test on holdout_session; loso: leave-one-session-out, 5 folds",
+        shapes_model=True)
     holdout_session: Annotated[int, Interval(ge=min(iemocap.SESSIONS),
                                              le=max(iemocap.SESSIONS))] = setting(
-        5, "protocol holdout: the session tested on; the others train")
+        5, "protocol holdout: the session tested on; the others train", shapes_model=True)
     sample_corpus: SampleCorpusConfig = section(SampleCorpusConfig, "what `emoalign run` "
                                                 "generates when data/ is empty")
     ingest: IngestConfig = section(IngestConfig, "which labelled utterances are kept, as "
@@ -367,6 +402,27 @@ class Config(Section):
 
     def sha256(self) -> str:
         return tree_sha256(self.to_dict())
+
+
+def key_marks(section_value=None, prefix: str = "") -> dict[str, bool | None]:
+    """Every config key (`section.key`, as MLflow params name them) and whether its
+    declaration says it shapes the trained model; None where it says neither (a test
+    refuses that)."""
+    section_value = Config() if section_value is None else section_value
+    marks = {}
+    for f in fields(section_value):
+        value = getattr(section_value, f.name)
+        if dataclasses.is_dataclass(value):
+            marks.update(key_marks(value, f"{prefix}{f.name}."))
+        else:
+            marks[prefix + f.name] = f.metadata.get("shapes_model")
+    return marks
+
+
+def model_shaping_keys() -> list[str]:
+    """The keys whose values are part of a model's identity: a scheduled retrain trains
+    when one of them differs from the champion's (components/registry/registration.py)."""
+    return [key for key, shapes in key_marks().items() if shapes]
 
 
 def tree_sha256(tree: dict) -> str:
@@ -649,8 +705,31 @@ DEFAULTS_HEADER = """\
 
 
 def defaults_yaml() -> str:
-    """configs/default.yaml: every key's default, with its help as a comment."""
-    return DEFAULTS_HEADER + "".join(_yaml_lines(Config(), ""))
+    """configs/default.yaml: every key's default, with its help as a comment, after a
+    header naming the keys that do not shape the model."""
+    return DEFAULTS_HEADER + _operational_keys_comment() + "".join(_yaml_lines(Config(), ""))
+
+
+def _operational_keys_comment(width: int = 92) -> str:
+    """The header's list of the keys that never make `emoalign retrain` train (a section
+    none of whose keys shapes the model as `section.*`)."""
+    marks = key_marks()
+    named: list[str] = []
+    for key, shapes in marks.items():
+        if shapes:
+            continue
+        parts = key.split(".")
+        # The outermost section whose keys all leave the model alone, if any.
+        whole = next((".".join(parts[:i]) for i in range(1, len(parts))
+                      if not any(marks[k] for k in marks
+                                 if k.startswith(".".join(parts[:i]) + "."))), None)
+        item = f"{whole}.*" if whole else key
+        if item not in named:
+            named.append(item)
+    text = ("A scheduled `emoalign retrain` trains when the data, the model's code or a key "
+            "that shapes the model changed since the champion; these keys do not: "
+            + ", ".join(named) + ".")
+    return "#\n" + "".join(f"# {line}\n" for line in textwrap.wrap(text, width - 2)) + "\n"
 
 
 def _yaml_lines(section_value, indent: str):

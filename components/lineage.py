@@ -2,11 +2,18 @@
 
 An entry point (`emoalign run`, `submit`, `audit`) computes them once, as a `Lineage`; the
 pipeline carries them as explicit parameters from there.
+
+Also the model's code identity (`code_identity`): a hash of each file on the path from data
+to model (MODEL_CODE), read where the running code was imported from, so a checkout and an
+image that installed the same files agree without git. A scheduled retrain compares it
+with the champion's; the commit is lineage, recorded beside it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
 import subprocess
 import tempfile
@@ -124,3 +131,102 @@ def code_version() -> tuple[str, bool]:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---- the model's code identity ---------------------------------------------------------
+
+# The modules on the path from data to model: ingest, validation, features, training, the
+# model and its serving. A change to any of them can change what a run trains or how the
+# registered model serves, so `emoalign retrain` trains again; a change anywhere else (the
+# modules below, pipelines/, corpora/, docs, tests, benchmarks, infra/, the README) does not.
+MODEL_CODE = {
+    "components.iemocap": "reads the release: label blocks, codes, transcripts, wavs",
+    "components.ingest": "the manifest: which utterances, as which class",
+    "components.validate": "the audio checks that decide which utterances are kept",
+    "components.outputs": "how steps write and read manifests, stores and models (the "
+                          "labelled rows a model trains on among them)",
+    "components.features": "the speech frames",
+    "components.feature_store": "the frames as training reads them",
+    "components.folds": "the (fold, seed) splits: which utterances train",
+    "components.selection": "which epoch's weights are kept",
+    "components.train": "training",
+    "components.member": "one (fold, seed) member: its task config, its training",
+    # model/ is the network and all a registered version serves: it ships as its code.
+    "model": "the package a registered version ships",
+    "model.spec": "what a model and its features are built from",
+    "model.network": "the network",
+    "model.features": "speech frames and their normalisation, in training and serving",
+    "model.text": "transcripts into tokens",
+    "model.vocab": "the vocabulary and word vectors",
+    "model.data": "examples into batches",
+    "model.metrics": "UA, which picks the weights kept under selection best",
+    "model.serving": "a wav and a transcript into probabilities",
+    "model.pyfunc": "serving as MLflow logs and serves it",
+}
+# Modules of components/ that do not shape the model, and why (a test checks that each
+# module of components/ and model/ is in one list or the other, so a new one is decided).
+NOT_MODEL_CODE = {
+    "components": "the package's table of contents and PROJECT_ROOT",
+    "components.config": "the settings' declarations: their values are compared key by key "
+                         "(the keys marked shapes_model), not their help or this code",
+    "components.errors": "error classes",
+    "components.lineage": "where inputs came from (this file)",
+    "components.fetch": "where the corpus is read from: the data hash covers what it holds",
+    "components.check": "whether to train at all",
+    "components.evaluate": "scores a model; the model is the same whatever it reports",
+    "components.reporting": "reports and plots; gathers the members' files unchanged",
+    "components.environment": "threads, devices and what is recorded of them: where a model "
+                              "was made, not what",
+    "components.notify": "the end-of-run alert",
+    "components.registry": "MLflow: tracking, registration, the gate, cards, predict "
+                           "(every module of components/registry/)",
+}
+
+
+@dataclass(frozen=True)
+class CodeIdentity:
+    """The model code's identity: each MODEL_CODE file's sha256, by its path in the package
+    (`model/network.py`), and one hash over them."""
+
+    files: dict[str, str]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.files, sort_keys=True).encode()).hexdigest()
+
+    def tags(self) -> dict[str, str]:
+        """As a run and its registered version are tagged: `code_sha256`, and `code_files`,
+        a JSON object of path -> the first 12 hex digits of the file's hash (enough to name
+        the files that changed since)."""
+        short = {path: digest[:12] for path, digest in sorted(self.files.items())}
+        return {"code_sha256": self.sha256, "code_files": json.dumps(short, sort_keys=True)}
+
+
+def code_identity() -> CodeIdentity:
+    """The identity of the model code this process runs: the files MODEL_CODE names, read
+    where Python imports them from (a checkout, or the package an image installed)."""
+    files = {}
+    for module in MODEL_CODE:
+        spec = importlib.util.find_spec(module)
+        origin = Path(spec.origin)
+        files[module.replace(".", "/") + ("/__init__.py" if origin.name == "__init__.py"
+                                          else ".py")] = file_sha256(origin)
+    return CodeIdentity(files)
+
+
+def changed_code(recorded_tags: dict[str, str], now: CodeIdentity) -> list[str] | None:
+    """The model files that differ between a version's code tags and `now` (added and
+    removed ones too); None when the version has no code identity (it predates it)."""
+    if "code_sha256" not in recorded_tags:
+        return None
+    if recorded_tags["code_sha256"] == now.sha256:
+        return []
+    try:
+        before = json.loads(recorded_tags.get("code_files", "{}"))
+    except ValueError:
+        before = {}
+    short = {path: digest[:12] for path, digest in now.files.items()}
+    changed = [path + ("" if path in before else " (new)") for path in sorted(short)
+               if before.get(path) != short[path]]
+    changed += [f"{path} (gone)" for path in sorted(set(before) - set(short))]
+    return changed or ["files not named (the version's code_files tag does not say)"]

@@ -26,12 +26,19 @@ PAD_ID, UNK_ID = 0, 1
 FEATURE_CODE_VERSION = "1"  # bump when model/features.py changes what it returns
 
 
-def setting(default: Any = MISSING, help: str = "", factory=MISSING) -> Any:
-    """A dataclass field that is a config key: its default and the line of help that
-    configs/default.yaml shows beside it."""
+def setting(default: Any = MISSING, help: str = "", factory=MISSING, *,
+            shapes_model: bool) -> Any:
+    """A dataclass field that is a config key: its default, the line of help that
+    configs/default.yaml shows beside it, and whether it shapes the trained model.
+
+    `shapes_model` has no default, so every key says: True when another value can give
+    other weights or another served model (a scheduled retrain trains when it changed since
+    the champion), False when it only says how fast, where or with what checks a run goes
+    (thread and worker counts, caches, alerts, the registry's gate)."""
     if isinstance(default, list):
         default, factory = MISSING, (lambda value=default: list(value))
-    return field(default=default, default_factory=factory, metadata={"help": help})
+    return field(default=default, default_factory=factory,
+                 metadata={"help": help, "shapes_model": shapes_model})
 
 
 def _saved(spec, always: tuple, absent_means: dict | None = None) -> dict:
@@ -63,32 +70,37 @@ class FeatureSpec:
     BEFORE_THE_SETTING: ClassVar[dict] = {"pitch": False, "energy": False}
     kind: Literal["mfcc", "spectrum"] = setting(
         "mfcc", "mfcc | spectrum (the magnitude |STFT|, n_fft/2 + 1 bins per frame: 257 at "
-                "25 ms windows; no log, n_mfcc and n_mels unused)")
+                "25 ms windows; no log, n_mfcc and n_mels unused)", shapes_model=True)
     n_mfcc: Annotated[int, Ge(1)] = setting(13, "cepstral coefficients per frame (at most "
-                                                "n_mels)")
-    n_mels: Annotated[int, Ge(1)] = setting(40, "mel bands they are computed from")
-    win_ms: float = setting(25.0, "analysis window (ms)")
-    hop_ms: Annotated[float, Gt(0)] = setting(10.0, "frame shift (ms), at most win_ms")
-    deltas: bool = setting(True, "+ first differences of every value")
-    delta_deltas: bool = setting(True, "+ second differences")
-    stack: Annotated[int, Ge(1)] = setting(1, "consecutive frames concatenated into one")
+                                                "n_mels)", shapes_model=True)
+    n_mels: Annotated[int, Ge(1)] = setting(40, "mel bands they are computed from",
+                                            shapes_model=True)
+    win_ms: float = setting(25.0, "analysis window (ms)", shapes_model=True)
+    hop_ms: Annotated[float, Gt(0)] = setting(10.0, "frame shift (ms), at most win_ms",
+                                              shapes_model=True)
+    deltas: bool = setting(True, "+ first differences of every value", shapes_model=True)
+    delta_deltas: bool = setting(True, "+ second differences", shapes_model=True)
+    stack: Annotated[int, Ge(1)] = setting(1, "consecutive frames concatenated into one",
+                                           shapes_model=True)
     subsample: Annotated[int, Ge(1)] = setting(1, "keep every k-th frame (shorter sequences "
-                                                  "for the encoder)")
+                                                  "for the encoder)", shapes_model=True)
     # Pitch and energy, each speaker normalised with their own statistics, were chosen on
     # the generated and the espeak-ng corpus at three seeds (benchmarks/RESULTS.md,
     # "Choosing the speech features").
-    pitch: bool = setting(True, "+ voicing and log-F0 per frame (YIN), with their deltas")
-    energy: bool = setting(True, "+ log energy per frame, with its deltas")
+    pitch: bool = setting(True, "+ voicing and log-F0 per frame (YIN), with their deltas",
+                          shapes_model=True)
+    energy: bool = setting(True, "+ log energy per frame, with its deltas",
+                           shapes_model=True)
     f0_min: Annotated[float, Ge(20)] = setting(60.0, "F0 search range (Hz): its lower end, "
-                                                     "20 or more")
+                                                     "20 or more", shapes_model=True)
     f0_max: Annotated[float, Le(2000)] = setting(500.0, "its upper end, above f0_min and "
-                                                        "2000 at most")
+                                                        "2000 at most", shapes_model=True)
     pre_emphasis: Annotated[float, Interval(ge=0, lt=1)] = setting(
         0.0, "x[t] - a x[t-1] on the waveform before the MFCC or spectrum (not pitch or "
-             "energy); 0: none")
+             "energy); 0: none", shapes_model=True)
     max_seconds: Annotated[float, Ge(0)] = setting(
         0.0, "each utterance cut to its first this many seconds, in training and serving "
-             "alike; 0: whole")
+             "alike; 0: whole", shapes_model=True)
 
     @property
     def n_fft(self) -> int:
@@ -136,36 +148,44 @@ class Architecture:
 
     kind: Kind = setting("align", "align (speech + text, each word attending over the "
                                   "speech: the paper) | speech | text | late_fusion (a "
-                                  "speech and a text model, their probabilities averaged)")
+                                  "speech and a text model, their probabilities averaged)",
+                                  shapes_model=True)
     attention: Literal["additive", "dot", "multihead"] = setting(
         "additive", "additive (the paper) | dot (scaled dot product) | multihead (scaled dot "
                     "product in attention_heads heads of 2 * hidden / heads values: the "
-                    "authors' code)")
-    embed_dim: Annotated[int, Ge(1)] = setting(100, "word embedding size")
-    hidden: Annotated[int, Ge(1)] = setting(64, "recurrent units per direction")
+                    "authors' code)", shapes_model=True)
+    embed_dim: Annotated[int, Ge(1)] = setting(100, "word embedding size",
+                                               shapes_model=True)
+    hidden: Annotated[int, Ge(1)] = setting(64, "recurrent units per direction",
+                                            shapes_model=True)
     attention_dim: Annotated[int, Ge(1)] = setting(64, "attention's projection size "
-                                                       "(additive and dot)")
+                                                       "(additive and dot)",
+                                                       shapes_model=True)
     frame_pool: Annotated[int, Ge(1)] = setting(5, "frames averaged before the speech LSTM "
-                                                   "(50 ms steps)")
+                                                   "(50 ms steps)", shapes_model=True)
     dropout: Annotated[float, Interval(ge=0, lt=1)] = setting(
         0.3, "share of values zeroed in training: on the word embeddings and before the "
-             "output layer (and more with encoder_dropout)")
+             "output layer (and more with encoder_dropout)", shapes_model=True)
     alignment_prior: Annotated[float, Interval(ge=0, le=1)] = setting(
         0.1, "align only: width of the diagonal prior on the attention, as a share of the "
-             "utterance (0: none)")
-    cell: Cell = setting("lstm", "lstm | gru: the cell of every recurrent layer")
+             "utterance (0: none)", shapes_model=True)
+    cell: Cell = setting("lstm", "lstm | gru: the cell of every recurrent layer",
+                         shapes_model=True)
     attention_heads: Annotated[int, Ge(1)] = setting(8, "attention multihead: heads (must "
-                                                        "divide 2 * hidden)")
+                                                        "divide 2 * hidden)",
+                                                        shapes_model=True)
     word_pooling: Literal["max", "attention"] = setting(
         "max", "align: how the fusion states become one vector: max over words | attention "
                "(u = tanh(W h + b), weights softmax(u . c) over the words; the authors' "
-               "code)")
+               "code)", shapes_model=True)
     frame_projection: Annotated[int, Ge(0)] = setting(
-        0, "units of the per-frame relu layer before the speech LSTM; 0: hidden")
+        0, "units of the per-frame relu layer before the speech LSTM; 0: hidden",
+        shapes_model=True)
     encoder_dropout: bool = setting(False, "dropout also after the frame projection, after "
                                            "each encoder and on the aligned speech (the "
                                            "authors' code); false: on the word embeddings "
-                                           "and before the output layer only")
+                                           "and before the output layer only",
+                                           shapes_model=True)
 
 
 @dataclass

@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
 
 def cmd_retrain(args) -> int:
     """What a schedule runs: the pipeline, unless the champion was trained from this data,
-    code and config (and not --force). Locally that answer is the check step's own
+    model code and model settings (and not --force). Locally that answer is the check step's own
     (components/check.py), asked before kfp.local starts: "nothing to retrain" starts no
     pipeline. On a cluster (`emoalign schedule`) the pipeline's check task gives it."""
     args.only_if_changed = not args.force
@@ -303,7 +303,8 @@ def cmd_schedule(args) -> int:
     params = _cluster_params(args, force=False)
     recurring = submit.schedule(args.host, params, args.experiment, args.name, args.cron)
     print(f"recurring run {recurring} on {args.host}: '{args.cron}', at most one at a time, "
-          "no catch-up; each run retrains only when data, code or config changed")
+          "no catch-up; each run retrains only when the data, the model code or a "
+          "model setting changed")
     return 0
 
 
@@ -337,7 +338,7 @@ def _add_run_commands(sub) -> None:
     for command, helptext in (
             ("run", "run the whole pipeline locally through kfp.local"),
             ("retrain", "run the pipeline unless the champion was trained from this data, "
-                        "code and config (what a schedule runs)")):
+                        "model code and model settings (what a schedule runs)")):
         p = sub.add_parser(command, help=helptext)
         p.add_argument("--corpus", help="IEMOCAP release root, or a folder holding "
                                         "IEMOCAP_full_release/ (default: data/, the "

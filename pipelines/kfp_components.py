@@ -60,7 +60,8 @@ def fetch(corpus: str, dvc_repo: str, dvc_rev: str, data_hash: str, git_sha: str
 def check(config_yaml: str, corpus: str, data_hash: str, git_sha: str, git_dirty: bool,
           force: bool, decision: Output[Markdown]) -> bool:
     """Whether to train (the pipeline's condition): not when the champion was trained from
-    this data, code and config. Why, in `decision` (its text, and its metadata `reason`)."""
+    this data, model code (hashed as this image holds it) and model settings. Why, in
+    `decision` (its text, and its metadata `reason`)."""
     from pathlib import Path
 
     from components import check as step

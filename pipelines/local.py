@@ -38,7 +38,7 @@ from pathlib import Path
 from components import check, environment
 from components.config import Config, config_from_yaml
 from components.errors import UserError
-from components.lineage import DEFAULT_DATA, Lineage
+from components.lineage import DEFAULT_DATA, Lineage, code_identity
 from components.outputs import STEP_OUTPUTS, StepOutputs
 from pipelines import PIPELINE_NAME
 from pipelines.arguments import pipeline_arguments
@@ -314,6 +314,8 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
             run = record_not_started(decided, config, lineage, workdir / "pipeline_root",
                                      started)
         else:
+            if decided is not None:  # what changed since the champion, named
+                print(f"retraining: {decided.reason}")
             # The champion for the drift check, resolved here too: fetch would import
             # MLflow in a process of its own to ask.
             champion = (registry.champion_reference(config.registry.model_name)
@@ -345,8 +347,9 @@ def record_not_started(decided: check.Decision, config: Config, lineage: Lineage
         f"{now:%Y-%m-%d %H:%M:%S} the pipeline was not started: `emoalign "
         "retrain` asked the check step's question (components/check.py) in its own process\n"
         f"data hash {lineage.data_hash}, code {lineage.git_sha or '?'}"
-        f"{' (uncommitted changes)' if lineage.git_dirty else ''}, config sha256 "
-        f"{config.sha256()}, registered model {config.registry.model_name!r}\n"
+        f"{' (uncommitted changes)' if lineage.git_dirty else ''} (model code "
+        f"{code_identity().sha256[:12]}), config sha256 {config.sha256()}, registered "
+        f"model {config.registry.model_name!r}\n"
         f"{decided.reason}\n")
     return NotStarted(run_dir=run_dir, log_path=log_path,
                       seconds=time.perf_counter() - started, reason=decided.reason)

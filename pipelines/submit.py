@@ -1,6 +1,6 @@
 """Send the compiled pipeline to a Kubeflow Pipelines cluster: one run, or a recurring run
 (what scheduled retraining is: the pipeline's check step ends it early when the champion
-was trained from the same data, code and config)."""
+was trained from the same data, model code and model settings)."""
 
 import re
 import tempfile

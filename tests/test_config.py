@@ -317,3 +317,29 @@ def test_a_removed_key_set_to_do_something_is_refused_saying_why(override, why):
     message = str(refused.value)
     assert message.startswith(f"config key {key!r} was removed ({why}")
     assert message.endswith(f"got {value}") and "\n" not in message
+
+
+def test_every_key_says_whether_it_shapes_the_model():
+    """Each key's one declaration says whether it shapes the trained model (what a scheduled
+    retrain compares with the champion's): `setting(..., shapes_model=...)` has no default,
+    and no key is declared otherwise."""
+    from components.config import key_marks, model_shaping_keys
+    from model.spec import setting
+
+    marks = key_marks()
+    assert set(marks) == {key for key, f, hint in config_keys()
+                          if not dataclasses.is_dataclass(hint)}
+    assert not [key for key, shapes in marks.items() if not isinstance(shapes, bool)]
+    operational = {"train.threads", "train.parallelism", "validate.workers",
+                   "features.workers", "features.cache_dir", "features.content_hash",
+                   "validate.strict", "validate.drift_reference", "notify.webhook",
+                   "validate.min_class_share", "validate.max_quarantined_share"}
+    operational |= {k for k in marks if k.startswith(("registry.", "sample_corpus.",
+                                                      "validate.drift."))}
+    assert set(marks) - set(model_shaping_keys()) == operational
+    shaping = {"seed", "protocol", "holdout_session", "ingest.classes", "train.lr",
+               "train.seeds", "train.device", "train.bf16", "train.deterministic",
+               "validate.min_duration_s", "features.n_mfcc", "features.dtype", "model.kind"}
+    assert shaping <= set(model_shaping_keys())
+    with pytest.raises(TypeError, match="shapes_model"):
+        setting(1, "a key that says neither")

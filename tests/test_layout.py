@@ -3,7 +3,9 @@
 defaults live in one file identical to the typed config."""
 
 import ast
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +197,50 @@ def test_loading_a_config_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_model_code_is_decided_for_every_module():
+    """Each module of components/ and model/ is on the path from data to model
+    (lineage.MODEL_CODE: a change retrains) or not (NOT_MODEL_CODE), never both, each with
+    its reason; components/registry/ is out as a whole."""
+    from components.lineage import MODEL_CODE, NOT_MODEL_CODE
+
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+               for folder in ("components", "model") for p in (ROOT / folder).rglob("*.py")}
+
+    def listed(module: str, names) -> bool:
+        return any(module == n or module.startswith(n + ".") and n != "components"
+                   and n != "model" for n in names)
+
+    assert not set(MODEL_CODE) & set(NOT_MODEL_CODE)
+    assert not [m for m in modules if listed(m, MODEL_CODE) == listed(m, NOT_MODEL_CODE)]
+    assert set(MODEL_CODE) <= modules and set(NOT_MODEL_CODE) <= modules
+    assert all(why.strip() for why in [*MODEL_CODE.values(), *NOT_MODEL_CODE.values()])
+
+
+def test_the_code_identity_is_the_files_wherever_they_are_installed(tmp_path):
+    """The identity hashes the modules where Python imports them from: a copy of the
+    packages without git (as an image installs them) has this checkout's identity, and a
+    changed model file is named while a changed README, test or pipeline module is not."""
+    from components.lineage import changed_code, code_identity
+
+    here = code_identity()
+    assert set(here.files) >= {"model/network.py", "components/train.py"}
+    for package in ("components", "model", "pipelines"):
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "README.md").write_text("changed\n")
+    (tmp_path / "pipelines" / "cli.py").write_text("# changed\n")
+
+    def identity() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", "import json; from components.lineage import "
+             "code_identity; print(json.dumps(code_identity().tags()))"],
+            cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+            capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    assert identity() == here.tags()
+    with open(tmp_path / "model" / "network.py", "a") as f:
+        f.write("# a changed model\n")
+    assert changed_code(identity(), here) == ["model/network.py"]

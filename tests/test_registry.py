@@ -51,6 +51,9 @@ def test_each_run_is_tracked_with_config_metrics_artifacts_and_lineage(two_runs)
     manifest = Path(first["run_dir"]) / "ingest" / "manifest" / "manifest.parquet"
     assert tags["manifest_sha256"] == lineage.file_sha256(manifest)
     assert tags["validation"].startswith("passed")
+    # The model code's identity, as the track task's process imported it.
+    assert lineage.code_identity().tags() == {k: tags[k] for k in ("code_sha256",
+                                                                  "code_files")}
     artifacts = {a.path for folder in ("run", "validate", "evaluate", "ingest")
                  for a in client.list_artifacts(run.info.run_id, folder)}
     for expected in ("run/config.resolved.yaml", "run/pip_freeze.txt",
@@ -106,20 +109,21 @@ def test_history_records_every_alias_move_consistently(two_runs):
 
 def test_retrain_stops_early_when_nothing_changed_since_the_champion(two_runs, tmp_path,
                                                                     monkeypatch):
-    """`emoalign retrain` with the champion's own data, code and config answers "nothing to
-    retrain" without starting the pipeline (the check step's question, asked in its own
-    process); a change to any of them is a reason to train (the check step's answer, asked
-    directly: what a whole run does with it is every other run's test)."""
-    sha, dirty = lineage.git_sha(Path(__file__).resolve().parents[1])
-    if sha is None or dirty:
-        pytest.skip("the code of an uncommitted checkout always counts as changed")
+    """`emoalign retrain` with the champion's own data, model code and settings answers
+    "nothing to retrain" without starting the pipeline (the check step's question, asked in
+    its own process), from another work directory and with uncommitted changes too (the
+    code identity is the model files' bytes, not the commit); a change to the data or a
+    setting that shapes the model is a reason to train, named (the check step's answer,
+    asked directly: what a whole run does with it is every other run's test)."""
+    sha, dirty = lineage.code_version()
     client, summaries = two_runs["client"], two_runs["summaries"]
     champion = client.get_model_version_by_alias("emoalign", "champion").tags
+    assert champion["code_sha256"] == lineage.code_identity().sha256
     (n,) = [i for i, s in enumerate(summaries) if (s["data_hash"], s["config_sha256"]) ==
             (champion["data_hash"], champion["config_sha256"])]
     again = emoalign("retrain", "--corpus", two_runs["corpora"][n], "--workdir",
-                     two_runs["work"] / "runs", "--summary-json", tmp_path / "again.json",
-                     *_sets(GATE + [f"seed={n}"]), env=two_runs["env"])
+                     tmp_path / "elsewhere", "--summary-json", tmp_path / "again.json",
+                     *_sets(GATE + [f"seed={n}", "train.threads=2"]), env=two_runs["env"])
     assert again.returncode == 0, again.stderr
     assert "nothing to retrain" in again.stdout
     assert "Executing task" not in again.stdout  # kfp.local was not started
@@ -131,48 +135,231 @@ def test_retrain_stops_early_when_nothing_changed_since_the_champion(two_runs, t
     assert "the pipeline was not started" in (record / "pipeline.log").read_text()
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", two_runs["uri"])
-    same = Lineage(str(two_runs["corpora"][n]), summaries[n]["data_hash"], sha, False)
+    same = Lineage(str(two_runs["corpora"][n]), summaries[n]["data_hash"], sha, dirty)
     config, other_seed = (load_config(None, GATE + [f"seed={seed}"]) for seed in (n, 3))
-    for settings in (config, other_seed):  # as `emoalign run` resolves it for its workdir
-        settings.features.cache_dir = str((two_runs["work"] / "runs" / "feature_cache")
-                                          .resolve())
     assert registry.retrain_reason(config, same) is None
-    assert registry.retrain_reason(other_seed, same) == "config changed"
-    other_data = Lineage(same.corpus, "0" * 32 + ".dir", sha, False)
-    assert registry.retrain_reason(config, other_data).startswith("data changed: ")
-    assert registry.retrain_reason(config, Lineage(same.corpus, same.data_hash, sha, True)) \
-        .startswith("code changed: ")
+    assert registry.retrain_reason(other_seed, same) == f"config changed: seed {n} -> 3"
+    other_data = Lineage(same.corpus, "0" * 32 + ".dir", sha, dirty)
+    assert registry.retrain_reason(config, other_data) == \
+        f"data changed: {same.data_hash} -> {other_data.data_hash}"
+    another_commit = Lineage(same.corpus, same.data_hash, "f" * 40, not dirty)
+    assert registry.retrain_reason(config, another_commit) is None
 
 
-def test_the_check_task_and_emoalign_retrain_ask_one_decision(monkeypatch, tmp_path):
-    """components/check.py decides for both: forced without asking MLflow, "nothing to
-    retrain" when the registry finds no reason, its reason otherwise. The check task only
-    writes that decision down (its bool, its Markdown, its reason)."""
+class _Started(Exception):
+    """Raised where `emoalign retrain` would start the pipeline: what it built is kept."""
+
+
+def _what_retrain_builds(monkeypatch, args: list, sha: str, dirty: bool = False) -> dict:
+    """The config, lineage and force `emoalign retrain ARGS` (cmd_run) hands the local
+    runner, at commit `sha`; nothing is started."""
+    from pipelines import cli, local
+
+    built = {}
+
+    def start(config, run_lineage, workdir, force=True):
+        built.update(config=config, lineage=run_lineage, force=force)
+        raise _Started
+
+    monkeypatch.setattr(lineage, "code_version", lambda: (sha, dirty))
+    monkeypatch.setattr(local, "run_local_pipeline", start)
+    with pytest.raises(_Started):
+        cli.main(["retrain", *map(str, args)])
+    return built
+
+
+def _champion_from(built: dict, code: lineage.CodeIdentity | None = None,
+                   data_hash: str | None = None) -> str:
+    """A champion as a pipeline run leaves one: an MLflow run holding the config as its
+    params and the lineage as its tags (what tracking logs), and a version tagged like it
+    (what registration copies), aliased champion. `code` / `data_hash`: what it was
+    trained from instead of this checkout's code / the built lineage's data."""
+    import mlflow
+
+    from components.registry.store import ensure_experiment
+    from components.registry.tracking import config_params, lineage_tags
+
+    config, seen = built["config"], built["lineage"]
+    if data_hash is not None:
+        seen = Lineage(seen.corpus, data_hash, seen.git_sha, seen.git_dirty)
+    tags = lineage_tags(seen, config, "0" * 64, "passed")
+    tags.update(code.tags() if code is not None else {})
+    client = registry.connect()
+    with mlflow.start_run(experiment_id=ensure_experiment(client, config.registry.experiment),
+                          tags=tags) as run:
+        mlflow.log_params(config_params(config))
+    name = config.registry.model_name
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
+                                          run.info.run_id, tags=tags).version
+    client.set_registered_model_alias(name, "champion", version)
+    return version
+
+
+def _both_askers(built: dict, folder: Path) -> tuple[tuple, tuple]:
+    """(retrain, reason) from `emoalign retrain`'s own question (check.run, as the local
+    runner asks it) and from the pipeline's check task, fed what its fetch task outputs
+    for the arguments `emoalign retrain` submits (pipeline.py's wiring)."""
+    import inspect
+
+    from kfp import dsl
+
+    from components import check
+    from pipelines import kfp_components
+    from pipelines.arguments import pipeline_arguments
+    from pipelines.pipeline import emoalign_pipeline
+
+    config, seen, force = built["config"], built["lineage"], built["force"]
+    in_process = check.run(config, seen, force)
+    arguments = pipeline_arguments(config, seen.corpus, seen, force=force,
+                                   champion_reference=registry.champion_reference(
+                                       config.registry.model_name))
+    defaults = inspect.signature(emoalign_pipeline.pipeline_func).parameters
+    fetched = kfp_components.fetch.python_func(**{
+        name: arguments.get(name, defaults[name].default)
+        for name in inspect.signature(kfp_components.fetch.python_func).parameters})
+    decision = dsl.Markdown(name="decision", uri=str(folder / "decision"))
+    retrain = kfp_components.check.python_func(
+        config_yaml=fetched.config_yaml, corpus=fetched.corpus, data_hash=fetched.data_hash,
+        git_sha=fetched.git_sha, git_dirty=fetched.git_dirty, force=arguments["force"],
+        decision=decision)
+    assert Path(decision.path).read_text().endswith(f"\n{decision.metadata['reason']}\n")
+    return (in_process.retrain, in_process.reason), (retrain, decision.metadata["reason"])
+
+
+SHA = "a" * 40  # the champion's commit; a later one that changed no model file: SHA_README
+SHA_README = "b" * 40
+OPERATIONAL = ["--set", "train.threads=1", "--set", "notify.webhook=http://127.0.0.1:9/hook",
+               "--set", "validate.workers=1", "--set", "features.workers=2",
+               "--set", "train.parallelism=1", "--set", "registry.tolerance=0.05"]
+
+
+@pytest.mark.parametrize("case", ["nothing changed", "a commit changing README.md alone",
+                                  "operational keys and another workdir", "train.lr",
+                                  "a model file", "the data"])
+def test_the_check_task_and_emoalign_retrain_ask_one_decision(case, small_corpus,
+                                                              monkeypatch, tmp_path):
+    """Both askers of the check's question get what they are really given (the config and
+    lineage `emoalign retrain` builds; the outputs of the fetch task it submits them to)
+    and read a real registry, whose champion was logged and registered as a run does it;
+    they answer alike, and name what changed: only the data, the model's code and the
+    settings that shape a model count."""
+    from components import check
+
+    base = ["--corpus", small_corpus, "--workdir", tmp_path / "runs"]
+    champion_built = _what_retrain_builds(monkeypatch, base, SHA)
+    assert champion_built["force"] is False
+    data = champion_built["lineage"].data_hash
+    code = lineage.code_identity()
+    older_network = lineage.CodeIdentity({**code.files, "model/network.py": "0" * 64})
+    _champion_from(champion_built, code=older_network if case == "a model file" else None,
+                   data_hash="0" * 32 + ".dir" if case == "the data" else None)
+
+    args, sha, expected = base, SHA, check.NOTHING_TO_RETRAIN
+    if case == "a commit changing README.md alone":
+        sha = SHA_README
+    elif case == "operational keys and another workdir":
+        args = ["--corpus", small_corpus, "--workdir", tmp_path / "elsewhere", *OPERATIONAL]
+    elif case == "train.lr":
+        args, expected = [*base, "--set", "train.lr=0.002"], \
+            "config changed: train.lr 0.003 -> 0.002"
+    elif case == "a model file":
+        expected = "code changed: model/network.py"
+    elif case == "the data":
+        expected = f"data changed: {'0' * 32}.dir -> {data}"
+    built = _what_retrain_builds(monkeypatch, args, sha)
+    in_process, check_task = _both_askers(built, tmp_path)
+    assert in_process == check_task == (expected != check.NOTHING_TO_RETRAIN, expected)
+
+
+def test_the_check_task_writes_the_decision_down_and_forced_asks_nothing(monkeypatch,
+                                                                         tmp_path):
+    """Forced, the registry is not asked; the check task returns the decision's bool and
+    writes its reason and Markdown."""
     from kfp import dsl
 
     from components import check
     from pipelines import kfp_components
 
-    asked = []
-    monkeypatch.setattr(registry, "retrain_reason", lambda config, seen: asked.append(seen))
+    monkeypatch.setattr(registry, "retrain_reason", lambda *a: pytest.fail("asked"))
     config, seen = Config(), Lineage("corpus", "0" * 32 + ".dir", "abc", False)
     assert check.run(config, seen, force=True) == check.Decision(True, check.FORCED)
-    assert asked == []  # forced: the registry is not asked
-    assert check.run(config, seen) == check.Decision(False, check.NOTHING_TO_RETRAIN)
-    assert asked == [seen]
-    for reason in (None, "config changed"):
-        monkeypatch.setattr(registry, "retrain_reason", lambda *a, reason=reason: reason)
-        decided = check.run(config, seen)
-        assert decided.retrain is (reason is not None)
-        decision = dsl.Markdown(name="decision", uri=str(tmp_path / f"decision-{reason}"))
-        retrain = kfp_components.check.python_func(
-            config_yaml=config.to_yaml(), corpus=seen.corpus, data_hash=seen.data_hash,
-            git_sha=seen.git_sha, git_dirty=seen.git_dirty, force=False, decision=decision)
-        assert retrain is decided.retrain
-        assert decision.metadata["reason"] == decided.reason == (reason or
-                                                                  check.NOTHING_TO_RETRAIN)
-        assert Path(decision.path).read_text() == decided.markdown()
-    assert decided.markdown() == "# Retrain\n\nconfig changed\n"
+    decision = dsl.Markdown(name="decision", uri=str(tmp_path / "decision"))
+    assert kfp_components.check.python_func(
+        config_yaml=config.to_yaml(), corpus=seen.corpus, data_hash=seen.data_hash,
+        git_sha=seen.git_sha, git_dirty=seen.git_dirty, force=True, decision=decision)
+    assert decision.metadata["reason"] == check.FORCED
+    assert Path(decision.path).read_text() == f"# Retrain\n\n{check.FORCED}\n"
+
+
+def test_a_champion_from_before_the_code_identity_retrains_naming_its_commit(monkeypatch):
+    from components.registry.registration import retrain_reason
+
+    config, seen = Config(), Lineage("corpus", "0" * 32 + ".dir", SHA, False)
+    version = _champion_from({"config": config, "lineage": seen})
+    client = registry.connect()
+    for tag in ("code_sha256", "code_files"):
+        client.delete_model_version_tag("emoalign", version, tag)
+    assert retrain_reason(config, seen) == (f"code changed: champion version {version} "
+                                            f"(commit {SHA[:12]}) predates the code identity")
+
+
+def test_a_key_added_since_the_champion_counts_as_unchanged_at_its_default():
+    """The champion's run did not log a key this code has: at its default it changed
+    nothing; set otherwise, it did. Every difference is named."""
+    from components.registry.registration import changed_settings
+    from components.registry.tracking import config_params
+
+    logged = config_params(Config())
+    del logged["model.max_words"], logged["train.unimodal_loss"]
+    assert changed_settings(Config(), logged) == []
+    config = load_config(None, ["model.max_words=20", "train.lr=0.001", "train.threads=3"])
+    assert changed_settings(config, logged) == ["model.max_words 0 -> 20",
+                                                "train.lr 0.003 -> 0.001"]
+
+
+def test_no_champion_only_when_there_is_no_model_or_no_alias(monkeypatch, small_corpus,
+                                                             tmp_path, capsys):
+    """"No champion yet" means the registered model does not exist (MLflow's
+    RESOURCE_DOES_NOT_EXIST) or has no champion alias; any other failure to read the
+    registry is one line naming the store, and `emoalign retrain` trains nothing."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+    from components.registry.registration import retrain_reason
+    from pipelines import cli, local
+
+    config, seen = Config(), Lineage("corpus", "0" * 32 + ".dir", SHA, False)
+    assert retrain_reason(config, seen) == \
+        "no champion yet: there is no registered model 'emoalign'"
+    registry.connect().create_registered_model("emoalign")
+    assert retrain_reason(config, seen) == \
+        "no champion yet: registered model 'emoalign' has no 'champion' alias"
+
+    def failing(code):
+        def get_registered_model(self, name):
+            raise MlflowException(f"Registered Model with name={name} not found"
+                                  if code == RESOURCE_DOES_NOT_EXIST else
+                                  "(sqlite3.OperationalError) database is locked\n[SQL: ...]",
+                                  error_code=code)
+        return get_registered_model
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", failing(RESOURCE_DOES_NOT_EXIST))
+    assert retrain_reason(config, seen).startswith("no champion yet: ")
+    monkeypatch.setattr(MlflowClient, "get_registered_model", failing(INTERNAL_ERROR))
+    with pytest.raises(registry.RegistryError) as raised:
+        retrain_reason(config, seen)
+    message = str(raised.value)
+    assert "\n" not in message and registry.tracking_uri() in message
+    assert "database is locked" in message and "nothing was trained" in message
+
+    monkeypatch.setattr(local, "run_pipeline", lambda *a, **k: pytest.fail("started"))
+    capsys.readouterr()
+    assert cli.main(["retrain", "--corpus", str(small_corpus), "--workdir",
+                     str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"emoalign: error: {message}"
 
 
 def test_promote_by_hand_rollback_and_their_history(two_runs, tmp_path):

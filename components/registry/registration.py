@@ -173,21 +173,89 @@ def _sweep_incomplete(client, name: str) -> list[str]:
 
 
 def retrain_reason(config: Config, lineage: Lineage) -> str | None:
-    """Why the pipeline should train now, or None when the champion was trained from this
-    very data, code and config (a scheduled run then ends early)."""
-    client = connect()
+    """Why the pipeline should train now, or None when the champion is this very model: the
+    same data (its hash), the same model code (lineage.code_identity: the files on the path
+    from data to model) and the same values of the settings that shape a model (the keys
+    marked shapes_model, read back from the params the champion's run logged). Each
+    difference is named. The commit, files off that path (README, docs, tests), thread and
+    worker counts, the work directory, the webhook and the gate's settings change nothing.
+    A registry that cannot be read is a RegistryError naming the store; only a registered
+    model that does not exist, or one without the champion alias, has no champion."""
+    from components.lineage import changed_code, code_identity
+
+    client = connect(consequence="the retrain check could not decide; nothing was trained")
     name = config.registry.model_name
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:
-        return f"registered model {name!r} has no champion yet"
-    tags = version.tags
+    champion = _champion(client, name)
+    if isinstance(champion, str):
+        return champion  # why there is none
+    version, params = champion
+    tags, reasons = version.tags, []
     if tags.get("data_hash") != lineage.data_hash:
-        return f"data changed: {tags.get('data_hash')} -> {lineage.data_hash}"
-    # Uncommitted code is no version at all: it always retrains.
-    sha = "" if lineage.git_dirty else lineage.git_sha
-    if not sha or tags.get("git_sha") != sha or tags.get("git_dirty") == "true":
-        return f"code changed: {tags.get('git_sha', '?')[:12]} -> {(sha or '?')[:12]}"
-    if tags.get("config_sha256") != config.sha256():
-        return "config changed"
-    return None
+        reasons.append(f"data changed: {tags.get('data_hash', '?')} -> {lineage.data_hash}")
+    files = changed_code(tags, code_identity())
+    if files is None:
+        reasons.append(f"code changed: champion version {version.version} (commit "
+                       f"{tags.get('git_sha', '?')[:12]}) predates the code identity")
+    elif files:
+        reasons.append("code changed: " + _listed(files))
+    if params is None:
+        reasons.append(f"config unknown: the run of champion version {version.version} "
+                       f"({version.run_id or 'none'}) is not in the store")
+    elif settings := changed_settings(config, params):
+        reasons.append("config changed: " + _listed(settings))
+    return "; ".join(reasons) or None
+
+
+def changed_settings(config: Config, logged: dict[str, str]) -> list[str]:
+    """`key before -> now` for each model-shaping key whose value differs from what a run
+    logged (tracking.config_params); a key the run did not log, added since, had its
+    default then."""
+    from components.config import model_shaping_keys
+    from components.registry.tracking import config_params
+
+    now, defaults = config_params(config), config_params(Config())
+    return [f"{key} {before} -> {now[key]}" for key in model_shaping_keys()
+            if (before := logged.get(key, defaults[key])) != now[key]]
+
+
+def _champion(client, name: str):
+    """(the champion's version, its run's params, None when its run is gone), or why there
+    is no champion: the registered model does not exist, or has no champion alias. Any
+    other failure to read them (store.read_errors) is a RegistryError naming the store; a
+    bug is raised as it is."""
+    from components.registry.store import (RegistryError, is_missing, one_line,
+                                           read_errors, redact)
+
+    def unreadable(what: str, e: Exception) -> RegistryError:
+        return RegistryError(f"cannot read {what} from MLflow tracking store "
+                             f"{redact(client.tracking_uri)} ({one_line(e)}); the retrain "
+                             "check could not decide, nothing was trained")
+
+    try:
+        model = client.get_registered_model(name)
+    except read_errors() as e:
+        if is_missing(e):
+            return f"no champion yet: there is no registered model {name!r}"
+        raise unreadable(f"registered model {name!r}", e) from None
+    # The alias read off the model: MLflow's own lookup by alias answers a missing alias
+    # with INVALID_PARAMETER_VALUE, which it also uses for other mistakes.
+    number = (model.aliases or {}).get(CHAMPION)
+    if number is None:
+        return f"no champion yet: registered model {name!r} has no {CHAMPION!r} alias"
+    try:
+        version = client.get_model_version(name, str(number))
+    except read_errors() as e:
+        raise unreadable(f"champion version {number} of {name!r}", e) from None
+    if not version.run_id:
+        return version, None
+    try:
+        return version, client.get_run(version.run_id).data.params
+    except read_errors() as e:
+        if is_missing(e):
+            return version, None
+        raise unreadable(f"the run of champion version {number} of {name!r}", e) from None
+
+
+def _listed(items: list[str], most: int = 8) -> str:
+    more = len(items) - most
+    return ", ".join(items[:most]) + (f" and {more} more" if more > 0 else "")

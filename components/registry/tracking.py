@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from components.config import Config
-from components.lineage import DEFAULT_DATA, DVC_POINTER, Lineage, file_sha256
+from components.lineage import (DEFAULT_DATA, DVC_POINTER, Lineage, code_identity,
+                                file_sha256)
 from components.outputs import Evaluation, StepOutputs, Tracked
 from components.registry.drift import drift_tags
 from components.registry.store import (artifact_access, connect, ensure_experiment, redact,
@@ -32,6 +33,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def config_params(config: Config, secrets: list[str] | None = None) -> dict[str, str]:
+    """The resolved config as the run's params: every key, `section.key` -> its value as
+    text, credentials masked. `emoalign retrain` reads the champion's back from them."""
+    return {k: scrub(v, secrets) for k, v in flatten(config.to_dict()).items()}
+
+
 def pip_freeze() -> str:
     """The installed distributions, as `pip freeze` would list them (without running pip)."""
     pins = {(d.metadata["Name"] or "").lower(): d.version
@@ -41,11 +48,14 @@ def pip_freeze() -> str:
 
 def lineage_tags(lineage: Lineage, config: Config, manifest_sha256: str,
                  validation: str) -> dict[str, str]:
+    """The run's lineage, which its registered version inherits: the commit, the data and
+    config hashes, and the model code's identity (code_sha256, code_files: the files
+    this process imports, as the train tasks beside it do)."""
     return {"git_sha": lineage.git_sha or "unknown", "git_dirty": str(lineage.git_dirty).lower(),
             "data_hash": lineage.data_hash, "manifest_sha256": manifest_sha256,
             "config_sha256": config.sha256(), "seed": str(config.seed),
             "pipeline_run": lineage.pipeline_run, "validation": validation,
-            "corpus": lineage.corpus}
+            "corpus": lineage.corpus, **code_identity().tags()}
 
 
 def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path) -> dict:
@@ -68,7 +78,7 @@ def track(outputs: StepOutputs, config: Config, lineage: Lineage, out_dir: Path)
     with mlflow.start_run(experiment_id=experiment_id, run_name=lineage.pipeline_run,
                           tags={k: scrub(v, secrets) for k, v in tags.items()}) as run:
         run_id = run.info.run_id
-        mlflow.log_params({k: scrub(v, secrets) for k, v in flatten(config.to_dict()).items()})
+        mlflow.log_params(config_params(config, secrets))
         series = _metric_series(outputs, int(time.time() * 1000))
         for start in range(0, len(series), LOG_BATCH):
             client.log_batch(run_id, metrics=series[start:start + LOG_BATCH])
