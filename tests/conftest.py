@@ -202,6 +202,8 @@ def two_runs(prepared, tmp_path_factory) -> dict:
         stderrs.append(result.stderr)
     hook.shutdown()
     hook.server_close()
+    # Later commands of other tests use this env: the webhook has stopped answering.
+    env = {k: v for k, v in env.items() if k != "EMOALIGN_WEBHOOK_URL"}
     return {"uri": uri, "env": env, "work": work, "summaries": summaries, "stdouts": stdouts,
             "stderrs": stderrs, "webhook_posts": hook.received,
             "corpora": [prepared["corpus"], second], "second_dvc_hash": second_dvc_hash,
