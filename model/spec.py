@@ -154,15 +154,17 @@ class Architecture:
         "additive", "additive (the paper) | dot (scaled dot product) | multihead (scaled dot "
                     "product in attention_heads heads of 2 * hidden / heads values: the "
                     "authors' code)", shapes_model=True)
-    embed_dim: Annotated[int, Ge(1)] = setting(100, "word embedding size",
+    embed_dim: Annotated[int, Ge(1)] = setting(32, "word embedding size (the word "
+                                                      "vectors' size with word_vectors)",
                                                shapes_model=True)
-    hidden: Annotated[int, Ge(1)] = setting(64, "recurrent units per direction",
+    hidden: Annotated[int, Ge(1)] = setting(32, "recurrent units per direction",
                                             shapes_model=True)
-    attention_dim: Annotated[int, Ge(1)] = setting(64, "attention's projection size "
+    attention_dim: Annotated[int, Ge(1)] = setting(32, "attention's projection size "
                                                        "(additive and dot)",
                                                        shapes_model=True)
-    frame_pool: Annotated[int, Ge(1)] = setting(5, "frames averaged before the speech LSTM "
-                                                   "(50 ms steps)", shapes_model=True)
+    frame_pool: Annotated[int, Ge(1)] = setting(10, "frames averaged before the speech "
+                                                    "LSTM (100 ms steps)",
+                                                    shapes_model=True)
     dropout: Annotated[float, Interval(ge=0, lt=1)] = setting(
         0.3, "share of values zeroed in training: on the word embeddings and before the "
              "output layer (and more with encoder_dropout)", shapes_model=True)

@@ -59,8 +59,8 @@ def load_word_vectors(path: Path, vocab: Vocabulary, dim: int,
         for number, line in enumerate(f, start=1):
             parts = line.rstrip().split(" ")
             if len(parts) != dim + 1:
-                raise ValueError(f"{path}:{number}: expected a word and {dim} numbers, "
-                                 f"got {len(parts) - 1} numbers")
+                raise ValueError(f"{path}:{number}: expected a word and {dim} numbers "
+                                 f"(model.embed_dim), got {len(parts) - 1} numbers")
             row = vocab.ids.get(parts[0])
             if row is not None and row not in (PAD_ID, UNK_ID):
                 matrix[row] = np.asarray(parts[1:], dtype=np.float32)
