@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -408,6 +409,13 @@ def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
                           "--out", tmp_path / name, env=env)
         assert result.returncode == 0 and "emoalign version" in result.stdout, result.stderr
     assert (tmp_path / "known.csv").read_text() != (tmp_path / "anyone.csv").read_text()
+    # Audio alone: the recogniser gives the words, and the output says where they came from.
+    result = emoalign("predict", "--wav", wavs[utt_ids[0]], "--out", tmp_path / "alone.csv",
+                      env=env)
+    assert result.returncode == 0, result.stderr
+    (alone,) = pd.read_csv(tmp_path / "alone.csv", keep_default_na=False).to_dict("records")
+    assert alone["transcript_source"] == ("recognised" if alone["transcript"] else "none")
+    assert ("no words given or recognised" in result.stdout) == (not alone["transcript"])
     # (An unregistered model and a malformed URI: tests/test_bad_inputs.py.)
     assert_one_line_error(emoalign("predict", "--model", "models:/emoalign@staging",
                                    "--wav", wavs[utt_ids[0]], "--text", "x", env=env),
