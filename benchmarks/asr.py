@@ -87,9 +87,9 @@ def one_model(job: tuple) -> list[dict]:
 
 
 def report(voice: str, test: dict, results: list[dict]) -> None:
-    speed = (f"{test['recognised_now']} recognised at {test['utterances_per_s']:.2f} "
-             f"utterances/s on {test['workers']} processes, {test['real_time_factor']:.3f} x "
-             f"real time on one core ({test['audio_seconds']:.0f} s of audio)"
+    speed = (f"{test['recognised_now']} recognised ({test['audio_seconds']:.0f} s of audio) "
+             f"at {test['utterances_per_core_s']:.2f} utterances/s per core, "
+             f"{test['real_time_factor']:.3f} x real time"
              if test["recognised_now"] else "all read from the cache (no speed measured)")
     print(f"-- {voice} corpus, {FOLD} held out: {test['recognizer']} on {test['utterances']} "
           f"test utterances: WER {test['wer']:.3f} ({test['word_errors']} errors / "

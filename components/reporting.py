@@ -137,12 +137,13 @@ def _pool_recognition(summaries: list[dict]) -> dict:
               "utterances": sum(s["utterances"] for s in summaries)}
     now = [s for s in summaries if s["recognised_now"]]
     if now:
-        recognised, seconds = sum(s["recognised_now"] for s in now), sum(s["seconds"] for s in now)
+        recognised = sum(s["recognised_now"] for s in now)
+        seconds, cpu = sum(s["seconds"] for s in now), sum(s["cpu_seconds"] for s in now)
         pooled.update(recognised_now=recognised, seconds=round(seconds, 3),
+                      utterances_per_core_s=recognised / max(cpu, 1e-9),
+                      real_time_factor=cpu / max(sum(s["audio_seconds"] for s in now), 1e-9),
                       utterances_per_s=recognised / max(seconds, 1e-9),
-                      real_time_factor=sum(s["cpu_seconds"] for s in now)
-                      / max(sum(s["audio_seconds"] for s in now), 1e-9),
-                      workers=max(s.get("workers", 1) for s in now))
+                      workers=max(s["workers"] for s in now))
     return pooled
 
 
@@ -270,9 +271,10 @@ def report_lines(metrics: dict) -> list[str]:
         wer = "n/a (no reference words)" if a["wer"] is None else f"{a['wer']:.3f}"
         lines.append(f"transcripts recognised by {a['recognizer']}: WER {wer} over {a['words']} "
                      f"words of {a['utterances']} test utterances"
-                     + (f"; {a['recognised_now']} recognised now at "
-                        f"{a['utterances_per_s']:.2f} utterances/s on {a['workers']} "
-                        f"process(es), {a['real_time_factor']:.2f} x real time per core"
+                     + (f"; {a['recognised_now']} recognised now, "
+                        f"{a['utterances_per_core_s']:.2f} utterances/s per core "
+                        f"({a['real_time_factor']:.2f} x real time; {a['utterances_per_s']:.2f}"
+                        f"/s on {a['workers']} process(es))"
                         if a.get("recognised_now") else "; all from the cache"))
     for member, missing in metrics.get("missing_classes", {}).items():
         lines.append(f"note: {member}'s test session has no {', '.join(missing)} utterances; "
