@@ -33,6 +33,9 @@ BENCHMARKS = {
     "train": ("train.py", ["--corpus", "{corpus}"]),
     # Both corpora, holdout x 3 seeds, every reference (about 45 min on 2 cores).
     "fusion": ("fusion.py", []),
+    # Every kind scored on gold and on recognised transcripts, and the recogniser's WER and
+    # speed (1,000 utterances per corpus, holdout x 3 seeds).
+    "asr": ("asr.py", ["--train-asr", "align"]),
     # The fusion checks with bounds (exit 1 when one breaks): once unit tests, now here.
     "quality": ("quality.py", []),
     "orchestration": ("orchestration.py", []),

@@ -18,6 +18,7 @@ What they share:
     member.py         one (fold, seed) member run: its config, training, summary, evaluation
     folds.py          the plan of (fold, seed) members; selection.py, which weights one keeps
     feature_store.py  reading a feature store; reporting.py, what the members add up to
+    transcripts.py    recognised transcripts (train or evaluate on them), cached by audio hash
     lineage.py        the data hash and the code's commit; environment.py, where it ran
 """
 

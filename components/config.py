@@ -35,6 +35,7 @@ from annotated_types import Ge, Gt, Interval, MinLen, Predicate
 
 from components import PROJECT_ROOT, iemocap
 from components.errors import ConfigError
+from model.recognizer import DEFAULT as DEFAULT_RECOGNIZER, RECOGNIZERS
 from model.spec import SAMPLE_RATE, Architecture, FeatureSpec, UnknownWordInit, setting
 
 DEFAULTS_FILE = PROJECT_ROOT / "configs" / "default.yaml"
@@ -46,6 +47,10 @@ CLASS_CODES = {
     "other": "oth",
 }
 ClassName = Literal[tuple(CLASS_CODES)]  # the names above, written once
+RecognizerName = Literal[tuple(RECOGNIZERS)]
+# Where the words a model reads come from: the corpus' transcripts, or what the speech
+# recogniser (serving.recognizer) hears in the audio.
+TranscriptSource = Literal["gold", "asr"]
 
 
 # Rules on one key that no type or range states. The docstring is what the error says.
@@ -93,6 +98,11 @@ class IngestConfig(Section):
     merge_excited: bool = setting(True, "the standard 4-class protocol counts exc as happy; "
                                         "false drops it (or keeps it, when 'excited' is a "
                                         "class)", shapes_model=True)
+    # IEMOCAP's scripted dialogs repeat the same lines in every session, so text scores on
+    # them are inflated under session folds; the field often reports improvised alone.
+    subset: Literal["all", "improvised", "scripted"] = setting(
+        "all", "all | improvised | scripted: the utterances trained and tested on, by how "
+               "their dialog was made", shapes_model=True)
 
     def label_map(self) -> dict[str, str]:
         """IEMOCAP code -> class name, for the codes this class set keeps."""
@@ -262,6 +272,9 @@ class TrainConfig(Section):
              "fusion loss alone, as in the paper)", shapes_model=True)
     bucketing: bool = setting(True, "batch utterances of similar length together",
                               shapes_model=True)
+    transcripts: TranscriptSource = setting(
+        "gold", "gold (the corpus') | asr (recognised by serving.recognizer, as the paper's "
+                "ASR setting trains): the words training reads", shapes_model=True)
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto (cuda when there is a "
                                                              "GPU) | cpu | cuda",
                                                              shapes_model=True)
@@ -285,6 +298,22 @@ class TrainConfig(Section):
             raise ConfigError("train.selection=best picks an epoch on validation speakers but "
                               "train.validation_speakers is 0; set it to 1 or more, or use "
                               "train.selection=average")
+
+
+@dataclass
+class EvaluateConfig(Section):
+    transcripts: TranscriptSource = setting(
+        "gold", "gold (the corpus') | asr (recognised by serving.recognizer; metrics.json "
+                "gives its word error rate, asr_wer): the words the test utterances are "
+                "scored with", shapes_model=False)
+
+
+@dataclass
+class ServingConfig(Section):
+    recognizer: RecognizerName = setting(
+        DEFAULT_RECOGNIZER, f"{' | '.join(RECOGNIZERS)}: the offline speech recogniser that "
+                            "transcribes utterances given without words (predict, the served "
+                            "model, transcripts asr)", shapes_model=False)
 
 
 @dataclass
@@ -358,6 +387,9 @@ class Config(Section):
     model: ModelConfig = section(ModelConfig, "the network and its text inputs")
     train: TrainConfig = section(TrainConfig, "the optimisation, which weights are kept, "
                                               "and how the (fold, seed) tasks run")
+    evaluate: EvaluateConfig = section(EvaluateConfig, "how the test utterances are scored")
+    serving: ServingConfig = section(ServingConfig, "what a registered model does with "
+                                                    "requests")
     registry: RegistryConfig = section(RegistryConfig, "MLflow names and the promotion gate")
     notify: NotifyConfig = section(NotifyConfig, "alerts at the end of a pipeline run")
 

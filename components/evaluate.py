@@ -3,7 +3,9 @@
 WA is overall accuracy, UA the mean per-class recall. Under leave-one-session-out both are
 reported as mean ± std over the folds (the field's convention) and also pooled over every
 test utterance; per-class precision/recall/F1, confusion matrices (counts and
-row-normalised) and per-session results come with them.
+row-normalised) and per-session results come with them, and the improvised and scripted
+utterances' scores apart. Under `evaluate.transcripts=asr` the test utterances are scored on
+what the speech recogniser hears (components/transcripts.py), its word error rate beside.
 """
 
 import difflib
@@ -18,6 +20,7 @@ from components.config import Config
 from components.feature_store import FeatureStore
 from components.outputs import Evaluation, TrainedModel
 from components.reporting import plot_attention, write
+from components.transcripts import Transcriber, recognised_rows
 from model.data import Example, collate
 from model.metrics import attention_in_own_word, scores
 from model.serving import load_member, predict_log_probs
@@ -28,7 +31,8 @@ def run(model_dir: Path, store_dir: Path, manifest_path: Path, out_dir: Path,
         config: Config) -> dict:
     """Every (fold, seed) model of model_dir on its held-out session."""
     return evaluate_model(Path(model_dir), FeatureStore(Path(store_dir)),
-                          outputs.labelled_rows(manifest_path, config.ingest.classes),
+                          outputs.labelled_rows(manifest_path, config.ingest.classes,
+                                                config.ingest.subset),
                           Path(out_dir), config)
 
 
@@ -36,7 +40,8 @@ def evaluate_model(model_dir: Path, store: FeatureStore, rows: pd.DataFrame, out
                    config: Config) -> dict:
     """run(), on a feature store and labelled rows already loaded."""
     trained = TrainedModel(Path(model_dir))
-    members = [evaluate_member(trained, member_dir, store, rows)
+    transcriber = Transcriber.of(config) if config.evaluate.transcripts == "asr" else None
+    members = [evaluate_member(trained, member_dir, store, rows, transcriber)
                for member_dir in trained.member_dirs()]
     table = pd.DataFrame([p for m in members for p in m["predictions"]])
     cases = next((m["attention"][:3] for m in members if m["attention"]), None)
@@ -46,13 +51,16 @@ def evaluate_model(model_dir: Path, store: FeatureStore, rows: pd.DataFrame, out
 
 
 def evaluate_member(trained: TrainedModel, member_dir: Path, store: FeatureStore,
-                    rows: pd.DataFrame) -> dict:
+                    rows: pd.DataFrame, transcriber: Transcriber | None = None) -> dict:
     """One (fold, seed) model on its fold's held-out session: scores, predictions,
-    attention."""
+    attention. With a transcriber, on the test utterances' recognised transcripts."""
     device = torch.device("cpu")
     loaded = load_member(member_dir / trained.MODEL, device)
     model, bundle, classes = loaded.model, loaded.bundle, loaded.inputs.classes
     fold = trained.fold(member_dir)
+    asr = None
+    if transcriber is not None:
+        rows, asr = recognised_rows(rows, fold["test_ids"], transcriber)
     examples = store.examples(loaded.inputs, fold["test_ids"], rows)
     log_p = predict_log_probs(model, examples, device)
     predicted = log_p.argmax(1)
@@ -66,11 +74,16 @@ def evaluate_member(trained: TrainedModel, member_dir: Path, store: FeatureStore
               # UA averages the classes present; a test session may lack one.
               "missing_classes": [c for c, v in fold_scores["per_class"].items()
                                   if not v["support"]]}
+    if asr is not None:
+        result["asr"] = asr
     predictions = [{"utt_id": e.utt_id, "fold": fold["name"], "seed": seed,
                     "session": fold["test_session"],
-                    "speaker": rows.at[e.utt_id, "speaker"], "label": classes[e.label],
+                    "speaker": rows.at[e.utt_id, "speaker"],
+                    "scripted": bool(rows.at[e.utt_id, "scripted"]), "label": classes[e.label],
                     "predicted": classes[p],
-                    **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)}}
+                    **{f"p_{c}": float(np.exp(v)) for c, v in zip(classes, lp)},
+                    # The words the model read: serving must be given the same to agree.
+                    **({"recognised": rows.at[e.utt_id, "transcript"]} if asr else {})}
                    for e, p, lp in zip(examples, predicted, log_p)]
     if model.modalities == {"speech", "text"}:
         result["ablation"] = _ablation(model, examples, labels, classes, device)

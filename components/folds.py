@@ -131,6 +131,5 @@ def task_of(rows: pd.DataFrame, config: Config, fold: str) -> Task:
 
 def plan_items(manifest_path: Path, config: Config) -> list[dict]:
     """The plan as the KFP fan-out's items: {fold, seed, member} each."""
-    return [task.item() for task in plan(outputs.labelled_rows(manifest_path,
-                                                                 config.ingest.classes),
-                                         config)]
+    rows = outputs.labelled_rows(manifest_path, config.ingest.classes, config.ingest.subset)
+    return [task.item() for task in plan(rows, config)]

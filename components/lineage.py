@@ -151,6 +151,7 @@ MODEL_CODE = {
     "components.selection": "which epoch's weights are kept",
     "components.train": "training",
     "components.member": "one (fold, seed) member: its task config, its training",
+    "components.transcripts": "recognised transcripts, which train.transcripts=asr trains on",
     # model/ is the network and all a registered version serves: it ships as its code.
     "model": "the package a registered version ships",
     "model.spec": "what a model and its features are built from",
@@ -161,6 +162,8 @@ MODEL_CODE = {
     "model.data": "examples into batches",
     "model.metrics": "UA, which picks the weights kept under selection best",
     "model.serving": "a wav and a transcript into probabilities",
+    "model.recognizer": "the words of an utterance given without them, in training "
+                        "(train.transcripts=asr) and serving",
     "model.pyfunc": "serving as MLflow logs and serves it",
 }
 # Modules of components/ that do not shape the model, and why (a test checks that each

@@ -72,13 +72,18 @@ def manifest_file(path: Path) -> Path:
     return path
 
 
-def labelled_rows(manifest_path: Path, classes: list[str]) -> pd.DataFrame:
+def labelled_rows(manifest_path: Path, classes: list[str], subset: str = "all"
+                  ) -> pd.DataFrame:
     """The rows of the configured classes, indexed by utt_id: what training and evaluation
-    read from the validated manifest."""
+    read from the validated manifest. `subset` (ingest.subset): all, or the improvised or
+    the scripted utterances alone."""
     manifest = read_manifest(manifest_file(manifest_path))
     labelled = manifest[manifest["label"].isin(classes)]
+    if subset != "all":
+        labelled = labelled[labelled["scripted"] == (subset == "scripted")]
     if labelled.empty:
-        raise UserError("the manifest holds no utterance of the configured classes")
+        raise UserError("the manifest holds no utterance of the configured classes"
+                        + ("" if subset == "all" else f" among its {subset} ones"))
     return labelled.set_index("utt_id", drop=False)
 
 

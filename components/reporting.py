@@ -60,7 +60,9 @@ def write(out: Evaluation, member_scores: list[dict], table: pd.DataFrame,
 def summarize(member_scores: list[dict], table: pd.DataFrame, classes: list[str],
               config: Config) -> dict:
     """metrics.json: mean ± std over the (fold, seed) models (`ua`, `wa` are those means),
-    per fold, per seed, pooled over every test prediction, per class and per session."""
+    per fold, per seed, per subset (improvised, scripted), pooled over every test
+    prediction, per class and per session; under recognised transcripts, their word error
+    rate (`asr_wer`) and what recognising them cost."""
     label_ids = table["label"].map(classes.index).to_numpy()
     pooled = scores(label_ids, table["predicted"].map(classes.index).to_numpy(), classes)
     per_session = {}
@@ -85,9 +87,14 @@ def summarize(member_scores: list[dict], table: pd.DataFrame, classes: list[str]
         "pooled": {"wa": pooled["wa"], "ua": pooled["ua"]},
         "per_class": pooled["per_class"], "confusion": pooled["confusion"],
         "confusion_normalized": pooled["confusion_normalized"],
-        "per_session": per_session, "folds": member_scores, "n_test": int(len(table)),
-        "chance_ua": 1 / len(classes),
+        "per_session": per_session, "per_subset": _per_subset(table, classes),
+        "folds": member_scores, "n_test": int(len(table)), "chance_ua": 1 / len(classes),
+        "transcripts": config.evaluate.transcripts,
     }
+    recognised = [m["asr"] for m in member_scores if "asr" in m]
+    if recognised:
+        metrics["asr"] = _pool_recognition(recognised)
+        metrics["asr_wer"] = metrics["asr"]["wer"]
     if all("ablation" in m for m in member_scores):
         metrics["ablation"] = {k: float(np.mean([m["ablation"][k] for m in member_scores]))
                                for k in member_scores[0]["ablation"]}
@@ -95,6 +102,49 @@ def summarize(member_scores: list[dict], table: pd.DataFrame, classes: list[str]
     if alignment:
         metrics["attention_alignment"] = _pool_alignment(alignment)
     return metrics
+
+
+def _per_subset(table: pd.DataFrame, classes: list[str]) -> dict:
+    """UA and WA of the improvised and of the scripted test utterances, each mean ± std
+    over the (fold, seed) models as the whole is. {} for predictions that do not say
+    (evaluations written before they did)."""
+    if "scripted" not in table.columns:
+        return {}
+    scripted = table["scripted"].astype(str) == "True"  # bool, or read back from CSV
+    out = {}
+    for name, part in (("improvised", table[~scripted]), ("scripted", table[scripted])):
+        if part.empty:
+            continue
+        results = []
+        for _, member in part.groupby(["fold", "seed"], sort=True):
+            s = scores(member["label"].map(classes.index), member["predicted"].map(
+                classes.index), classes)
+            results.append({"ua": s["ua"], "wa": s["wa"]})
+        spread = _spread(results)
+        out[name] = {"ua": spread["ua_mean"], "wa": spread["wa_mean"],
+                     "ua_std": spread["ua_std"], "wa_std": spread["wa_std"],
+                     "n": int(len(part))}
+    return out
+
+
+def _pool_recognition(summaries: list[dict]) -> dict:
+    """The (fold, seed) models' recognition summaries as one: the word error rate over all
+    their words, and the speed over what was recognised rather than read from the cache."""
+    words = sum(s["words"] for s in summaries)
+    errors = sum(s["word_errors"] for s in summaries)
+    pooled = {"recognizer": summaries[0]["recognizer"], "wer": errors / words if words else None,
+              "word_errors": errors, "words": words,
+              "utterances": sum(s["utterances"] for s in summaries)}
+    now = [s for s in summaries if s["recognised_now"]]
+    if now:
+        recognised = sum(s["recognised_now"] for s in now)
+        seconds, cpu = sum(s["seconds"] for s in now), sum(s["cpu_seconds"] for s in now)
+        pooled.update(recognised_now=recognised, seconds=round(seconds, 3),
+                      utterances_per_core_s=recognised / max(cpu, 1e-9),
+                      real_time_factor=cpu / max(sum(s["audio_seconds"] for s in now), 1e-9),
+                      utterances_per_s=recognised / max(seconds, 1e-9),
+                      workers=max(s["workers"] for s in now))
+    return pooled
 
 
 def _spread(results: list[dict]) -> dict:
@@ -212,6 +262,20 @@ def report_lines(metrics: dict) -> list[str]:
             lines.append(f"{what.replace('_', ' ')}: " + ", ".join(
                 f"{name} UA {g['ua_mean']:.3f} ± {g['ua_std']:.3f}"
                 for name, g in groups.items()))
+    subsets = metrics.get("per_subset") or {}
+    if subsets:
+        lines.append("; ".join(f"{name}: WA {s['wa']:.3f}  UA {s['ua']:.3f}  (n={s['n']})"
+                               for name, s in subsets.items()))
+    if "asr" in metrics:
+        a = metrics["asr"]
+        wer = "n/a (no reference words)" if a["wer"] is None else f"{a['wer']:.3f}"
+        lines.append(f"transcripts recognised by {a['recognizer']}: WER {wer} over {a['words']} "
+                     f"words of {a['utterances']} test utterances"
+                     + (f"; {a['recognised_now']} recognised now, "
+                        f"{a['utterances_per_core_s']:.2f} utterances/s per core "
+                        f"({a['real_time_factor']:.2f} x real time; {a['utterances_per_s']:.2f}"
+                        f"/s on {a['workers']} process(es))"
+                        if a.get("recognised_now") else "; all from the cache"))
     for member, missing in metrics.get("missing_classes", {}).items():
         lines.append(f"note: {member}'s test session has no {', '.join(missing)} utterances; "
                      f"its UA averages the other classes")

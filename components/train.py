@@ -26,6 +26,7 @@ from components.folds import Task, TrainError
 from components.feature_store import FeatureStore
 from components.outputs import TrainedModel
 from components.selection import selection_for
+from components.transcripts import Transcriber, recognised_rows
 from model.data import batch_indices, collate
 from model.metrics import scores
 from model.network import LossTerms, build_model, model_class
@@ -311,7 +312,7 @@ def load_inputs(store_dir: Path, manifest_path: Path, config: Config
     """The feature store and the labelled rows of the validated manifest, every row's
     frames in the store."""
     store = FeatureStore(Path(store_dir))  # a wrong store is named before the manifest
-    rows = outputs.labelled_rows(manifest_path, config.ingest.classes)
+    rows = outputs.labelled_rows(manifest_path, config.ingest.classes, config.ingest.subset)
     missing = [u for u in rows.index if u not in store]
     if missing:
         raise TrainError(f"{len(missing)} utterances are not in the feature store "
@@ -331,6 +332,10 @@ def train_member(task: Task, store: FeatureStore, rows: pd.DataFrame, config: Co
     fingerprint = hashlib.sha256(json.dumps(
         {"config": config.to_dict(), "store": store.meta["key"], "rows": sorted(rows.index)},
         sort_keys=True).encode()).hexdigest()
+    if config.train.transcripts == "asr":
+        # The paper's ASR setting: trained on the words the recogniser hears, as tested.
+        rows, _ = recognised_rows(rows, task.split.train_ids + task.split.val_ids,
+                                  Transcriber.of(config))
     started = time.perf_counter()
     # glibc's malloc is set up for training before this process starts
     # (environment.TRAINING_TUNABLES), not here: a change from inside would outlast training.

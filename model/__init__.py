@@ -8,5 +8,6 @@ knows nothing of the pipeline (a registered version ships this folder as its cod
     data.py      examples into padded, length-bucketed batches
     metrics.py   WA and UA
     serving.py   a wav and its transcript -> class probabilities, as training saw them
+    recognizer.py  a transcript recognised from the audio, when none is given
     pyfunc.py    serving.py as an MLflow pyfunc: what registration logs and MLflow serves
 """

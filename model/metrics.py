@@ -1,6 +1,9 @@
-"""The field's measures: WA = overall accuracy, UA = mean per-class recall."""
+"""The field's measures: WA = overall accuracy, UA = mean per-class recall; and a speech
+recogniser's word error rate."""
 
 import numpy as np
+
+from model.text import tokenize
 
 
 def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
@@ -83,3 +86,29 @@ def attention_in_own_word(weights: np.ndarray, spans: dict[int, tuple[float, flo
         mass.append(float(weights[i, first:last + 1].sum()))
         share.append((last - first + 1) / n_steps)
     return np.array(mass), np.array(share)
+
+
+def word_errors(reference: list[str], hypothesis: list[str]) -> int:
+    """Substitutions + deletions + insertions that turn `reference` into `hypothesis` (the
+    edit distance in words)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, word in enumerate(reference, start=1):
+        current = [i]
+        for j, heard in enumerate(hypothesis, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (word != heard)))
+        previous = current
+    return previous[-1]
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
+    """WER over utterances: their word errors summed over their reference words summed.
+    Both texts are first made the model's word tokens (model.text.tokenize: lower case,
+    IEMOCAP's [LAUGHTER]-style markers and punctuation left out), so only a word the model
+    would read differently counts. `wer` is None when the references hold no word."""
+    errors = words = 0
+    for reference, hypothesis in zip(references, hypotheses, strict=True):
+        truth = tokenize(reference)
+        errors += word_errors(truth, tokenize(hypothesis))
+        words += len(truth)
+    return {"wer": errors / words if words else None, "word_errors": errors, "words": words}

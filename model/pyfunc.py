@@ -1,5 +1,6 @@
-"""The model as an MLflow pyfunc: a DataFrame of wav + transcript in, label and class
-probabilities out. The one module of `model/` that knows MLflow: the wrapper around
+"""The model as an MLflow pyfunc: a DataFrame of wav (+ transcript) in, label, class
+probabilities and the transcript used out; a missing or empty transcript is recognised from
+the audio (recognizer.py). The one module of `model/` that knows MLflow: the wrapper around
 serving.py that registration logs and `mlflow models serve` loads.
 
 The logged model carries its member bundles (weights, vocabulary, feature spec and
@@ -21,9 +22,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-INPUT_COLUMNS = ("wav", "transcript")  # + optional "speaker" (for per-speaker normalisation)
+from model import recognizer
+
+# + optional "transcript" (recognised when missing or empty) and "speaker" (for
+# per-speaker normalisation)
+INPUT_COLUMNS = ("wav",)
 # What the pyfunc imports when it loads; pinned to the versions that trained the model.
 REQUIREMENTS = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "mlflow")
 
@@ -66,35 +71,52 @@ with _Quiet():
             missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
             if missing:
                 raise MlflowException(f"input lacks column(s) {', '.join(missing)}; expected wav "
-                                      "(path or base64 WAV) and transcript",
+                                      "(path or base64 WAV) and optionally transcript",
                                       error_code=INVALID_PARAMETER_VALUE)
             speakers = frame["speaker"].tolist() if "speaker" in frame.columns else None
+            given = frame["transcript"] if "transcript" in frame.columns else [""] * len(frame)
+            # Versions logged before recognition have no params: the default recogniser.
+            name = (params or {}).get("recognizer") or recognizer.DEFAULT
             try:
-                wavs = [decode_wav(w) for w in frame["wav"]]
-                probs = self.predictor.predict_proba(
-                    wavs, [t if isinstance(t, str) else "" for t in frame["transcript"]], speakers)
+                audios = [self.predictor.audio(decode_wav(w)) for w in frame["wav"]]
+                transcripts, sources = recognizer.fill_in(audios, list(given), name)
+                probs = self.predictor.predict_proba(audios, transcripts, speakers)
             except (InputError, ValueError) as e:
                 raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
             classes = self.predictor.classes
             out = pd.DataFrame({f"p_{c}": probs[:, i] for i, c in enumerate(classes)})
             out.insert(0, "label", [classes[i] for i in probs.argmax(1)])
-            return out
+            return out.assign(transcript=transcripts, transcript_source=sources)
 
 
-def signature(classes: list[str]) -> ModelSignature:
-    inputs = Schema([ColSpec("string", "wav"), ColSpec("string", "transcript"),
+def signature(classes: list[str], recognizer_name: str = recognizer.DEFAULT
+              ) -> ModelSignature:
+    """The recogniser is a parameter: a request may name another, and the default is the
+    `serving.recognizer` the version was registered with."""
+    inputs = Schema([ColSpec("string", "wav"), ColSpec("string", "transcript", required=False),
                      ColSpec("string", "speaker", required=False)])
     outputs = Schema([ColSpec("string", "label")]
-                     + [ColSpec("double", f"p_{c}") for c in classes])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+                     + [ColSpec("double", f"p_{c}") for c in classes]
+                     + [ColSpec("string", "transcript"), ColSpec("string", "transcript_source")])
+    params = ParamSchema([ParamSpec("recognizer", "string", recognizer_name)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def pinned_requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+def pinned_requirements(recognizer_name: str = recognizer.DEFAULT) -> list[str]:
+    """REQUIREMENTS, and the recogniser's package where it is installed (without it, the
+    served model still scores requests that carry their transcripts)."""
+    names = list(REQUIREMENTS)
+    package = recognizer.RECOGNIZERS[recognizer_name].package
+    try:
+        importlib.metadata.version(package)
+        names.append(package)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
 
 
 def log_model(fold_bundles: dict[str, Path], classes: list[str], example: pd.DataFrame,
-              name: str = "model"):
+              name: str = "model", recognizer_name: str = recognizer.DEFAULT):
     """Log the pyfunc into the active MLflow run; returns MLflow's ModelInfo. Each fold's
     bundle is stored as artifacts/<fold>.pt."""
     import shutil
@@ -110,9 +132,9 @@ def log_model(fold_bundles: dict[str, Path], classes: list[str], example: pd.Dat
             python_model=EmoalignModel(),
             artifacts={k: str(v) for k, v in artifacts.items()},
             code_paths=[str(Path(__file__).resolve().parent)],  # model/, this package
-            signature=signature(classes),
+            signature=signature(classes, recognizer_name),
             input_example=example,
-            pip_requirements=pinned_requirements(),
+            pip_requirements=pinned_requirements(recognizer_name),
         )
 
 

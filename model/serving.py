@@ -100,16 +100,24 @@ class Predictor:
         self.feature_dtype = np.dtype(first.get("feature_dtype", "float32"))
         self.extractor = Extractor(self.feature_spec)
 
-    def frames(self, wav) -> np.ndarray:
+    def audio(self, wav) -> np.ndarray:
+        """The samples of `wav` (a path or WAV bytes; samples already read pass through),
+        checked to be at the model's rate."""
+        if isinstance(wav, np.ndarray):
+            return wav
         audio, rate = read_audio(wav)
         if rate != self.feature_spec.sample_rate:
             raise InputError(f"audio is {rate} Hz; the model takes "
                              f"{self.feature_spec.sample_rate} Hz")
-        return self.extractor(audio).astype(self.feature_dtype)
+        return audio
+
+    def frames(self, wav) -> np.ndarray:
+        return self.extractor(self.audio(wav)).astype(self.feature_dtype)
 
     def predict_proba(self, wavs: list, transcripts: list[str],
                       speakers: list[str | None] | None = None) -> np.ndarray:
-        """(N, C) class probabilities, averaged over the members. Under per-speaker
+        """(N, C) class probabilities, averaged over the members; `wavs` as `audio` takes
+        them. Under per-speaker
         normalisation a speaker the model has not seen is normalised with the statistics of
         its own utterances in this request when they are long enough (ENROL_MIN_FRAMES),
         otherwise with the global ones."""

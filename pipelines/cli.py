@@ -206,14 +206,20 @@ def cmd_register(args) -> int:
 def cmd_predict(args) -> int:
     from components import registry
     from components.registry.serving import read_requests
+    from model.recognizer import NONE
 
+    config = _load_config(args)
     requests = read_requests(args.batch, args.wav, args.text, args.speaker)
-    version, table = registry.predict_registered(args.model, requests)
+    version, table = registry.predict_registered(args.model, requests,
+                                                 config.serving.recognizer)
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"wrote {len(table)} predictions to {args.out}")
     print(f"{version.name} version {version.version}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if "transcript_source" in table:  # versions registered before recognition lack it
+        for wav in table.loc[table["transcript_source"] == NONE, "wav"]:
+            print(f"note: {wav}: no words given or recognised; predicted from the speech alone")
     return 0
 
 
@@ -434,11 +440,14 @@ def _add_registry_commands(sub) -> None:
     p.add_argument("--model", default="models:/emoalign@champion",
                    help="models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
     p.add_argument("--wav", help="a 16 kHz mono WAV file")
-    p.add_argument("--text", help="its transcript")
+    p.add_argument("--text", help="its transcript (left out: recognised from the audio by "
+                                  "serving.recognizer)")
     p.add_argument("--speaker", help="who speaks (the model normalises each speaker it "
                                      "knows with that speaker's own statistics)")
-    p.add_argument("--batch", help="CSV with columns wav, transcript (and optionally speaker)")
+    p.add_argument("--batch", help="CSV with a column wav, optionally transcript (empty: "
+                                   "recognised) and speaker")
     p.add_argument("--out", help="also write the predictions as CSV")
+    _add_config_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("promote", help="make a version the champion by hand (recorded)")

@@ -65,11 +65,15 @@ CASES = [
      "no registered model named 'ghost'"),
     ("predict with a wav that does not exist", ["predict", "--wav", "{tmp}/nope.wav",
                                                 "--text", "x"], "wav file not found"),
-    ("predict without input", ["predict"], "give --wav and --text, or --batch CSV"),
+    ("predict without input", ["predict"], "give --wav (and --text, or it is recognised), or "
+                                           "--batch CSV"),
     ("predict with a batch file that does not exist", ["predict", "--batch", "{tmp}/no.csv"],
      "batch file not found"),
     ("predict with a batch file lacking columns", ["predict", "--batch", "{tmp}/cols.csv"],
-     "lacks column(s) transcript"),
+     "lacks column(s) wav"),
+    ("unknown speech recogniser", ["predict", "--wav", "{tmp}/file.txt", "--set",
+                                   "serving.recognizer=whisper"],
+     "config key 'serving.recognizer' must be one of pocketsphinx, got 'whisper'"),
     ("promote with no registered model", ["promote", "--version", "1", "--reason", "x"],
      "no registered model named 'emoalign'"),
     ("rollback with no registered model", ["rollback"], "no registered model named"),
@@ -111,7 +115,7 @@ def scratch(tmp_path: Path) -> Path:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "thesis.tex").write_text("precious\n")
-    (tmp_path / "cols.csv").write_text("wav\nx.wav\n")
+    (tmp_path / "cols.csv").write_text("transcript\nhello\n")
     return tmp_path
 
 

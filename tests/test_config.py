@@ -186,6 +186,7 @@ CHOICES = {
     "protocol": ["holdout", "loso"],
     "ingest.classes": ["neutral", "happy", "excited", "sad", "angry", "frustrated",
                        "surprised", "fearful", "disgusted", "other"],
+    "ingest.subset": ["all", "improvised", "scripted"],
     "features.kind": ["mfcc", "spectrum"],
     "features.dtype": ["float16", "float32"],
     "features.normalization": ["speaker", "global", "none"],
@@ -197,6 +198,9 @@ CHOICES = {
     "train.lr_schedule": ["cosine", "constant"],
     "train.selection": ["average", "best"],
     "train.device": ["auto", "cpu", "cuda"],
+    "train.transcripts": ["gold", "asr"],
+    "evaluate.transcripts": ["gold", "asr"],
+    "serving.recognizer": ["pocketsphinx"],
 }
 # What a choice needs beside it (rules between keys).
 NEEDS = {"ingest.classes": ["ingest.merge_excited=false"],
@@ -335,7 +339,8 @@ def test_every_key_says_whether_it_shapes_the_model():
                    "validate.strict", "validate.drift_reference", "notify.webhook",
                    "validate.min_class_share", "validate.max_quarantined_share"}
     operational |= {k for k in marks if k.startswith(("registry.", "sample_corpus.",
-                                                      "validate.drift."))}
+                                                      "validate.drift.", "evaluate.",
+                                                      "serving."))}
     assert set(marks) - set(model_shaping_keys()) == operational
     shaping = {"seed", "protocol", "holdout_session", "ingest.classes", "train.lr",
                "train.seeds", "train.device", "train.bf16", "train.deterministic",

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -389,15 +390,22 @@ def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
     utt_ids = [r.split(",")[0] for r in rows[:3]]
     wavs = {p.stem: p for p in two_runs["corpora"][0].glob("Session5/sentences/wav/*/*.wav")}
     batch = tmp_path / "batch.csv"
+    # The last request has no transcript: the recogniser gives the words, and says so.
     batch.write_text("wav,transcript\n" + "".join(
-        f"{wavs[u]},some words here\n" for u in utt_ids))
+        f"{wavs[u]},{'some words here' if n < 2 else ''}\n" for n, u in enumerate(utt_ids)))
     result = emoalign("predict", "--model", "models:/emoalign/1", "--batch", batch,
                       "--out", tmp_path / "out.csv", env=env)
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines[0].startswith("wav,label,p_neutral,p_happy,p_angry,p_sad")
-    probs = np.array([[float(v) for v in line.split(",")[2:]] for line in lines[1:]])
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    probs = out[[f"p_{c}" for c in ("neutral", "happy", "angry", "sad")]].to_numpy()
     assert probs.shape == (3, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    heard = out.at[2, "transcript"]
+    assert out["transcript_source"].tolist() == ["given", "given",
+                                                 "recognised" if heard else "none"]
+    assert out["transcript"].tolist()[:2] == ["some words here"] * 2
+    assert ("no words given or recognised" in result.stdout) == (not heard)
 
     # Who speaks reaches the model: a speaker it knows is normalised with their own
     # statistics, not the global ones (IEMOCAP: Ses05F_impro01_M000 is Ses05M speaking).
@@ -408,6 +416,7 @@ def test_predict_scores_wav_and_text_with_the_champion(two_runs, tmp_path):
                           "--out", tmp_path / name, env=env)
         assert result.returncode == 0 and "emoalign version" in result.stdout, result.stderr
     assert (tmp_path / "known.csv").read_text() != (tmp_path / "anyone.csv").read_text()
+
     # (An unregistered model and a malformed URI: tests/test_bad_inputs.py.)
     assert_one_line_error(emoalign("predict", "--model", "models:/emoalign@staging",
                                    "--wav", wavs[utt_ids[0]], "--text", "x", env=env),

@@ -31,9 +31,11 @@ sys.meta_path.insert(0, NoPipeline())
 import mlflow.pyfunc, pandas as pd
 
 model = mlflow.pyfunc.load_model(sys.argv[1])
-out = model.predict(pd.DataFrame({"wav": [sys.argv[2]], "transcript": ["oh no"]}))
+# The second request has no transcript: the version's own code recognises one.
+out = model.predict(pd.DataFrame({"wav": [sys.argv[2]] * 2, "transcript": ["oh no", ""]}))
 blocked = [m for m in sys.modules if m.split(".")[0] in ("components", "pipelines", "corpora")]
-print(json.dumps({"row": out.iloc[0].to_dict(), "imported": blocked}))
+print(json.dumps({"row": out.iloc[0].to_dict(), "recognised": out.iloc[1].to_dict(),
+                  "imported": blocked}))
 """
 
 
@@ -67,6 +69,11 @@ def test_a_registered_version_ships_model_alone_and_serves_without_the_pipeline(
     answer = json.loads(served.stdout.strip().splitlines()[-1])
     assert answer["imported"] == []
     assert answer["row"]["label"] in CLASSES
+    assert answer["row"]["transcript_source"] == "given"
+    recognised = answer["recognised"]
+    assert recognised["transcript_source"] == ("recognised" if recognised["transcript"]
+                                               else "none")
+    assert recognised["label"] in CLASSES
     in_process = pyfunc.load(str(local)).predict(pd.DataFrame({"wav": [str(wav)],
                                                                 "transcript": ["oh no"]}))
     np.testing.assert_allclose(_probabilities(answer["row"]),

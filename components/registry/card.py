@@ -71,6 +71,10 @@ def gather(outputs: StepOutputs, config: Config, tags: dict) -> dict:
         "per_class": metrics["per_class"],
         "per_session": metrics["per_session"],
         "per_gender": per_group(predictions, kept, "gender", classes),
+        "per_subset": metrics.get("per_subset") or {},
+        "transcripts": {"evaluated_on": metrics.get("transcripts", "gold"),
+                        "trained_on": config.train.transcripts,
+                        "recognizer": config.serving.recognizer, "asr": metrics.get("asr")},
         "ablation": metrics.get("ablation"),
         "attention": metrics.get("attention_alignment"),
         "missing_classes": metrics.get("missing_classes") or {},
@@ -262,12 +266,21 @@ def _version(version) -> str:
 
 def _intended_use(facts: dict) -> list[str]:
     classes = ", ".join(facts["model"]["classes"])
+    t = facts["transcripts"]
+    asr = t["asr"]
+    measured = (f"this version's test utterances, scored on its transcripts, give UA "
+                f"{_f(facts['scores']['ua'])} at a word error rate of {_f(asr['wer'])}"
+                if asr and asr["wer"] is not None else
+                "what that costs was not measured for this version (`--set "
+                "evaluate.transcripts=asr` measures it)")
     return ["## Intended use",
             "",
             f"- Research and teaching: which of {classes} an English utterance expresses, "
             "from its audio (16 kHz mono WAV) and transcript, as in IEMOCAP's acted dialogs.",
+            f"- Audio alone: a request without a transcript is transcribed by `{t['recognizer']}`"
+            f"; {measured}.",
             "- Out of scope: decisions about people (hiring, health, policing), monitoring, "
-            "other languages, ASR transcripts (untested), other emotions."]
+            "other languages, other emotions."]
 
 
 def _training_data(facts: dict) -> list[str]:
@@ -326,13 +339,26 @@ def _evaluation(facts: dict) -> list[str]:
     lines += _table(["class", "recall", "precision", "F1", "support"],
                     [[c, _f(v["recall"]), _f(v["precision"]), _f(v["f1"]), v["support"]]
                      for c, v in facts["per_class"].items()])
-    lines += ["", "Per test session and per speaker gender:", ""]
+    lines += ["", "Per test session and per speaker gender (pooled), and per kind of dialog "
+                  "(improvised, scripted; "
+              + ("the mean over the models" if many else "one model") + "):", ""]
     lines += _table(["group", "UA", "WA", "n"],
                     [[f"session {k}", _f(v["ua"]), _f(v["wa"]), v["n"]]
                      for k, v in facts["per_session"].items()]
                     + [[GENDERS.get(k, k), _f(v["ua"]), _f(v["wa"]), v["n"]]
-                       for k, v in facts["per_gender"].items()])
+                       for k, v in facts["per_gender"].items()]
+                    + [[k, _f(v["ua"]), _f(v["wa"]), v["n"]]
+                       for k, v in facts["per_subset"].items()])
     lines.append("")
+    t = facts["transcripts"]
+    if t["asr"]:
+        a = t["asr"]
+        wer = "n/a" if a["wer"] is None else _f(a["wer"])
+        lines.append(f"Transcripts: recognised by `{a['recognizer']}` (word error rate {wer} "
+                     f"over {a['words']} words), not the corpus'; trained on "
+                     f"{'recognised' if t['trained_on'] == 'asr' else 'the corpus'} ones.")
+    elif t["trained_on"] == "asr":
+        lines.append("Transcripts: trained on recognised ones, tested on the corpus'.")
     if facts["ablation"]:
         a = facts["ablation"]
         lines.append(f"Modality ablation: UA {_f(a['ua_without_speech'])} without speech, "
@@ -389,6 +415,10 @@ def _limitations(facts: dict) -> list[str]:
               "decimal.",
               f"- Only {', '.join(model['classes'])}: any other emotion is forced into one of "
               "them."]
+    if "scripted" in facts["per_subset"]:
+        lines.append("- Scripted dialogs repeat the same lines in every session: a model that "
+                     "reads the words saw a scripted test utterance's in training, so its "
+                     "scripted scores flatter it; the improvised ones are the fairer measure.")
     for member, missing in facts["missing_classes"].items():
         lines.append(f"- {member}'s test session has no {', '.join(missing)}: its UA "
                      "averages the other classes.")

@@ -50,11 +50,16 @@ def per_utterance(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame
 
 def gate_data(outputs: StepOutputs) -> pd.DataFrame:
     """The challenger's test utterances, each with its seed-ensemble prediction, wav path
-    and transcript."""
+    and transcript: the one it was evaluated with (the recognised one, under
+    evaluate.transcripts=asr), so serving is checked, and the champion scored, on the same
+    words."""
     predictions = per_utterance(outputs.evaluation.predictions(),
                                 outputs.evaluation.metrics()["classes"])
     kept = pd.read_parquet(outputs.validated.manifest_path)[
         ["utt_id", "wav_path", "transcript"]]
+    if "recognised" in predictions.columns:
+        kept = kept.drop(columns="transcript")
+        predictions = predictions.rename(columns={"recognised": "transcript"})
     return predictions.merge(kept, on="utt_id", how="left", validate="one_to_one")
 
 

@@ -35,7 +35,8 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
     validation = outputs.validated.report()
     data = gate_data(outputs)
     facts = gather(outputs, config, tags)  # the model card's, before any version exists
-    version, swept = _new_version(client, name, outputs, classes, data, run_id, tags)
+    version, swept = _new_version(client, name, outputs, classes, data, run_id, tags,
+                                  config.serving.recognizer)
     judged = False
     try:
         with artifact_access(client, f"read back the files of version {version}",
@@ -81,7 +82,7 @@ def register(outputs: StepOutputs, config: Config, run_id: str, out_dir: Path) -
 
 
 def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], data,
-                 run_id: str, tags: dict) -> tuple[str, list[str]]:
+                 run_id: str, tags: dict, recognizer: str) -> tuple[str, list[str]]:
     """Log the pyfunc into the run and register it; (new version, versions swept)."""
     import mlflow
 
@@ -94,7 +95,8 @@ def _new_version(client, name: str, outputs: StepOutputs, classes: list[str], da
     mlflow.set_tracking_uri(client.tracking_uri)
     with artifact_access(client, "store the model's files", "nothing was registered"), \
             mlflow.start_run(run_id=run_id):
-        info = log_model(outputs.trained.bundles(), classes, example)
+        info = log_model(outputs.trained.bundles(), classes, example,
+                         recognizer_name=recognizer)
     ensure_registered_model(client, name)
     swept = _sweep_incomplete(client, name)
     return mlflow.register_model(info.model_uri, name, tags=tags).version, swept
