@@ -271,8 +271,8 @@ def _intended_use(facts: dict) -> list[str]:
     measured = (f"this version's test utterances, scored on its transcripts, give UA "
                 f"{_f(facts['scores']['ua'])} at a word error rate of {_f(asr['wer'])}"
                 if asr and asr["wer"] is not None else
-                "what that costs was not measured for this version (`--set "
-                "evaluate.transcripts=asr` measures it)")
+                "its cost is not measured here (`--set evaluate.transcripts=asr` measures "
+                "it)")
     return ["## Intended use",
             "",
             f"- Research and teaching: which of {classes} an English utterance expresses, "
@@ -339,8 +339,7 @@ def _evaluation(facts: dict) -> list[str]:
     lines += _table(["class", "recall", "precision", "F1", "support"],
                     [[c, _f(v["recall"]), _f(v["precision"]), _f(v["f1"]), v["support"]]
                      for c, v in facts["per_class"].items()])
-    lines += ["", "Per test session and per speaker gender (pooled), and per kind of dialog "
-                  "(improvised, scripted; "
+    lines += ["", "Per test session, speaker gender (pooled) and kind of dialog ("
               + ("the mean over the models" if many else "one model") + "):", ""]
     lines += _table(["group", "UA", "WA", "n"],
                     [[f"session {k}", _f(v["ua"]), _f(v["wa"]), v["n"]]
@@ -416,9 +415,9 @@ def _limitations(facts: dict) -> list[str]:
               f"- Only {', '.join(model['classes'])}: any other emotion is forced into one of "
               "them."]
     if "scripted" in facts["per_subset"]:
-        lines.append("- Scripted dialogs repeat the same lines in every session: a model that "
-                     "reads the words saw a scripted test utterance's in training, so its "
-                     "scripted scores flatter it; the improvised ones are the fairer measure.")
+        lines.append("- Scripted dialogs repeat their lines in every session: a model that "
+                     "reads words saw each scripted test line in training. Trust the "
+                     "improvised scores.")
     for member, missing in facts["missing_classes"].items():
         lines.append(f"- {member}'s test session has no {', '.join(missing)}: its UA "
                      "averages the other classes.")
