@@ -158,7 +158,7 @@ def sample_corpus_evidence(ingest_report: dict, corpus: str) -> str | None:
     from components import iemocap
 
     if ingest_report.get("generated_sample"):
-        return f"its release holds the generator's {iemocap.GENERATED_MARKER}"
+        return f"its release holds {iemocap.GENERATED_MARKER}"
     if corpus:
         for folder in (Path(corpus), Path(corpus) / iemocap.RELEASE_DIRNAME):
             if (folder / iemocap.GENERATED_MARKER).is_file():
@@ -268,17 +268,15 @@ def _intended_use(facts: dict) -> list[str]:
     classes = ", ".join(facts["model"]["classes"])
     t = facts["transcripts"]
     asr = t["asr"]
-    measured = (f"this version's test utterances, scored on its transcripts, give UA "
-                f"{_f(facts['scores']['ua'])} at a word error rate of {_f(asr['wer'])}"
+    measured = (f"its test scores above: UA {_f(facts['scores']['ua'])} at word error rate "
+                f"{_f(asr['wer'])}"
                 if asr and asr["wer"] is not None else
-                "its cost is not measured here (`--set evaluate.transcripts=asr` measures "
-                "it)")
+                "untested here: `--set evaluate.transcripts=asr` measures it")
     return ["## Intended use",
             "",
             f"- Research and teaching: which of {classes} an English utterance expresses, "
-            "from its audio (16 kHz mono WAV) and transcript, as in IEMOCAP's acted dialogs.",
-            f"- Audio alone: a request without a transcript is transcribed by `{t['recognizer']}`"
-            f"; {measured}.",
+            "from its audio (16 kHz mono WAV) and transcript, as in IEMOCAP's acted dialogs. "
+            f"Without a transcript, `{t['recognizer']}` transcribes it ({measured}).",
             "- Out of scope: decisions about people (hiring, health, policing), monitoring, "
             "other languages, other emotions."]
 
@@ -403,8 +401,8 @@ def _limitations(facts: dict) -> list[str]:
     data, s, model = facts["data"], facts["scores"], facts["model"]
     lines = ["## Limitations", ""]
     if data["sample_corpus"]:
-        lines += [f"- {SAMPLE_LIMITATION} Its voices are synthesised, its emotions set by a "
-                  "generator's rules; these scores say nothing of how it hears people."]
+        lines += [f"- {SAMPLE_LIMITATION} Synthesised voices, emotions set by rules: these "
+                  "scores say nothing of how it hears people."]
     else:
         lines += ["- IEMOCAP is ten actors in five sessions, acted and scripted English "
                   "recorded in one studio: expect less on spontaneous speech, other accents, "
@@ -415,9 +413,8 @@ def _limitations(facts: dict) -> list[str]:
               f"- Only {', '.join(model['classes'])}: any other emotion is forced into one of "
               "them."]
     if "scripted" in facts["per_subset"]:
-        lines.append("- Scripted dialogs repeat their lines in every session: a model that "
-                     "reads words saw each scripted test line in training. Trust the "
-                     "improvised scores.")
+        lines.append("- Scripted lines recur in every session, so a model that reads words "
+                     "has seen them: trust the improvised scores.")
     for member, missing in facts["missing_classes"].items():
         lines.append(f"- {member}'s test session has no {', '.join(missing)}: its UA "
                      "averages the other classes.")
@@ -435,8 +432,11 @@ def _lineage(facts: dict) -> list[str]:
                      + (" (uncommitted changes)" if lineage["git_dirty"] == "true" else "")],
             ["data hash", f"`{data['data_hash']}`"],
             ["config sha256", f"`{lineage['config_sha256']}`"], ["seed", lineage["seed"]],
-            ["trained on", ", ".join(f"{key[4:]} `{value}`"
-                                     for key, value in facts["environment"].items())]]
+            # The CUDA build's versions say nothing of a model trained on the CPU.
+            ["trained on", ", ".join(
+                f"{key[4:]} `{value}`" for key, value in facts["environment"].items()
+                if facts["environment"].get("env.device") != "cpu"
+                or key not in ("env.cuda_version", "env.cudnn_version"))]]
     return ["## Lineage and compute environment", "", *_table(["", ""], rows), "",
             "Rebuild and check it:", "", "```sh", facts["audit"], "```"]
 
