@@ -489,7 +489,8 @@ def test_runs_and_versions_record_their_compute_environment(two_runs):
         assert "env.cudnn_version" in tags
 
 
-def test_audit_on_other_cpu_kernels_reproduces_within_tolerance(two_runs, tmp_path):
+def test_audit_on_other_cpu_kernels_reproduces_within_tolerance(two_runs, tmp_path,
+                                                                monkeypatch):
     """The same commit, data and config re-run with other CPU kernels: floats differ, so
     the audit names the difference and judges the scores within the recorded tolerance."""
     import torch
@@ -512,6 +513,7 @@ def test_audit_on_other_cpu_kernels_reproduces_within_tolerance(two_runs, tmp_pa
     from pipelines import audit
 
     (scratch,) = tmp_path.glob("emoalign-audit-*")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", two_runs["uri"])  # models:/ resolves through it
     client = two_runs["client"]
     version = client.get_model_version("emoalign", "1")
     recorded = audit._download(client, version, client.get_run(version.run_id).data.tags,

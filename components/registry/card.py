@@ -326,19 +326,19 @@ def _evaluation(facts: dict) -> list[str]:
              f"{_split(facts).capitalize()}. UA: mean per-class recall (chance "
              f"{s['chance_ua']:.2f}); WA: accuracy"
              + ("; each the mean over the (fold, seed) models" if many else "")
-             + f". 95 % intervals: {b['samples']} bootstrap resamples of the test utterances "
-             f"within each fold (seed {b['seed']}).",
+             + f". 95 % intervals: {b['samples']} bootstrap resamples within each fold "
+             f"(seed {b['seed']}).",
              ""]
     lines += _table(["", "value", "95 % interval"] + (["std over models"] if many else []),
                     [[name.upper(), _f(s[name]),
                       f"{_f(s[f'{name}_ci95'][0])} – {_f(s[f'{name}_ci95'][1])}",
                       *([_f(s[f"{name}_std"])] if many else [])] for name in ("ua", "wa")])
-    lines += ["", "Per class (pooled over every test prediction):", ""]
+    lines += ["", "Per class (pooled):", ""]
     lines += _table(["class", "recall", "precision", "F1", "support"],
                     [[c, _f(v["recall"]), _f(v["precision"]), _f(v["f1"]), v["support"]]
                      for c, v in facts["per_class"].items()])
-    lines += ["", "Per test session, speaker gender (pooled) and kind of dialog ("
-              + ("the mean over the models" if many else "one model") + "):", ""]
+    lines += ["", "By test session, speaker gender (pooled) and kind of dialog ("
+              + ("mean over the models" if many else "one model") + "):", ""]
     lines += _table(["group", "UA", "WA", "n"],
                     [[f"session {k}", _f(v["ua"]), _f(v["wa"]), v["n"]]
                      for k, v in facts["per_session"].items()]
@@ -382,8 +382,8 @@ def _gate(facts: dict) -> list[str]:
              f"**{'Promoted to champion' if gate['promoted'] else 'Not promoted'}** (champion "
              f"now: {_version(gate['champion_version'])}): {gate['reason']}.",
              "",
-             f"Floor UA {n['ua_floor']}, tolerance {n['tolerance']}, on the seed ensemble's "
-             f"predictions. Served through MLflow: "
+             f"Floor UA {n['ua_floor']}, tolerance {n['tolerance']}, on the seed ensemble. "
+             f"Served through MLflow: "
              f"{'ok' if infra['ok'] else 'FAILED'} on {infra.get('n', 0)} utterances"
              + (f" (max |Δp| {infra['max_abs_diff_vs_evaluation']:.1e})"
                 if "max_abs_diff_vs_evaluation" in infra else "")
