@@ -400,8 +400,26 @@ class Config(Section):
         self.ingest.check()
         self.validate.check(len(self.ingest.classes))
         self.model.check()
+        self._check_alignment_prior()
         self.train.check()
         self.notify.check()
+
+    def _check_alignment_prior(self) -> None:
+        """The diagonal prior places word i of W at i/W of the speech: the words and the
+        frames must cover the same span, and every token must be a spoken word."""
+        if not self.model.alignment_prior:
+            return
+        cut = {k: v for k, v in (("model.max_words", self.model.max_words),
+                                 ("features.max_seconds", self.features.max_seconds)) if v}
+        if cut:
+            raise ConfigError(f"model.alignment_prior={self.model.alignment_prior} needs words and "
+                              "frames of the same span, which "
+                              f"{' and '.join(f'{k}={v}' for k, v in cut.items())} cut apart: "
+                              f"set {' and '.join(cut)} to 0, or model.alignment_prior=0")
+        if self.model.punctuation_tokens:
+            raise ConfigError(f"model.alignment_prior={self.model.alignment_prior} places tokens "
+                              "along the speech, where punctuation takes no time: set "
+                              "model.punctuation_tokens=false, or model.alignment_prior=0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
