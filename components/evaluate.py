@@ -22,7 +22,8 @@ from components.outputs import Evaluation, TrainedModel
 from components.reporting import plot_attention, write
 from components.transcripts import Transcriber, recognised_rows
 from model.data import Example, collate
-from model.metrics import attention_in_own_word, scores
+from model.metrics import alignment_lifts, attention_in_own_word, scores
+from model.network import prior_weights
 from model.serving import load_member, predict_log_probs
 from model.spec import UNK_ID, FeatureSpec
 
@@ -127,6 +128,9 @@ def _attention_cases(model, examples, rows, bundle, tokenize,
                 steps = int(out.speech_lengths[k])
                 cases.append({"utt_id": e.utt_id, "words": words,
                               "weights": out.attention[k, :len(words), :steps].numpy(),
+                              "prior_weights": prior_weights(
+                                  len(words), steps, getattr(model, "alignment_prior", 0)
+                              ).numpy(),
                               "step_seconds": step_seconds,
                               "spans": _word_spans(words, rows.at[e.utt_id, "wdseg_path"])})
     return cases
@@ -155,18 +159,21 @@ def _word_spans(words: list[str], wdseg_path) -> dict[int, tuple[float, float]] 
 
 def _alignment_summary(cases: list[dict]) -> dict:
     """Does each word attend to its own speech? Mean attention mass on a word's own span,
-    against the mass attention spread evenly would put there."""
-    mass, share = [], []
+    against the mass attention spread evenly would put there (`lift`), and the same for the
+    diagonal prior's own weights on the same words and steps (`prior_lift`: 1 with no
+    prior), which the trained attention starts from."""
+    mass, prior_mass, share = [], [], []
     for case in cases:
         if case["spans"]:
             m, s = attention_in_own_word(case["weights"], case["spans"], case["step_seconds"])
             mass.extend(m)
             share.extend(s)
+            prior_mass.extend(attention_in_own_word(case["prior_weights"], case["spans"],
+                                                    case["step_seconds"])[0])
     summary = {"utterances": len(cases),
                "utterances_aligned": sum(1 for c in cases if c["spans"]),
                "words": len(mass)}
     if mass:
-        summary.update(mass_in_own_word=float(np.mean(mass)),
-                       uniform_mass=float(np.mean(share)),
-                       lift=float(np.mean(mass) / np.mean(share)))
+        summary.update(alignment_lifts(float(np.mean(mass)), float(np.mean(prior_mass)),
+                                       float(np.mean(share))))
     return summary

@@ -18,7 +18,7 @@ import pandas as pd
 from components.config import Config
 from components.errors import UserError
 from components.outputs import Evaluation, TrainedModel
-from model.metrics import scores
+from model.metrics import alignment_lifts, scores
 
 
 class CollectError(UserError):
@@ -163,11 +163,11 @@ def _pool_alignment(summaries: list[dict]) -> dict:
     pooled = {k: int(sum(s[k] for s in summaries))
               for k in ("utterances", "utterances_aligned", "words")}
     if words.sum():
-        mass = float(sum(s.get("mass_in_own_word", 0) * w for s, w in zip(summaries, words))
-                     / words.sum())
-        share = float(sum(s.get("uniform_mass", 0) * w for s, w in zip(summaries, words))
-                      / words.sum())
-        pooled.update(mass_in_own_word=mass, uniform_mass=share, lift=mass / share)
+        mass, prior_mass, share = (
+            float(sum(s.get(key, 0) * w for s, w in zip(summaries, words)) / words.sum())
+            if all(key in s for s, w in zip(summaries, words) if w) else None
+            for key in ("mass_in_own_word", "prior_mass_in_own_word", "uniform_mass"))
+        pooled.update(alignment_lifts(mass, prior_mass, share))
     return pooled
 
 
@@ -290,8 +290,10 @@ def report_lines(metrics: dict) -> list[str]:
     if metrics.get("attention_alignment", {}).get("words"):
         a = metrics["attention_alignment"]
         lines.append(f"attention on each word's own speech: {a['mass_in_own_word']:.3f} of its "
-                     f"mass, {a['uniform_mass']:.3f} if spread evenly (lift {a['lift']:.2f}; "
-                     f"{a['words']} words in {a['utterances_aligned']} aligned utterances)")
+                     f"mass, {a['uniform_mass']:.3f} if spread evenly (lift {a['lift']:.2f}"
+                     + (f", the prior alone {a['prior_lift']:.2f}: {a['lift_over_prior']:.2f}"
+                        " x the prior" if "prior_lift" in a else "")
+                     + f"; {a['words']} words in {a['utterances_aligned']} aligned utterances)")
     lines.append("session  WA     UA     n")
     for session, s in metrics["per_session"].items():
         lines.append(f"{session:<8} {s['wa']:.3f}  {s['ua']:.3f}  {s['n']}")

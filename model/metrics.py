@@ -88,6 +88,20 @@ def attention_in_own_word(weights: np.ndarray, spans: dict[int, tuple[float, flo
     return np.array(mass), np.array(share)
 
 
+def alignment_lifts(mass: float, prior_mass: float | None, uniform_mass: float) -> dict:
+    """The attention's mass on a word's own speech against an even spread (`lift`), the
+    same for the prior's own weights (`prior_lift`), and what training adds to the prior:
+    `lift_over_prior`, the trained lift as a multiple of the prior's (1: the prior's work
+    alone; below 1: training moved attention off the words' own speech). prior_mass None:
+    not measured (results from before prior_lift)."""
+    lifts = {"mass_in_own_word": mass, "uniform_mass": uniform_mass,
+             "lift": mass / uniform_mass}
+    if prior_mass is not None:
+        lifts.update(prior_mass_in_own_word=prior_mass, prior_lift=prior_mass / uniform_mass,
+                     lift_over_prior=mass / prior_mass)
+    return lifts
+
+
 def word_errors(reference: list[str], hypothesis: list[str]) -> int:
     """Substitutions + deletions + insertions that turn `reference` into `hypothesis` (the
     edit distance in words)."""

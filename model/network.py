@@ -360,6 +360,17 @@ def diagonal_prior(word_lengths, step_lengths, w: int, t: int, width: float) -> 
     return -relative_distance(word_lengths, step_lengths, w, t) ** 2 / (2 * width ** 2)
 
 
+def prior_weights(n_words: int, n_steps: int, width: float) -> torch.Tensor:
+    """(W, T) the attention the diagonal prior gives on its own, with no content scores:
+    softmax over the steps of `diagonal_prior`; spread evenly when there is no prior
+    (width 0). What a trained model's alignment is measured against (`prior_lift`)."""
+    if width <= 0:
+        return torch.full((n_words, n_steps), 1 / n_steps)
+    bias = diagonal_prior(torch.tensor([n_words]), torch.tensor([n_steps]), n_words, n_steps,
+                          width)[0]
+    return torch.softmax(bias, dim=-1)
+
+
 class UnimodalModel(EmotionModel):
     """One modality alone, the baselines' building block: its encoder, max-pooled over its
     steps, then a linear layer."""

@@ -85,7 +85,10 @@ def test_the_cards_numbers_are_the_runs(two_runs, n):
     a = metrics["ablation"]
     assert (f"UA {a['ua_without_speech']:.4f} without speech, {a['ua_without_text']:.4f} "
             "without the words") in text
-    assert f"Attention lift {metrics['attention_alignment']['lift']:.2f}" in text
+    alignment = metrics["attention_alignment"]
+    assert (f"Attention lift {alignment['lift']:.2f} (1 = none; the diagonal prior alone "
+            f"{alignment['prior_lift']:.2f}, so {alignment['lift_over_prior']:.2f} x the "
+            "prior)") in text
 
     # The training data: ingest's counts per class and session, validation's outcome.
     ingest, classes = run["outputs"].ingested.report(), metrics["classes"]

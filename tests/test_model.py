@@ -9,7 +9,7 @@ from model.data import Example, batch_indices, collate
 from model.features import deltas
 from model.metrics import attention_in_own_word, scores
 from model.network import (KINDS, BiLSTM, BiRNN, LossTerms, ModelSpec, build_model,
-                           diagonal_prior, model_class, relative_distance)
+                           diagonal_prior, model_class, prior_weights, relative_distance)
 from model.vocab import Vocabulary, load_word_vectors
 
 
@@ -277,6 +277,30 @@ def test_attention_in_own_word_against_spread_evenly():
     mass, share = attention_in_own_word(weights, spans, step_seconds=0.05)
     np.testing.assert_allclose(mass, [1.0, 0.5])
     np.testing.assert_allclose(share, [0.5, 0.5])
+
+
+def test_prior_lift_is_the_priors_own_attention_on_each_words_speech():
+    """Two words over four steps of 0.25 s, each word spoken over half the utterance.
+    By hand, under the default width 0.1: word 0 sits at 1/4, the steps at 1/8, 3/8, 5/8
+    and 7/8, so its prior scores are -d^2 / (2 * 0.1^2) = -0.78125, -0.78125, -7.03125,
+    -19.53125, and the mass on its own two steps is 2 / (2 + e^-6.25 + e^-18.75)."""
+    from components.evaluate import _alignment_summary
+
+    by_hand = 2 / (2 + np.exp(-6.25) + np.exp(-18.75))  # 0.999036
+    prior = prior_weights(2, 4, 0.1).numpy()
+    np.testing.assert_allclose(prior[0], np.exp([-0.78125, -0.78125, -7.03125, -19.53125])
+                               / np.exp([-0.78125, -0.78125, -7.03125, -19.53125]).sum(),
+                               rtol=1e-6)
+    trained = np.array([[0.7, 0.2, 0.1, 0.0], [0.0, 0.1, 0.2, 0.7]])  # 0.9 on their own
+    case = {"weights": trained, "prior_weights": prior, "step_seconds": 0.25,
+            "spans": {0: (0.0, 0.5), 1: (0.5, 1.0)}}
+    summary = _alignment_summary([case])
+    assert summary["lift"] == pytest.approx(0.9 / 0.5)
+    assert summary["prior_lift"] == pytest.approx(by_hand / 0.5, rel=1e-6)  # 1.99807
+    assert summary["lift_over_prior"] == pytest.approx(0.9 / by_hand, rel=1e-6)
+    # No prior: its own weights are spread evenly, a lift of exactly 1.
+    flat = _alignment_summary([{**case, "prior_weights": prior_weights(2, 4, 0).numpy()}])
+    assert flat["prior_lift"] == pytest.approx(1.0)
 
 
 def test_ua_is_mean_recall_not_precision():

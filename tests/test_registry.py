@@ -36,6 +36,10 @@ def test_each_run_is_tracked_with_config_metrics_artifacts_and_lineage(two_runs)
     assert params["ingest.classes"] == "neutral,happy,angry,sad"
     assert run.data.metrics["evaluate/ua"] == pytest.approx(first["ua"])
     assert run.data.metrics["evaluate/wa"] == pytest.approx(first["wa"])
+    alignment = StepOutputs.of_pipeline_run(Path(first["run_dir"])).evaluation.metrics()[
+        "attention_alignment"]
+    for key in ("lift", "prior_lift", "lift_over_prior"):  # the prior's work beside training's
+        assert run.data.metrics[f"evaluate/attention_{key}"] == pytest.approx(alignment[key])
     # The (fold, seed) model is a nested run holding its scores and learning curves.
     (child,) = client.search_runs([run.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{run.info.run_id}'")

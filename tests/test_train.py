@@ -295,9 +295,12 @@ def test_evaluation_outputs(prepared, tmp_path):
     assert alignment["utterances"] == alignment["utterances_aligned"] == metrics["n_test"]
     assert alignment["words"] >= metrics["n_test"]
     assert 0 < alignment["uniform_mass"] < 1 and 0 <= alignment["mass_in_own_word"] <= 1
-    # Trained without the timings, words attend to their own speech: free attention gives a
-    # lift of about 1.2 here, the diagonal prior about 3.5 (benchmarks/RESULTS.md).
-    assert alignment["lift"] > 2
+    # Trained without the timings, words attend to their own speech, and training keeps
+    # what the diagonal prior starts them with: free attention gives a lift of about 1.2
+    # here, so attention that training pulled off the words' speech falls far below the
+    # prior's own lift (benchmarks/RESULTS.md).
+    assert alignment["prior_lift"] > 2
+    assert alignment["lift"] > 0.9 * alignment["prior_lift"]
     assert "attention on each word's own speech" in (tmp_path / "e" / "report.md").read_text()
 
 

@@ -364,8 +364,12 @@ def _evaluation(facts: dict) -> list[str]:
         lines.append(f"Modality ablation: none (`{model['kind']}` hears one modality).")
     attention = facts["attention"] or {}
     if attention.get("words"):
-        lines.append(f"Attention lift {attention['lift']:.2f} (1 = none): a word's attention "
-                     f"on its own speech {attention['mass_in_own_word']:.3f}, spread evenly "
+        lines.append(f"Attention lift {attention['lift']:.2f} (1 = none"
+                     + (f"; the diagonal prior alone {attention['prior_lift']:.2f}, so "
+                        f"{attention['lift_over_prior']:.2f} x the prior"
+                        if "prior_lift" in attention else "")
+                     + f"): a word's attention on its own speech "
+                     f"{attention['mass_in_own_word']:.3f}, spread evenly "
                      f"{attention['uniform_mass']:.3f} ({attention['words']} words).")
     else:
         lines.append("Attention lift: not measured (no attention, or no forced alignment).")

@@ -118,7 +118,8 @@ def _metric_series(outputs: StepOutputs, now: int) -> list:
               **{f"evaluate/{k}": v for k, v in metrics.get("ablation", {}).items()},
               **{f"evaluate/attention_{k}": v
                  for k, v in metrics.get("attention_alignment", {}).items()
-                 if k in ("mass_in_own_word", "uniform_mass", "lift")},
+                 if k in ("mass_in_own_word", "uniform_mass", "lift", "prior_lift",
+                          "lift_over_prior")},
               **{f"evaluate/{name}_{k}": s[k] for name, s in metrics.get("per_subset",
                                                                          {}).items()
                  for k in ("ua", "wa")},
