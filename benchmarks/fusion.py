@@ -126,7 +126,8 @@ def ours(job: tuple) -> dict:
     return {"who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
             "ablation": metrics.get("ablation"), "utt_ids": table["utt_id"].tolist(),
             "correct": (table["label"] == table["predicted"]).to_numpy(),
-            "lift": metrics.get("attention_alignment", {}).get("lift")}
+            "lift": metrics.get("attention_alignment", {}).get("lift"),
+            "prior_lift": metrics.get("attention_alignment", {}).get("prior_lift")}
 
 
 def theirs(job: tuple) -> dict:
@@ -263,8 +264,11 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
             f"{k} {np.mean([a[k] for a in ablations]):.3f}" for k in ablations[0]))
     lifts = [r["lift"] for r in results if r["who"] == "align" and r.get("lift") is not None]
     if lifts:
+        priors = [r["prior_lift"] for r in results
+                  if r["who"] == "align" and r.get("prior_lift") is not None]
         print(f"align attention lift (mass on a word's own frames / uniform; 1 = none): "
-              f"{np.mean(lifts):.2f} ± {np.std(lifts):.2f} (n={len(lifts)})")
+              f"{np.mean(lifts):.2f} ± {np.std(lifts):.2f} (n={len(lifts)})"
+              + (f"; the diagonal prior's own weights: {np.mean(priors):.2f}" if priors else ""))
     print("paired UA differences over the same (fold, seed):")
     for other in kinds:
         if other != "align":
