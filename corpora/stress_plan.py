@@ -6,10 +6,11 @@ is the stressed word's class. Neither modality alone can tell it:
 - the words hold both emotions, and which one is stressed is drawn apart from their order,
   so a text-only model is right at best half the time;
 - the delivery is the speaker's neutral one except on the stressed word, whose emphasis
-  (louder, higher, slower) is the same for every class, so the voice says *where* the
-  emotion is but not *which*; the word's sound says which, from 30+ words per class, too
-  many to learn as a handful of sounds.
-Only a model that ties the stress it hears to the word it reads at that moment gets it all,
+  (louder, higher, slower) is the same for every class, so the prosody says *where* the
+  emotion is but not *which*. The stressed word's sound does say which for a word heard in
+  training: 30+ words per class make that hard, not impossible (speech alone reaches UA
+  0.556 under leave-one-session-out, chance 0.25; benchmarks/RESULTS.md).
+A model that ties the stress it hears to the word it reads at that moment gets it all,
 which is the alignment the model of Xu et al. is built to learn.
 
 This module plans (the words, the stressed one, the emphasis); corpora.tts_corpus speaks
