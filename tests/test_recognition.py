@@ -240,3 +240,6 @@ def test_a_batch_without_a_transcript_column_asks_for_recognition(tmp_path):
     assert requests.to_dict("records") == [{"wav": str(tmp_path / "a.wav"), "transcript": ""}]
     (one,) = read_requests(None, str(tmp_path / "a.wav"), None).to_dict("records")
     assert one["transcript"] == ""
+    # --wav with --text and --speaker: one request that carries both.
+    assert read_requests(None, str(tmp_path / "a.wav"), "hi", "Ses05M").to_dict("records") == [
+        {"wav": str((tmp_path / "a.wav").resolve()), "transcript": "hi", "speaker": "Ses05M"}]
