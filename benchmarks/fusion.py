@@ -74,10 +74,13 @@ def recipe(config_file: Path | None) -> list[str]:
 
 
 def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
-            cache: Path | None = None, config_file: Path | None = None) -> Path:
+            cache: Path | None = None, config_file: Path | None = None,
+            without_session: int | None = None) -> Path:
     """The corpus, its validated manifest, our feature store and the reference's. With
     `cache`, the corpus, manifest and stores are kept there and reused by later runs (the
-    stores keyed by their feature settings); `scratch` then links to them."""
+    stores keyed by their feature settings); `scratch` then links to them. With
+    `without_session`, that session's utterances are left out of the manifest (--select:
+    the test session is never read)."""
     folder = scratch / voice
     kept = cache / f"{voice}-{utterances}" if cache else folder
     corpus = kept / "IEMOCAP_full_release"
@@ -100,6 +103,8 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
                    config.ingest)
         validate.run(kept / f"ingest{validated.removeprefix('validated')}", kept / validated,
                      config.ingest.classes, config.validate)
+    if without_session is not None:
+        validated = without(kept, validated, without_session)
     folder.mkdir(parents=True, exist_ok=True)
     if cache:
         (folder / "IEMOCAP_full_release").symlink_to(kept / "IEMOCAP_full_release")
@@ -110,6 +115,20 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
     features.run(folder / "validated", folder / "refstore",
                  reference.reference_store_config(workers=2), stores)
     return folder
+
+
+def without(kept: Path, validated: str, session: int) -> str:
+    """A copy of the validated folder whose manifest lacks `session`'s utterances."""
+    from components import outputs
+
+    name = f"{validated}-without-session{session}"
+    if not (kept / name).is_dir():
+        shutil.copytree(kept / validated, kept / f"{name}.part", dirs_exist_ok=True)
+        manifest = kept / f"{name}.part" / "manifest.parquet"
+        rows = outputs.read_manifest(manifest)
+        rows[rows["session"] != session].reset_index(drop=True).to_parquet(manifest)
+        (kept / f"{name}.part").rename(kept / name)
+    return name
 
 
 def ours(job: tuple) -> dict:
@@ -319,6 +338,10 @@ def main() -> None:
                              "instead of the benchmark's model size; --set goes on top")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config overrides for our trainings")
+    parser.add_argument("--select", action="store_true",
+                        help="choose, not test: holdout on session 4 (its two speakers, "
+                             "speakers of the test fold's training sessions), session 5 "
+                             "left out of every manifest")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path,
                         help="keep the corpora and feature stores here and reuse them")
@@ -329,6 +352,10 @@ def main() -> None:
     saved = json.loads(args.against.read_text()) if args.against else None
     kept = []
     folds = ["session5"] if args.protocol == "holdout" else [f"session{s}" for s in range(1, 6)]
+    if args.select:
+        if args.protocol != "holdout":
+            parser.error("--select chooses on holdout only")
+        folds, args.overrides = ["session4"], [*args.overrides, "holdout_session=4"]
     print(f"{args.utterances} utterances per corpus (corpus seed 3), {args.protocol} "
           f"({len(folds)} folds) x seeds {args.seeds}; ours: "
           f"{args.config or ''} {' '.join(recipe(args.config) + args.overrides)}", flush=True)
@@ -336,7 +363,7 @@ def main() -> None:
     try:
         for voice in args.voices:
             folder = prepare(scratch, voice, args.utterances, args.overrides,
-                             args.cache, args.config)
+                             args.cache, args.config, 5 if args.select else None)
             cells = list(itertools.product(folds, args.seeds))
             trained = [k for k in args.references if k != "late_fusion"]
             if "late_fusion" in args.references:

@@ -147,7 +147,8 @@ def train_and_predict(kind: str, train_items, test_items, vocab_size: int, n_cla
 def run_fold(store_dir: Path, manifest: Path, kind: str, protocol: str, fold: str,
              seed: int) -> dict:
     """One (fold, seed) reference model on the fold's test session: UA, WA, predictions."""
-    config = load_config(None, [f"protocol={protocol}"])
+    config = load_config(None, [f"protocol={protocol}"] + (
+        [f"holdout_session={fold.removeprefix('session')}"] if protocol == "holdout" else []))
     classes = config.ingest.classes
     rows = outputs.labelled_rows(manifest, classes)
     split = next(f for f in make_folds(rows, config) if f.name == fold)

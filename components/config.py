@@ -408,7 +408,15 @@ class Config(Section):
         """The diagonal prior places word i of W at i/W of the speech: the words and the
         frames must cover the same span, and every token must be a spoken word."""
         if not self.model.alignment_prior:
+            if self.model.free_view:
+                raise ConfigError("model.free_view adds a view of the speech without the "
+                                  "diagonal prior to the view with it, and "
+                                  "model.alignment_prior is 0: set a width, or "
+                                  "model.free_view=false")
             return
+        if self.model.free_view and self.model.attention == "multihead":
+            raise ConfigError("model.free_view works with additive or dot attention, not "
+                              "multihead: set model.attention, or model.free_view=false")
         cut = {k: v for k, v in (("model.max_words", self.model.max_words),
                                  ("features.max_seconds", self.features.max_seconds)) if v}
         if cut:

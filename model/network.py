@@ -190,9 +190,11 @@ class Attention(nn.Module):
             self.query = nn.Linear(d, spec.attention_dim)
             self.key = nn.Linear(d, spec.attention_dim)
 
-    def forward(self, words, speech, speech_mask, bias=None):
+    def forward(self, words, speech, speech_mask, bias=None, free_view=False):
         """`bias` (B, W, T'), when given, is added to the scores before the softmax: the
-        diagonal prior (`diagonal_prior`)."""
+        diagonal prior (`diagonal_prior`). With `free_view`, the speech the same scores
+        pick without the bias is joined to the aligned speech (B, W, 4H); the weights
+        returned are the biased ones."""
         if self.kind == "additive":
             # (B, W, T', A), the largest tensor of the model: tanh in place spares a copy
             # (the sum is not needed for the backward pass; tanh's output is).
@@ -201,11 +203,12 @@ class Attention(nn.Module):
         else:
             scores = self.query(words) @ self.key(speech).transpose(1, 2)
             scores = scores / self.key.out_features ** 0.5
-        if bias is not None:
-            scores = scores + bias
         scores = scores.masked_fill(~speech_mask[:, None, :], float("-inf"))  # (B, W, T')
-        weights = torch.softmax(scores, dim=-1)
-        return weights @ speech, weights  # (B, W, 2H), (B, W, T')
+        weights = torch.softmax(scores if bias is None else scores + bias, dim=-1)
+        aligned = weights @ speech  # (B, W, 2H)
+        if free_view:
+            aligned = torch.cat([aligned, torch.softmax(scores, dim=-1) @ speech], dim=-1)
+        return aligned, weights  # (B, W, 2H or 4H), (B, W, T')
 
 
 class MultiHeadAttention(nn.Module):
@@ -289,10 +292,12 @@ class AlignModel(EmotionModel):
                           Attention)(spec)
         self.alignment_prior = spec.alignment_prior
         self.aligned_dropout = encoder_dropout(spec)
-        self.fusion = BiRNN(4 * spec.hidden, spec.hidden, spec.cell)
+        self.free_view = spec.free_view and spec.alignment_prior > 0
+        self.fusion = BiRNN((4 + 2 * self.free_view) * spec.hidden, spec.hidden, spec.cell)
         self.pool = word_pooling(spec)
         self.dropout = nn.Dropout(spec.dropout)
-        self.out = nn.Linear(2 * spec.hidden, spec.n_classes)
+        self.speech_summary = spec.speech_summary
+        self.out = nn.Linear(2 * spec.hidden * (1 + spec.speech_summary), spec.n_classes)
         if spec.unimodal_heads:
             self.speech_head = nn.Linear(2 * spec.hidden, spec.n_classes)
             self.text_head = nn.Linear(2 * spec.hidden, spec.n_classes)
@@ -315,13 +320,20 @@ class AlignModel(EmotionModel):
         if self.alignment_prior > 0:
             prior = diagonal_prior(word_lengths, speech_lengths, words.shape[1],
                                    speech.shape[1], self.alignment_prior)
-        aligned, weights = self.attention(text, speech, speech_mask, prior)
+        if self.free_view:
+            aligned, weights = self.attention(text, speech, speech_mask, prior, free_view=True)
+        else:
+            aligned, weights = self.attention(text, speech, speech_mask, prior)
         aligned = self.aligned_dropout(aligned)
         fused = self.fusion(torch.cat([aligned, text], dim=-1), word_lengths)
-        logits = self.out(self.dropout(self.pool(fused, word_mask)))
+        pooled = self.pool(fused, word_mask)
+        whole_speech = masked_max(speech, speech_mask)
+        if self.speech_summary:
+            pooled = torch.cat([pooled, whole_speech], dim=-1)
+        logits = self.out(self.dropout(pooled))
         unimodal = None
         if hasattr(self, "speech_head"):
-            unimodal = (self.speech_head(self.dropout(masked_max(speech, speech_mask))),
+            unimodal = (self.speech_head(self.dropout(whole_speech)),
                         self.text_head(self.dropout(masked_max(text, word_mask))))
         return AlignOutputs(logits, weights, speech_lengths, unimodal)
 

@@ -171,6 +171,13 @@ class Architecture:
     alignment_prior: Annotated[float, Interval(ge=0, le=1)] = setting(
         0.1, "align only: width of the diagonal prior on the attention, as a share of the "
              "utterance (0: none)", shapes_model=True)
+    free_view: bool = setting(
+        False, "align with alignment_prior: each word also reads the speech through the same "
+               "scores without the prior (attention anywhere), beside its aligned speech",
+        shapes_model=True)
+    speech_summary: bool = setting(
+        False, "align only: the whole utterance's speech (its states' max over time) joined "
+               "to the fused words before the output layer", shapes_model=True)
     cell: Cell = setting("lstm", "lstm | gru: the cell of every recurrent layer",
                          shapes_model=True)
     attention_heads: Annotated[int, Ge(1)] = setting(8, "attention multihead: heads (must "
@@ -209,7 +216,8 @@ class ModelSpec(Architecture):
 
     # What a bundle saved before a setting existed was built with, where that differs from
     # the setting's default today: such a bundle lacks the key, so its absence means this.
-    BEFORE_THE_SETTING: ClassVar[dict] = {"alignment_prior": 0.0}
+    BEFORE_THE_SETTING: ClassVar[dict] = {"alignment_prior": 0.0, "speech_summary": False,
+                                         "free_view": False}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":
