@@ -203,7 +203,7 @@ def test_a_word_is_cut_where_flite_speaks_it(tmp_path):
 def test_emotion_is_heard_in_the_voice():
     """The same short utterances spoken angry, neutral and sad, with the room: louder,
     higher and faster in that order, on average."""
-    plans, speakers = short_plans(4, words=(3, 4))
+    plans, speakers = short_plans(3, words=(3, 4))
     renderer = flite_corpus.FliteRenderer()
     heard = {}
     for code in ("ang", "neu", "sad"):
