@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test test-fast run data lock config compile bench clean stack stack-down e2e espeak-ng image \
+.PHONY: install test test-fast run data lock config compile bench clean stack stack-down e2e espeak-ng flite image \
 	e2e-image
 
 install: $(STAMP)
@@ -19,12 +19,12 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Every test, on 2 workers; the tests sharing a whole pipeline run stay on one worker
 # (--dist loadgroup), so each such run is made once. About 3 minutes on 2 cores.
-test: install espeak-ng
+test: install espeak-ng flite
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The edit-run loop's tier: everything but the kfp.local pipeline runs and the step commands
 # run in processes of their own (about 85 s on 2 cores; pyproject.toml's `slow` marker).
-test-fast: install espeak-ng
+test-fast: install espeak-ng flite
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 # configs/default.yaml from the typed config (components/config.py), where keys are declared.
@@ -36,6 +36,12 @@ espeak-ng:
 	@command -v espeak-ng >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) || \
 		echo "could not install espeak-ng (apt-get install espeak-ng): the TTS tests will skip"
+
+# The speech synthesiser of `emoalign sample-corpus --voice flite` (its tests skip without it).
+flite:
+	@command -v flite >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite) || \
+		echo "could not install flite (apt-get install flite): the flite tests will skip"
 
 # The services infra/k8s deploys, on this machine: PostgreSQL, an S3 server (moto) and
 # `mlflow server` on 127.0.0.1, files and logs in $(STACK_DIR); `source $(STACK_DIR)/env.sh`

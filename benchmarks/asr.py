@@ -2,14 +2,15 @@
 words a speech recogniser hears instead of the corpus' transcripts, and what recognition
 costs.
 
-    .venv/bin/python benchmarks/asr.py [--voices tts builtin] [--utterances 1000]
+    .venv/bin/python benchmarks/asr.py [--voices tts builtin flite] [--utterances 1000]
         [--seeds 0 1 2] [--kinds align speech text late_fusion] [--train-asr align ...]
         [--workers 2] [--cache DIR] [--set key=value ...]
 
 For each voice it prepares a corpus as benchmarks/fusion.py does (corpus seed 3: espeak-ng
-speech with `tts`, the builtin synthesiser's voiceless signals with `builtin`; ingest,
-validate, features), has `serving.recognizer` transcribe the held-out session's
-utterances (timed: utterances per second, and the real-time factor on one core), and then
+speech with `tts`, flite speech with `flite`, the builtin synthesiser's voiceless signals
+with `builtin`; ingest, validate, features), has `serving.recognizer` transcribe the
+held-out session's utterances (timed: utterances per second, and the real-time factor on
+one core), and then
 trains every (kind, seed) at fusion.py's benchmark settings and evaluates each model twice:
 on the gold transcripts and on the recognised ones (`evaluate.transcripts=asr`). Kinds
 named by `--train-asr` are also trained on recognised transcripts (`train.transcripts=asr`,
@@ -126,7 +127,7 @@ def report(voice: str, test: dict, results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voices", nargs="+", default=["tts", "builtin"],
-                        choices=["builtin", "tts"])
+                        choices=["builtin", "tts", "flite"])
     parser.add_argument("--utterances", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kinds", nargs="+", default=["align", "speech", "text", "late_fusion"])

@@ -1,15 +1,17 @@
 """Fusion: the four model kinds against each other and against straightforward references,
-on the generated corpus, on espeak-ng speech and on espeak-ng's stressed corpus, over folds
-and seeds.
+on the generated corpus, on espeak-ng speech, on espeak-ng's stressed corpus and on flite
+speech, over folds and seeds.
 
-    .venv/bin/python benchmarks/fusion.py [--voices builtin tts stress] [--utterances 2000]
+    .venv/bin/python benchmarks/fusion.py [--voices builtin tts stress flite]
+        [--utterances 2000]
         [--protocol holdout|loso] [--seeds 0 1 2] [--kinds align speech text late_fusion]
         [--references speech text late_fusion align] [--config FILE] [--set key=value ...]
         [--workers 2] [--cache DIR] [--save FILE] [--against FILE]
 
 For each voice it generates a corpus (corpus seed 3: the builtin synthesiser, espeak-ng with
-`--voice tts`, or `stress`: espeak-ng with `--voice tts --stress`, where each utterance names
-two emotions, stresses one and is labelled by it; cache key `stress-N`), takes it through
+`--voice tts`, `stress`: espeak-ng with `--voice tts --stress`, where each utterance names
+two emotions, stresses one and is labelled by it, cache key `stress-N`; or `flite`: flite with
+`--voice flite`, the same plan in other voices, cache key `flite-N`), takes it through
 ingest, validate and features, then trains and evaluates every (kind, fold, seed) with
 emoalign's recipe at the benchmark's settings (hidden 32, 30 epochs, one thread per
 training, `--workers` at a time), and the same folds and seeds
@@ -90,6 +92,10 @@ def prepare(scratch: Path, voice: str, utterances: int, overrides: list[str],
             from corpora import tts_corpus
 
             renderer = tts_corpus.TtsRenderer()
+        elif voice == "flite":
+            from corpora import flite_corpus
+
+            renderer = flite_corpus.FliteRenderer()
         shutil.rmtree(corpus, ignore_errors=True)
         sample_corpus.generate(corpus, utterances, seed=3, workers=2, renderer=renderer,
                                stress=voice == "stress")
@@ -326,7 +332,7 @@ def compare_runs(voice: str, results: list[dict], saved: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voices", nargs="+", default=["builtin", "tts"],
-                        choices=["builtin", "tts", "stress"])
+                        choices=["builtin", "tts", "stress", "flite"])
     parser.add_argument("--utterances", type=int, default=2000)
     parser.add_argument("--protocol", default="holdout", choices=["holdout", "loso"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

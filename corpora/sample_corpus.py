@@ -18,7 +18,8 @@ Every utterance draws from its own seeded stream, so the bytes written do not de
 number of worker processes or the order in which utterances are synthesised.
 
 The audio is made by a `Renderer`: the built-in synthesiser here by default, or another one
-(corpora.tts_corpus speaks the same plan with espeak-ng) through `generate(renderer=...)`.
+(corpora.tts_corpus speaks the same plan with espeak-ng, corpora.flite_corpus with flite)
+through `generate(renderer=...)`.
 Planning, annotations, label and transcription files and the truth file do not change with it.
 """
 
@@ -478,8 +479,8 @@ def _articulate(rng: np.random.Generator, source: np.ndarray, syllables: list[tu
 
 class Renderer:
     """Turns a planned utterance into audio. This one is the built-in synthesiser; subclasses
-    (corpora.tts_corpus) plug into generate(). Instances travel to worker processes, so
-    they hold plain values only."""
+    (corpora.tts_corpus, corpora.flite_corpus) plug into generate(). Instances travel to
+    worker processes, so they hold plain values only."""
 
     # Whether it speaks a plan's stressed word (UtterancePlan.stress) with emphasis. The
     # built-in voice does not: its words are hashed vowel runs, not words a listener knows,

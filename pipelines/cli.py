@@ -38,17 +38,23 @@ def _load_config(args):
 def cmd_sample_corpus(args) -> int:
     from corpora import sample_corpus
 
-    renderer = None
+    renderer, engine = None, None
     if args.voice == "tts":
         from corpora import tts_corpus
 
         renderer = tts_corpus.TtsRenderer()  # says how to install espeak-ng when it is missing
+        engine = "espeak-ng"
+    elif args.voice == "flite":
+        from corpora import flite_corpus
+
+        renderer = flite_corpus.FliteRenderer()  # says how to install flite when it is missing
+        engine = "flite"
     out = Path(args.out_dir)
     truth = sample_corpus.write(out, args.utterances, args.seed, workers=args.workers,
                                 wdseg=not args.no_wdseg, force=args.force, renderer=renderer,
                                 stress=args.stress)
     hours = truth["total_audio_seconds"] / 3600
-    voice = f", espeak-ng {renderer.version}" if renderer else ""
+    voice = f", {engine} {renderer.version}" if renderer else ""
     voice += ", stressed words" if args.stress else ""
     print(f"wrote {args.utterances} utterances ({hours:.2f} h of audio, seed {args.seed}"
           f"{voice}) to {out}")
@@ -392,10 +398,10 @@ def _add_step_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes (the bytes written do not depend on it)")
     p.add_argument("--no-wdseg", action="store_true", help="skip ForcedAlignment .wdseg files")
-    p.add_argument("--voice", choices=("builtin", "tts"), default="builtin",
-                   help="who speaks: the built-in synthesiser (default) or espeak-ng (tts; "
-                        "needs `apt-get install espeak-ng`); the plan, labels and "
-                        "transcriptions are the same")
+    p.add_argument("--voice", choices=("builtin", "tts", "flite"), default="builtin",
+                   help="who speaks: the built-in synthesiser (default), espeak-ng (tts; "
+                        "needs `apt-get install espeak-ng`) or flite (needs `apt-get install "
+                        "flite`); the plan, labels and transcriptions are the same")
     p.add_argument("--stress", action="store_true",
                    help="with --voice tts: each utterance names two emotions of different "
                         "classes, stresses one, and is labelled by the stressed one "
