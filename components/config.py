@@ -401,8 +401,15 @@ class Config(Section):
         self.validate.check(len(self.ingest.classes))
         self.model.check()
         self._check_alignment_prior()
+        self._check_heads()
         self.train.check()
         self.notify.check()
+
+    def _check_heads(self) -> None:
+        if self.model.predict_with_heads and not self.train.unimodal_loss:
+            raise ConfigError("model.predict_with_heads averages the speech and text heads, "
+                              "which train.unimodal_loss=0 leaves out: set it above 0, or "
+                              "model.predict_with_heads=false")
 
     def _check_alignment_prior(self) -> None:
         """The diagonal prior places word i of W at i/W of the speech: the words and the

@@ -297,14 +297,25 @@ class AlignModel(EmotionModel):
         self.pool = word_pooling(spec)
         self.dropout = nn.Dropout(spec.dropout)
         self.speech_summary = spec.speech_summary
+        self.predict_with_heads = spec.predict_with_heads
         self.out = nn.Linear(2 * spec.hidden * (1 + spec.speech_summary), spec.n_classes)
         if spec.unimodal_heads:
             self.speech_head = nn.Linear(2 * spec.hidden, spec.n_classes)
             self.text_head = nn.Linear(2 * spec.hidden, spec.n_classes)
 
     def forward(self, frames, frame_lengths, words, word_lengths, return_attention=False):
+        """The fusion head's logits (B, C); with predict_with_heads, the three heads'
+        (3, B, C), which log_probs averages."""
         out = self.outputs(frames, frame_lengths, words, word_lengths)
-        return (out.logits, out.attention) if return_attention else out.logits
+        logits = out.logits
+        if self.predict_with_heads and out.unimodal is not None:
+            logits = torch.stack([logits, *out.unimodal])
+        return (logits, out.attention) if return_attention else logits
+
+    def log_probs(self, output: torch.Tensor) -> torch.Tensor:
+        if output.dim() == 3:  # the heads' logits: their probabilities averaged
+            return torch.log(torch.softmax(output.float(), -1).mean(0))
+        return torch.log_softmax(output.float(), -1)
 
     def outputs(self, frames, frame_lengths, words, word_lengths) -> AlignOutputs:
         """Everything training needs. The unimodal heads classify each encoder's states on

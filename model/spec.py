@@ -175,6 +175,10 @@ class Architecture:
         False, "align with alignment_prior: each word also reads the speech through the same "
                "scores without the prior (attention anywhere), beside its aligned speech",
         shapes_model=True)
+    predict_with_heads: bool = setting(
+        False, "align with train.unimodal_loss: predict with the mean of the fusion head's and "
+               "the speech and text heads' probabilities (a late fusion inside the model); "
+               "false: the fusion head alone", shapes_model=True)
     speech_summary: bool = setting(
         False, "align only: the whole utterance's speech (its states' max over time) joined "
                "to the fused words before the output layer", shapes_model=True)
@@ -217,7 +221,7 @@ class ModelSpec(Architecture):
     # What a bundle saved before a setting existed was built with, where that differs from
     # the setting's default today: such a bundle lacks the key, so its absence means this.
     BEFORE_THE_SETTING: ClassVar[dict] = {"alignment_prior": 0.0, "speech_summary": False,
-                                         "free_view": False}
+                                         "free_view": False, "predict_with_heads": False}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":

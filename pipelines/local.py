@@ -42,6 +42,7 @@ from components.lineage import DEFAULT_DATA, Lineage, code_identity
 from components.outputs import STEP_OUTPUTS, StepOutputs
 from pipelines import PIPELINE_NAME
 from pipelines.arguments import pipeline_arguments
+from pipelines.task_processes import forked_tasks
 
 RESOLVED_CONFIG = "config.resolved.yaml"  # beside the run's task folders
 
@@ -222,8 +223,9 @@ def run_pipeline(arguments: dict, pipeline_root: Path, echo: bool = True,
     error = None
     # The task processes kfp.local starts inherit this process's environment, the allocator
     # settings for training with it (environment.TRAINING_TUNABLES).
+    # Each task forked from an interpreter with its libraries imported (task_processes).
     with _captured(log_path, echo), warnings.catch_warnings(), \
-            environment.training_allocator_for_subprocesses():
+            environment.training_allocator_for_subprocesses(), forked_tasks():
         # The project image is the base image on purpose: locally it *is* this environment.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         # Resources, GPU, secrets, volumes are for the cluster (pipelines/cluster.py).
