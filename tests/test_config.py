@@ -80,6 +80,13 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
     (["features.max_seconds=7"], "which features.max_seconds=7.0 cut apart"),
     (["model.punctuation_tokens=true"], "where punctuation takes no time: set "
                                         "model.punctuation_tokens=false"),
+    (["model.free_view=true", "model.alignment_prior=0"], "model.free_view adds a view of "
+     "the speech without the diagonal prior to the view with it, and model.alignment_prior "
+     "is 0"),
+    (["model.free_view=true", "model.attention=multihead"], "model.free_view works with "
+     "additive or dot attention, not multihead"),
+    (["model.predict_with_heads=true", "train.unimodal_loss=0"], "model.predict_with_heads "
+     "averages the speech and text heads, which train.unimodal_loss=0 leaves out"),
 ])
 def test_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -48,7 +48,9 @@ VARIANTS = {"default": {}, "gru": {"cell": "gru"},
             "multihead": {"attention": "multihead", "attention_heads": 4},
             "attention_pooling": {"word_pooling": "attention"},
             "projection": {"frame_projection": 24, "encoder_dropout": True},
-            "authors": AUTHORS}
+            "authors": AUTHORS,
+            "whole_utterance": {"speech_summary": True, "free_view": True,
+                                "unimodal_heads": True, "predict_with_heads": True}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -475,3 +477,45 @@ def test_align_loss_adds_the_terms_it_is_given():
     plain, _ = model.training_loss(batch)
     heads, _ = model.training_loss(batch, terms=LossTerms(unimodal=1.0))
     assert heads > plain
+
+
+def test_the_whole_utterance_options_each_add_what_they_say():
+    """speech_summary: the output layer also reads the speech's max over time; free_view:
+    each word also reads the speech the same scores pick without the prior; predict_with_heads:
+    prediction averages the fusion head's and the unimodal heads' probabilities."""
+    from model.network import Attention, masked_max
+
+    torch.manual_seed(0)
+    base = dict(kind="align", vocab_size=30, hidden=16, embed_dim=8, attention_dim=8,
+                dropout=0.0, unimodal_heads=True)
+    batch = collate(examples(5, seed=4))
+    inputs = (batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+    model = build_model(ModelSpec(**base, speech_summary=True)).eval()
+    assert model.out.in_features == 4 * 16
+    with torch.no_grad():
+        model.out.weight[:, :32] = 0  # the fused words' half: what is left is the speech's
+        speech, lengths = model.speech(batch.frames, batch.frame_lengths)
+        mask = torch.arange(speech.shape[1])[None, :] < lengths[:, None]
+        expected = masked_max(speech, mask) @ model.out.weight[:, 32:].T + model.out.bias
+        torch.testing.assert_close(model(*inputs), expected)
+
+    spec = ModelSpec(**base, free_view=True)
+    attention = Attention(spec).eval()
+    words, speech = torch.randn(2, 3, 32), torch.randn(2, 7, 32)
+    speech_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    prior = diagonal_prior(torch.tensor([3, 2]), torch.tensor([7, 4]), 3, 7, 0.1)
+    with torch.no_grad():
+        both, weights = attention(words, speech, speech_mask, prior, free_view=True)
+        aligned, same_weights = attention(words, speech, speech_mask, prior)
+        free, _ = attention(words, speech, speech_mask)
+    torch.testing.assert_close(both, torch.cat([aligned, free], -1))
+    torch.testing.assert_close(weights, same_weights)
+    assert not torch.allclose(aligned, free)
+    assert build_model(spec).fusion.forward_lstm.input_size == 6 * 16
+
+    model = build_model(ModelSpec(**base, predict_with_heads=True)).eval()
+    with torch.no_grad():
+        out = model.outputs(*inputs)
+        heads = torch.stack([out.logits, *out.unimodal]).softmax(-1).mean(0)
+        torch.testing.assert_close(model.log_probs(model(*inputs)).exp(), heads)
+        assert not torch.allclose(heads, out.logits.softmax(-1))
