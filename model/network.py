@@ -5,7 +5,8 @@
     words (B, W) ─► embedding ─► BiLSTM ─► h (B, W, 2H) ──────────────┘  over all frames
                                                    a_i = Σ_j α_ij s_j    (B, W, 2H)
                                α_i = softmax_j(score(h_i, s_j) - (i/W - j/T')² / 2σ²)
-    [a_i ; h_i] ─► BiLSTM ─► max over words ─► dropout ─► linear ─► class logits
+    [a_i ; h_i] ─► BiLSTM ─► max over words ─┬─► dropout ─► linear ─► class logits
+    s ─► max over time (speech_summary) ──────┘
 
 Baselines trained by the same loop: speech-only and text-only (encoder ─► max pool ─►
 linear), and decision-level fusion (both, each with its own loss, probabilities averaged).
@@ -13,6 +14,13 @@ The diagonal prior (σ = spec.alignment_prior, a share of the utterance; 0: none
 each word's attention where its speech usually is, in order along the utterance: free
 attention learns no alignment on its own (every word looks at the same salient frames),
 and a word's own frames are what the fusion needs to read how that word was said.
+The prior narrows each word's view to its own stretch, which loses what is spread over the
+whole utterance (speaking rate, pitch level and range, loudness): the speech summary, the
+speech states' max over time, joins the fused words before the output layer and keeps it.
+So one model does both: its words bind to how they were said, and its last layer also hears
+the whole delivery. (Chosen on validation speakers over four corpora; a second, prior-free
+view per word, `free_view`, and averaging in the unimodal heads, `predict_with_heads`, were
+tried and are off: benchmarks/RESULTS.md.)
 Padded frames and words are masked everywhere: in the recurrent layers (BiRNN), in the attention
 and in the pooling.
 

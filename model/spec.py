@@ -179,9 +179,11 @@ class Architecture:
         False, "align with train.unimodal_loss: predict with the mean of the fusion head's and "
                "the speech and text heads' probabilities (a late fusion inside the model); "
                "false: the fusion head alone", shapes_model=True)
+    # Chosen with the prior's width on the validation speakers of four corpora at three
+    # seeds (benchmarks/RESULTS.md, "Alignment that keeps the whole utterance").
     speech_summary: bool = setting(
-        False, "align only: the whole utterance's speech (its states' max over time) joined "
-               "to the fused words before the output layer", shapes_model=True)
+        True, "align only: the whole utterance's speech (its states' max over time) joined "
+              "to the fused words before the output layer", shapes_model=True)
     cell: Cell = setting("lstm", "lstm | gru: the cell of every recurrent layer",
                          shapes_model=True)
     attention_heads: Annotated[int, Ge(1)] = setting(8, "attention multihead: heads (must "

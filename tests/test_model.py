@@ -194,16 +194,20 @@ def test_settings_added_since_are_saved_only_when_used():
     """A bundle keeps the spec's keys in SAVED_ORDER, as it always has; a setting added
     since appears only when it is not its default, so a model without it saves the same
     bytes, and a bundle saved before it existed loads with its default."""
-    plain = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0).to_dict()
+    plain = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0,
+                      speech_summary=False).to_dict()
     assert list(plain) == list(ModelSpec.SAVED_ORDER)
-    # The prior is on by default, but a bundle without the key was built without it.
-    assert ModelSpec(kind="align", vocab_size=30).to_dict() == {**plain, "alignment_prior": 0.1}
-    authors = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0, **AUTHORS).to_dict()
+    # The prior and the summary are on by default, but a bundle without their keys was
+    # built without them.
+    assert ModelSpec(kind="align", vocab_size=30).to_dict() == {
+        **plain, "alignment_prior": 0.1, "speech_summary": True}
+    authors = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0,
+                        speech_summary=False, **AUTHORS).to_dict()
     assert list(authors)[:len(plain)] == list(plain)
     assert {k: authors[k] for k in list(authors)[len(plain):]} == {
         k: v for k, v in AUTHORS.items() if k != "attention"}
     assert ModelSpec.from_dict(plain) == ModelSpec(kind="align", vocab_size=30,
-                                                   alignment_prior=0.0)
+                                                   alignment_prior=0.0, speech_summary=False)
     assert ModelSpec.from_dict(authors).cell == "gru"
 
 
@@ -269,6 +273,9 @@ def test_a_bundle_saved_before_the_prior_existed_loads_without_it():
     del saved["alignment_prior"]
     assert ModelSpec.from_dict(saved).alignment_prior == 0.0
     assert ModelSpec.from_dict({**saved, "alignment_prior": 0.1}).alignment_prior == 0.1
+    del saved["speech_summary"]  # and before the summary: its output layer reads words only
+    assert not ModelSpec.from_dict(saved).speech_summary
+    assert build_model(ModelSpec.from_dict(saved)).out.in_features == 2 * saved["hidden"]
 
 
 def test_attention_in_own_word_against_spread_evenly():
