@@ -169,7 +169,7 @@ class Architecture:
         0.3, "share of values zeroed in training: on the word embeddings and before the "
              "output layer (and more with encoder_dropout)", shapes_model=True)
     alignment_prior: Annotated[float, Interval(ge=0, le=1)] = setting(
-        0.1, "align only: width of the diagonal prior on the attention, as a share of the "
+        0.05, "align only: width of the diagonal prior on the attention, as a share of the "
              "utterance (0: none)", shapes_model=True)
     free_view: bool = setting(
         False, "align with alignment_prior: each word also reads the speech through the same "
@@ -179,8 +179,9 @@ class Architecture:
         False, "align with train.unimodal_loss: predict with the mean of the fusion head's and "
                "the speech and text heads' probabilities (a late fusion inside the model); "
                "false: the fusion head alone", shapes_model=True)
-    # Chosen with the prior's width on the validation speakers of four corpora at three
-    # seeds (benchmarks/RESULTS.md, "Alignment that keeps the whole utterance").
+    # The prior's width and the summary were chosen together on the validation speakers of
+    # four corpora at three seeds (benchmarks/RESULTS.md, "Alignment that keeps the whole
+    # utterance").
     speech_summary: bool = setting(
         True, "align only: the whole utterance's speech (its states' max over time) joined "
               "to the fused words before the output layer", shapes_model=True)

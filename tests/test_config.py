@@ -75,7 +75,7 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
      "config key 'features.pre_emphasis' must be in [0, 1), got 1.0"),
     (["features.max_seconds=-1"], "config key 'features.max_seconds' must be at least 0"),
     # The diagonal prior: words and frames of one span, and no token that takes no time.
-    (["model.max_words=20"], "model.alignment_prior=0.1 needs words and frames of the same "
+    (["model.max_words=20"], "model.alignment_prior=0.05 needs words and frames of the same "
                              "span, which model.max_words=20 cut apart"),
     (["features.max_seconds=7"], "which features.max_seconds=7.0 cut apart"),
     (["model.punctuation_tokens=true"], "where punctuation takes no time: set "

@@ -200,7 +200,7 @@ def test_settings_added_since_are_saved_only_when_used():
     # The prior and the summary are on by default, but a bundle without their keys was
     # built without them.
     assert ModelSpec(kind="align", vocab_size=30).to_dict() == {
-        **plain, "alignment_prior": 0.1, "speech_summary": True}
+        **plain, "alignment_prior": 0.05, "speech_summary": True}
     authors = ModelSpec(kind="align", vocab_size=30, alignment_prior=0.0,
                         speech_summary=False, **AUTHORS).to_dict()
     assert list(authors)[:len(plain)] == list(plain)
@@ -290,7 +290,7 @@ def test_attention_in_own_word_against_spread_evenly():
 
 def test_prior_lift_is_the_priors_own_attention_on_each_words_speech():
     """Two words over four steps of 0.25 s, each word spoken over half the utterance.
-    By hand, under the default width 0.1: word 0 sits at 1/4, the steps at 1/8, 3/8, 5/8
+    By hand, at width 0.1: word 0 sits at 1/4, the steps at 1/8, 3/8, 5/8
     and 7/8, so its prior scores are -d^2 / (2 * 0.1^2) = -0.78125, -0.78125, -7.03125,
     -19.53125, and the mass on its own two steps is 2 / (2 + e^-6.25 + e^-18.75)."""
     from components.evaluate import _alignment_summary

@@ -321,7 +321,7 @@ def test_a_key_added_since_the_champion_counts_as_unchanged_at_its_default():
     assert changed_settings(Config(), logged) == []
     config = load_config(None, ["model.max_words=20", "model.alignment_prior=0",
                                 "train.lr=0.001", "train.threads=3"])
-    assert changed_settings(config, logged) == ["model.alignment_prior 0.1 -> 0.0",
+    assert changed_settings(config, logged) == ["model.alignment_prior 0.05 -> 0.0",
                                                 "model.max_words 0 -> 20",
                                                 "train.lr 0.003 -> 0.001"]
 
