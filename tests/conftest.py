@@ -234,10 +234,14 @@ def two_runs(prepared, tmp_path_factory) -> dict:
     sample_corpus.generate(second, 240, seed=7)
     assert relabel(second, "neu", "ang", 0.2) > 0
     second_dvc_hash = dvc_add(second.parents[1], second.parent)  # as data.dvc tracks data/
-    summaries, stdouts, stderrs = [], [], []
+    summaries, stdouts, stderrs, settings = [], [], [], []
     for n, (command, corpus) in enumerate((("run", prepared["corpus"]), ("retrain", second))):
         path = work / f"summary{n}.json"
-        overrides = sum((["--set", o] for o in GATE + [f"seed={n}"]), [])
+        # The retrain is promoted whatever its tiny model scores (tolerance 1), so that the
+        # champion's move carries the new data's drift into the history.
+        gate = GATE + [f"seed={n}"] + (["registry.tolerance=1.0"] if n else [])
+        settings.append(gate)
+        overrides = sum((["--set", o] for o in gate), [])
         result = emoalign(command, "--corpus", corpus, "--workdir", work / "runs",
                           "--summary-json", path, *overrides, env=env)
         assert result.returncode == 0, result.stderr + result.stdout[-3000:]
@@ -249,6 +253,6 @@ def two_runs(prepared, tmp_path_factory) -> dict:
     # Later commands of other tests use this env: the webhook has stopped answering.
     env = {k: v for k, v in env.items() if k != "EMOALIGN_WEBHOOK_URL"}
     return {"uri": uri, "env": env, "work": work, "summaries": summaries, "stdouts": stdouts,
-            "stderrs": stderrs, "webhook_posts": hook.received,
+            "stderrs": stderrs, "settings": settings, "webhook_posts": hook.received,
             "corpora": [prepared["corpus"], second], "second_dvc_hash": second_dvc_hash,
             "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}

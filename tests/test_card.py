@@ -15,7 +15,7 @@ import yaml
 from components.config import load_config
 from components.outputs import StepOutputs, read_manifest
 from components.registry import card
-from conftest import GATE, assert_one_line_error, emoalign
+from conftest import assert_one_line_error, emoalign
 from model.metrics import scores
 
 
@@ -146,7 +146,7 @@ def test_the_card_is_the_description_the_artifact_and_the_kfp_output(two_runs, n
     # Built again from the same run, the card is the same to the byte (fixed bootstrap seed).
     tags = {k: v for k, v in client.get_run(registered.run_id).data.tags.items()
             if not k.startswith("mlflow.")}
-    config = load_config(None, GATE + [f"seed={n}"])
+    config = load_config(None, two_runs["settings"][n])
     facts = card.decided(card.gather(run["outputs"], config, tags), registration)
     assert card.render(facts) == run["card"]
     # Read from a real IEMOCAP release, the card would not call it sample speech.
