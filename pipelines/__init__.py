@@ -6,7 +6,8 @@
     cluster.py        what each task asks of a Kubeflow cluster
     arguments.py      the pipeline's arguments, for every way a run starts
     local.py          `emoalign run`: the DAG through kfp.local, and what a run left
-    task_processes.py kfp.local's tasks forked from an interpreter with the libraries imported
+    task_processes.py kfp.local's tasks forked from the warm process server
+    warm_server.py    processes forked from an interpreter with the libraries imported
     inprocess.py      the steps in this process, without KFP (what `emoalign audit` re-runs)
     submit.py         compile, submit and schedule on a cluster
     audit.py          `emoalign audit`: where a registered model came from, rebuilt

@@ -42,7 +42,7 @@ from components.lineage import DEFAULT_DATA, Lineage, code_identity
 from components.outputs import STEP_OUTPUTS, StepOutputs
 from pipelines import PIPELINE_NAME
 from pipelines.arguments import pipeline_arguments
-from pipelines.task_processes import forked_tasks
+from pipelines.task_processes import forked_tasks, warm_up_task_processes
 
 RESOLVED_CONFIG = "config.resolved.yaml"  # beside the run's task folders
 
@@ -301,6 +301,8 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
     from components import registry
 
     try:
+        if force:  # its imports overlap what this process does before the first task
+            warm_up_task_processes()
         # Before any work: a tracking store that does not answer stops the run here.
         uri = registry.tracking_uri()
         registry.connect(uri, consequence="nothing was trained or registered")
@@ -318,6 +320,7 @@ def run_local_pipeline(config: Config, lineage: Lineage, workdir: Path,
         else:
             if decided is not None:  # what changed since the champion, named
                 print(f"retraining: {decided.reason}")
+                warm_up_task_processes()
             # The champion for the drift check, resolved here too: fetch would import
             # MLflow in a process of its own to ask.
             champion = (registry.champion_reference(config.registry.model_name)

@@ -79,54 +79,43 @@ def tracking_store(tmp_path_factory, monkeypatch, empty_store) -> str:
     return uri
 
 
-_cli_server: subprocess.Popen | None = None
-_cli_server_lock = threading.Lock()
-
-
-def _start_cli_server() -> subprocess.Popen:
-    global _cli_server
-    if _cli_server is None or _cli_server.poll() is not None:
-        _cli_server = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
-            "cli_server.py"))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    return _cli_server
-
-
 @pytest.fixture(scope="session", autouse=True)
-def cli_server():
-    """tests/cli_server.py, started at once so that its imports overlap the first tests."""
-    if os.environ.get("EMOALIGN_TEST_FRESH_CLI"):
-        yield None
-        return
-    server = _start_cli_server()
+def warm_processes():
+    """One warm process server per test worker (pipelines/warm_server.py), started at once
+    so that its imports overlap the first tests: the CLI calls (emoalign()) and the pipeline
+    tasks of every run, in this process or in a CLI call's, are forked from it. It starts
+    with the training allocator's settings, as a run's own server would."""
+    from components import environment
+    from pipelines import warm_server
+
+    server = warm_server.Owned({**os.environ, **environment.training_allocator()})
+    previous = os.environ.get(warm_server.ADDRESS_VARIABLE)
+    os.environ[warm_server.ADDRESS_VARIABLE] = server.address
     yield server
-    server.kill()  # idle between requests; its interpreter's shutdown would take seconds
-    server.wait(timeout=30)
+    if previous is None:
+        del os.environ[warm_server.ADDRESS_VARIABLE]
+    else:
+        os.environ[warm_server.ADDRESS_VARIABLE] = previous
+    server.stop()
 
 
 def emoalign(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed CLI as a user would, in a process of its own: `python -m
-    pipelines.cli ARGS`, forked from tests/cli_server.py with the third-party libraries
+    pipelines.cli ARGS`, forked from the worker's warm server with the third-party libraries
     imported, which saves each call seconds of imports. EMOALIGN_TEST_FRESH_CLI=1 starts a
     new interpreter for every call instead."""
+    from pipelines import warm_server
+
     argv = [sys.executable, "-m", "pipelines.cli", *map(str, args)]
     environment = {**os.environ, **(env or {})}
     if os.environ.get("EMOALIGN_TEST_FRESH_CLI"):
         return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=environment)
     with tempfile.TemporaryDirectory() as scratch:
         out, err = Path(scratch, "stdout"), Path(scratch, "stderr")
-        request = {"argv": argv[3:], "env": environment, "stdout": str(out),
-                   "stderr": str(err), "cwd": str(Path(cwd or os.getcwd()).resolve())}
-        with _cli_server_lock:
-            server = _start_cli_server()
-            server.stdin.write(json.dumps(request) + "\n")
-            server.stdin.flush()
-            answer = server.stdout.readline()
-            while answer == "ready\n":
-                answer = server.stdout.readline()
-        if not answer:
-            raise RuntimeError("tests/cli_server.py stopped")
-        return subprocess.CompletedProcess(argv, json.loads(answer)["returncode"],
-                                           out.read_text(), err.read_text())
+        code = warm_server.run(os.environ[warm_server.ADDRESS_VARIABLE], "pipelines.cli",
+                               argv[3:], environment, Path(cwd or os.getcwd()).resolve(),
+                               out, err)
+        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -194,10 +194,8 @@ def test_one_failing_task_fails_the_run_naming_its_fold_and_seed(prepared, tmp_p
     (tmp_path / "fault").mkdir()
     (tmp_path / "fault" / "sitecustomize.py").write_text(FAULT)
     # Before the caller's PYTHONPATH, not instead of it: the code under test may be there.
-    # sitecustomize runs when an interpreter starts: each task gets one of its own
-    # (pipelines/task_processes.py forks them from a warm one otherwise).
+    # sitecustomize runs as each task starts, forked or not (pipelines/warm_server.py).
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "EMOALIGN_TASK_PROCESSES": "fresh",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "fault"),
                                                        os.environ.get("PYTHONPATH")]))}
     result = emoalign("run", "--corpus", prepared["corpus"].parent, "--workdir",
