@@ -751,3 +751,22 @@ def test_a_port_left_in_time_wait_by_a_stopped_service_is_free_and_a_listener_is
     client.close()
     server.close()
     stack._check_port_free(port, "PostgreSQL", "STACK_PG_PORT")
+
+
+def test_configure_gives_kfps_setters_their_own_name_without_the_whole_stack():
+    """kfp's setters ask inspect.stack()[1][3] for their name; while configure() runs they
+    get it from the stand-in, and kfp's `inspect` is the real one again afterwards."""
+    import inspect
+
+    from kfp.dsl import pipeline_task
+
+    def set_cpu_request():
+        return _ensure_container_spec_exists()
+
+    def _ensure_container_spec_exists():
+        return pipeline_task.inspect.stack()[1][3]
+
+    with cluster._setters_without_stack():
+        assert pipeline_task.inspect is not inspect
+        assert set_cpu_request() == "set_cpu_request"
+    assert pipeline_task.inspect is inspect
