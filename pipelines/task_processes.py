@@ -11,7 +11,7 @@ working folder. Each task is still a process of its own, with its own exit code;
 reaches kfp.local's log as the subprocess's would.
 
 Anything that is not that command goes to kfp.local's own subprocess, as does every task
-when EMOALIGN_TASK_PROCESSES=fresh. Only the local runner uses this: on a cluster each task
+when EMOALIGN_TASK_PROCESSES=fresh or where the server cannot start. Only the local runner uses this: on a cluster each task
 is its own container."""
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ def run_forked(full_command: list[str], env_vars: dict | None = None, fresh=None
     """kfp.local's run_local_subprocess, the task forked from the warm interpreter; its
     output printed as kfp.local prints a subprocess's."""
     call = executor_call(full_command)
-    if call is None or os.environ.get(SWITCH) == "fresh":
+    server = None if call is None or os.environ.get(SWITCH) == "fresh" else \
+        warm_server.address()
+    if server is None:
         return fresh(full_command, env_vars)
     source, arguments = call
     environ = {**os.environ, **(env_vars or {}), "_KFP_RUNTIME": "true"}
     with tempfile.TemporaryDirectory() as folder:
         module, log = Path(folder, "ephemeral_component.py"), Path(folder, "output")
         module.write_text(source)
-        code = warm_server.run(warm_server.address(), EXECUTOR,
+        code = warm_server.run(server, EXECUTOR,
                                ["--component_module_path", str(module), *arguments],
                                environ, os.getcwd(), str(log), str(log))
         output = log.read_text(errors="replace") if log.is_file() else ""

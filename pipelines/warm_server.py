@@ -82,19 +82,26 @@ class Owned:
 
 _owned: Owned | None = None
 _owned_lock = threading.Lock()
+_cannot_start: str | None = None
 
 
-def address() -> str:
+def address() -> str | None:
     """EMOALIGN_WARM_SERVER's server, or one this process owns, started on the first call
-    with this process's environment at that moment (kept for the process's life)."""
-    global _owned
+    with this process's environment at that moment (kept for the process's life); None
+    where none can start (the reason said once on stderr): the caller starts fresh."""
+    global _owned, _cannot_start
     shared = os.environ.get(ADDRESS_VARIABLE)
     if shared:
         return shared
     with _owned_lock:
-        if _owned is None or not _owned.alive():
-            _owned = Owned()
-        return _owned.address
+        if _cannot_start is None and (_owned is None or not _owned.alive()):
+            try:
+                _owned = Owned()
+            except (OSError, RuntimeError) as e:
+                _cannot_start = str(e)
+                print(f"note: new processes start cold: the warm process server could not "
+                      f"start ({e})", file=sys.stderr)
+        return None if _cannot_start is not None else _owned.address
 
 
 # ---- the server --------------------------------------------------------------------------

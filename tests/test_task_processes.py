@@ -89,3 +89,22 @@ def test_forked_tasks_replaces_kfp_locals_runner_only_while_inside():
     with task_processes.forked_tasks():
         assert subprocess_task_handler.run_local_subprocess is not before
     assert subprocess_task_handler.run_local_subprocess is before
+
+
+def test_where_no_warm_server_can_start_tasks_start_fresh(tmp_path, monkeypatch, capsys):
+    from pipelines import warm_server
+
+    def cannot(*_, **__):
+        raise OSError("AF_UNIX path too long")
+
+    monkeypatch.delenv(warm_server.ADDRESS_VARIABLE)
+    monkeypatch.setattr(warm_server, "_owned", None)
+    monkeypatch.setattr(warm_server, "_cannot_start", None)
+    monkeypatch.setattr(warm_server, "Owned", cannot)
+    ran = []
+    command = kfp_command(tmp_path, "hello")
+    for _ in range(2):
+        assert task_processes.run_forked(command, {}, lambda c, e=None: ran.append(c) or 0) == 0
+    assert ran == [command, command]
+    said = capsys.readouterr().err
+    assert said.count("warm process server could not start (AF_UNIX path too long)") == 1
