@@ -129,6 +129,19 @@ def training_allocator(environ: Mapping[str, str] | None = None) -> dict[str, st
     return {"GLIBC_TUNABLES": f"{theirs}:{ours}" if theirs else ours}
 
 
+def startup_environment() -> Mapping[str, str]:
+    """The environment glibc read its tunables from when this process started: Linux's
+    /proc/self/environ, which a forked process shares with the interpreter it was forked
+    from (pipelines/warm_server.py), whatever os.environ says now; os.environ elsewhere."""
+    try:
+        raw = open("/proc/self/environ", "rb").read()
+    except OSError:
+        return os.environ
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {key.decode(errors="replace"): value.decode(errors="replace")
+            for key, _, value in pairs}
+
+
 @contextmanager
 def training_allocator_for_subprocesses():
     """While inside: the processes this one starts (and that inherit its environment) get

@@ -526,13 +526,15 @@ def _restart_with_training_allocator() -> None:
     TRAINING_TUNABLES): where the environment lacks the settings, the command starts itself
     again in this process's place (os.execve: the same pid, arguments and open files) with
     them added. Once: the new process finds them set. Nothing where the C library is not
-    glibc, or the operator set their own (environment.training_allocator); nor where there is
-    no command line to run again (a script on stdin); nor when execve fails (training then
-    runs as it is, slower)."""
-    from components.environment import training_allocator
+    glibc, or the operator set their own (environment.training_allocator); nor where this
+    process already started with them (forked from a warm server that did:
+    environment.startup_environment); nor where there is no command line to run again (a
+    script on stdin); nor when execve fails (training then runs as it is, slower)."""
+    from components.environment import startup_environment, training_allocator
 
     added = training_allocator()
-    if not added or not sys.executable or sys.argv[0] in ("", "-"):
+    if not added or not training_allocator(startup_environment()) or not sys.executable \
+            or sys.argv[0] in ("", "-"):
         return
     sys.stdout.flush()
     sys.stderr.flush()

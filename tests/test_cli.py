@@ -128,4 +128,22 @@ def test_commands_that_train_here_start_again_with_the_training_allocator():
     assert run("train", *paths, MALLOC_TOP_PAD_="0") == (1, "<unset>")
     assert run("train", *paths, GLIBC_TUNABLES="glibc.malloc.trim_threshold=0") == (
         1, "glibc.malloc.trim_threshold=0")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc alone")
+def test_a_command_forked_from_a_server_started_with_the_allocator_does_not_start_again(
+        tmp_path):
+    """glibc read its settings when the warm server started (conftest starts it with them):
+    a command forked from it already allocates so, whatever its own environment says."""
+    from pipelines import warm_server
+
+    (tmp_path / "started_with.py").write_text(STARTED_WITH)
+    clean = {k: v for k, v in os.environ.items()
+             if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    out = tmp_path / "out"
+    code = warm_server.run(os.environ[warm_server.ADDRESS_VARIABLE], "started_with",
+                           ["audit", "models:/emoalign/1"],
+                           {**clean, "PYTHONPATH": str(tmp_path)}, tmp_path, out, out)
+    assert code == 0, out.read_text()
+    assert out.read_text().count("started") == 1
     assert run("features", "--manifest", "m", "--out", "o") == (1, "<unset>")

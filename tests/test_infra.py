@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components import environment
+from conftest import emoalign
 from pipelines import cluster, kfp_components
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -662,9 +663,8 @@ def test_network_steps_retry_after_10_20_40_s_unless_told_otherwise(tmp_path):
                      "backoffMaxDuration": "60s", "maxRetryCount": 3}
                for p in policies.values()), policies
     # EMOALIGN_RETRY_BACKOFF_S, read when the DAG is built, sets the first wait.
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "--out",
-                           str(tmp_path / "p.yaml")], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "EMOALIGN_RETRY_BACKOFF_S": "1"})
+    done = emoalign("compile", "--out", tmp_path / "p.yaml", cwd=ROOT,
+                    env={"EMOALIGN_RETRY_BACKOFF_S": "1"})
     assert done.returncode == 0, done.stderr
     quick, _ = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     assert {p["backoffDuration"] for p in _retry_policies(quick).values()} == {"1s"}

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -684,12 +685,10 @@ def test_two_registrations_at_once_get_distinct_versions_and_one_champion(two_ru
         shutil.copytree(source, copy, symlinks=True)
         copies.append(copy)
     before = {v.version for v in two_runs["client"].search_model_versions("name='emoalign'")}
-    procs = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "register",
-                               "--pipeline-run", str(c)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
-             for c in copies]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    with ThreadPoolExecutor(2) as both:  # two processes, started together
+        done = list(both.map(lambda c: emoalign("register", "--pipeline-run", c, env=env),
+                             copies))
+    assert all(d.returncode == 0 for d in done), [(d.stdout, d.stderr) for d in done]
     after = {v.version for v in two_runs["client"].search_model_versions("name='emoalign'")}
     new = after - before
     assert len(new) == 2
