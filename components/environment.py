@@ -132,7 +132,9 @@ def training_allocator(environ: Mapping[str, str] | None = None) -> dict[str, st
 def startup_environment() -> Mapping[str, str]:
     """The environment glibc read its tunables from when this process started: Linux's
     /proc/self/environ, which a forked process shares with the interpreter it was forked
-    from (pipelines/warm_server.py), whatever os.environ says now; os.environ elsewhere."""
+    from (pipelines/warm_server.py), whatever os.environ says now; os.environ elsewhere.
+    (glibc 2.36 leaves only the first of GLIBC_TUNABLES' settings there once it has parsed
+    them: enough to tell whether ours, or the operator's, were given.)"""
     try:
         raw = open("/proc/self/environ", "rb").read()
     except OSError:
