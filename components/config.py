@@ -410,6 +410,13 @@ class Config(Section):
             raise ConfigError("model.predict_with_heads averages the speech and text heads, "
                               "which train.unimodal_loss=0 leaves out: set it above 0, or "
                               "model.predict_with_heads=false")
+        if self.model.residual_fusion and not self.train.unimodal_loss:
+            raise ConfigError("model.residual_fusion adds the speech and text heads' logits, "
+                              "which train.unimodal_loss=0 leaves out: set it above 0, or "
+                              "model.residual_fusion=false")
+        if self.model.residual_fusion and self.model.predict_with_heads:
+            raise ConfigError("model.residual_fusion and model.predict_with_heads are two "
+                              "ways of predicting with the heads: choose one")
 
     def _check_alignment_prior(self) -> None:
         """The diagonal prior places word i of W at i/W of the speech: the words and the

@@ -20,7 +20,10 @@ speech states' max over time, joins the fused words before the output layer and 
 So one model does both: its words bind to how they were said, and its last layer also hears
 the whole delivery. (Chosen on validation speakers over four corpora; a second, prior-free
 view per word, `free_view`, and averaging in the unimodal heads, `predict_with_heads`, were
-tried and are off: benchmarks/RESULTS.md.)
+tried and are off: benchmarks/RESULTS.md. So is `residual_fusion`: the output is the fusion
+head's logits plus the speech and text heads', trained as one sum, so that what each
+modality says on its own reaches the prediction as in decision-level fusion, and the fusion
+head learns what they say together beyond it.)
 Padded frames and words are masked everywhere: in the recurrent layers (BiRNN), in the attention
 and in the pooling.
 
@@ -306,6 +309,7 @@ class AlignModel(EmotionModel):
         self.dropout = nn.Dropout(spec.dropout)
         self.speech_summary = spec.speech_summary
         self.predict_with_heads = spec.predict_with_heads
+        self.residual_fusion = spec.residual_fusion and spec.unimodal_heads
         self.out = nn.Linear(2 * spec.hidden * (1 + spec.speech_summary), spec.n_classes)
         if spec.unimodal_heads:
             self.speech_head = nn.Linear(2 * spec.hidden, spec.n_classes)
@@ -354,6 +358,8 @@ class AlignModel(EmotionModel):
         if hasattr(self, "speech_head"):
             unimodal = (self.speech_head(self.dropout(whole_speech)),
                         self.text_head(self.dropout(masked_max(text, word_mask))))
+            if self.residual_fusion:  # a product of the three heads' distributions
+                logits = logits + unimodal[0] + unimodal[1]
         return AlignOutputs(logits, weights, speech_lengths, unimodal)
 
     attention_outputs = outputs

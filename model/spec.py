@@ -179,6 +179,11 @@ class Architecture:
         False, "align with train.unimodal_loss: predict with the mean of the fusion head's and "
                "the speech and text heads' probabilities (a late fusion inside the model); "
                "false: the fusion head alone", shapes_model=True)
+    residual_fusion: bool = setting(
+        False, "align with train.unimodal_loss: the output is the sum of the fusion head's and "
+               "the speech and text heads' logits, trained as one (each modality's own "
+               "evidence reaches the prediction; the fusion head learns what they say "
+               "together beyond it); false: the fusion head alone", shapes_model=True)
     # The prior's width and the summary were chosen together on the validation speakers of
     # four corpora at three seeds (benchmarks/RESULTS.md, "Alignment that keeps the whole
     # utterance").
@@ -224,7 +229,8 @@ class ModelSpec(Architecture):
     # What a bundle saved before a setting existed was built with, where that differs from
     # the setting's default today: such a bundle lacks the key, so its absence means this.
     BEFORE_THE_SETTING: ClassVar[dict] = {"alignment_prior": 0.0, "speech_summary": False,
-                                         "free_view": False, "predict_with_heads": False}
+                                         "free_view": False, "predict_with_heads": False,
+                                         "residual_fusion": False}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":

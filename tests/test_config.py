@@ -87,6 +87,10 @@ def test_resolved_yaml_round_trips_and_hashes_stably():
      "additive or dot attention, not multihead"),
     (["model.predict_with_heads=true", "train.unimodal_loss=0"], "model.predict_with_heads "
      "averages the speech and text heads, which train.unimodal_loss=0 leaves out"),
+    (["model.residual_fusion=true", "train.unimodal_loss=0"], "model.residual_fusion adds "
+     "the speech and text heads' logits, which train.unimodal_loss=0 leaves out"),
+    (["model.residual_fusion=true", "model.predict_with_heads=true"], "two ways of "
+     "predicting with the heads: choose one"),
 ])
 def test_mistakes_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

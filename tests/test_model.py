@@ -50,7 +50,8 @@ VARIANTS = {"default": {}, "gru": {"cell": "gru"},
             "projection": {"frame_projection": 24, "encoder_dropout": True},
             "authors": AUTHORS,
             "whole_utterance": {"speech_summary": True, "free_view": True,
-                                "unimodal_heads": True, "predict_with_heads": True}}
+                                "unimodal_heads": True, "predict_with_heads": True},
+            "residual_fusion": {"unimodal_heads": True, "residual_fusion": True}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -526,3 +527,21 @@ def test_the_whole_utterance_options_each_add_what_they_say():
         heads = torch.stack([out.logits, *out.unimodal]).softmax(-1).mean(0)
         torch.testing.assert_close(model.log_probs(model(*inputs)).exp(), heads)
         assert not torch.allclose(heads, out.logits.softmax(-1))
+
+
+def test_residual_fusion_predicts_and_trains_on_the_three_heads_logits_summed():
+    torch.manual_seed(0)
+    base = dict(kind="align", vocab_size=30, hidden=16, embed_dim=8, attention_dim=8,
+                dropout=0.0, unimodal_heads=True)
+    batch = collate(examples(5, seed=4))
+    inputs = (batch.frames, batch.frame_lengths, batch.words, batch.word_lengths)
+    plain = build_model(ModelSpec(**base)).eval()
+    summed = build_model(ModelSpec(**base, residual_fusion=True)).eval()
+    summed.load_state_dict(plain.state_dict())  # the same weights: only the output differs
+    with torch.no_grad():
+        out = plain.outputs(*inputs)
+        expected = out.logits + out.unimodal[0] + out.unimodal[1]
+        torch.testing.assert_close(summed(*inputs), expected)
+        loss, _ = summed.training_loss(batch)
+        torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(expected,
+                                                                            batch.labels))
