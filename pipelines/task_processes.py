@@ -11,8 +11,8 @@ working folder. Each task is still a process of its own, with its own exit code;
 reaches kfp.local's log as the subprocess's would.
 
 Anything that is not that command goes to kfp.local's own subprocess, as does every task
-when EMOALIGN_TASK_PROCESSES=fresh or where the server cannot start. Only the local runner uses this: on a cluster each task
-is its own container."""
+when EMOALIGN_TASK_PROCESSES=fresh or where the server cannot start. Only the local runner
+uses this: on a cluster each task is its own container."""
 
 from __future__ import annotations
 

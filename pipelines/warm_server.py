@@ -2,8 +2,8 @@
 
 Starting Python and importing torch, MLflow, pandas, KFP and Great Expectations costs 3 to 6 s
 of CPU; a local run starts a dozen task processes, and the tests hundreds of commands. The
-server (`python -m pipelines.warm_server ADDRESS [MODULE...]`) imports those libraries once (PRELOAD,
-third-party only), then for each request on its Unix socket forks a child that becomes
+server (`python -m pipelines.warm_server ADDRESS [MODULE...]`) imports those libraries once
+(PRELOAD, third-party only), then for each request on its Unix socket forks a child that becomes
 `python -m MODULE ARGV` with the request's environment, working folder and output files,
 and answers with the child's exit status. The child imports the project's modules fresh, so
 a module that reads the environment at import reads the request's; the request's

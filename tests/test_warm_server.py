@@ -83,7 +83,7 @@ def test_requests_at_once_run_at_once(tmp_path):
                for i in range(2))
 
 
-def test_the_server_stops_when_its_owner_lets_go(tmp_path):
+def test_the_server_stops_when_its_owner_lets_go():
     server = warm_server.Owned(preload=("json",))
     assert Path(server.address).exists() and server.alive()
     server.stop()
@@ -91,7 +91,7 @@ def test_the_server_stops_when_its_owner_lets_go(tmp_path):
     assert not Path(server.address).parent.exists()  # its socket and folder removed
 
 
-def test_a_server_whose_owner_dies_goes_too(tmp_path):
+def test_a_server_whose_owner_dies_goes_too():
     owner = subprocess.Popen(
         [sys.executable, "-c", "from pipelines import warm_server; import sys; "
          "s = warm_server.Owned(preload=('json',)); print(s.process.pid, flush=True); "
