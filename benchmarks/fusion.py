@@ -24,7 +24,8 @@ every frame, 25 epochs, last epoch). It prints, per corpus:
   only in the words, `both`, `neutral`); on the stressed corpus instead, accuracy when the
   stressed word is the first or the second emotion word (a model that reads the words but
   does not hear the stress is right about half the time in both);
-- for align, the modality ablation and the attention lift (attention mass on a word's own
+- for align, the accuracy by cue of its speech and text heads (train.unimodal_loss) on
+  their own, the modality ablation and the attention lift (attention mass on a word's own
   speech frames over what uniform attention puts there, from the .wdseg timings: 1 is no
   alignment), mean ± std over the models.
 With `--config FILE` ours train from that file (a preset: configs/xu2019.yaml) on one thread
@@ -137,6 +138,35 @@ def without(kept: Path, validated: str, session: int) -> str:
     return name
 
 
+def head_accuracy(model_dir: Path, store, rows: pd.DataFrame) -> dict:
+    """For an align model with unimodal heads: each head's own prediction on the test
+    utterances, {head: (utt_ids, correct)}; what each modality alone says inside the model,
+    beside what the fusion head makes of both."""
+    import torch
+
+    from components.outputs import TrainedModel
+    from model.data import batch_indices, collate
+    from model.serving import load_member
+
+    trained = TrainedModel(model_dir)
+    member_dir = trained.member_dirs()[0]
+    loaded = load_member(member_dir / trained.MODEL, torch.device("cpu"))
+    model = loaded.model.eval()
+    examples = store.examples(loaded.inputs, trained.fold(member_dir)["test_ids"], rows)
+    labels = np.array([e.label for e in examples])
+    predicted = np.zeros((2, len(examples)), dtype=int)
+    with torch.no_grad():
+        for idx in batch_indices([len(e.frames) for e in examples], 64, None):
+            b = collate([examples[i] for i in idx])
+            heads = model.outputs(b.frames, b.frame_lengths, b.words, b.word_lengths).unimodal
+            if heads is None:
+                return {}
+            predicted[:, idx] = torch.stack(heads).argmax(-1).numpy()
+    ids = [e.utt_id for e in examples]
+    return {"speech head": (ids, predicted[0] == labels),
+            "text head": (ids, predicted[1] == labels)}
+
+
 def ours(job: tuple) -> dict:
     folder, kind, fold, seed, overrides, protocol, config_file = job
     config = load_config(config_file, [*recipe(config_file), *overrides, f"model.kind={kind}",
@@ -148,7 +178,8 @@ def ours(job: tuple) -> dict:
         metrics = member.run_member(folds.task_of(rows, config, fold), store, rows, config,
                                     folder / "m" / name, folder / "e" / name)["metrics"]
     table = pd.read_csv(folder / "e" / name / Evaluation.PREDICTIONS)
-    return {"who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
+    heads = head_accuracy(folder / "m" / name, store, rows) if kind == "align" else {}
+    return {"heads": heads, "who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
             "ablation": metrics.get("ablation"), "utt_ids": table["utt_id"].tolist(),
             "correct": (table["label"] == table["predicted"]).to_numpy(),
             "lift": metrics.get("attention_alignment", {}).get("lift"),
@@ -276,6 +307,14 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
                            f"{'-':>7}" for c in columns)
         print(f"{who:<16}{ua.mean():.3f} ± {ua.std():.3f}  {wa.mean():.3f} ± {wa.std():.3f}"
               f"   {by_cue}   (n={len(mine)})")
+    for head in ("speech head", "text head"):
+        mine = [r["heads"][head] for r in results if r.get("heads")]
+        if mine:
+            cue = np.array([column_of(truth[u]) for ids, _ in mine for u in ids])
+            correct = np.concatenate([c for _, c in mine])
+            print(f"{'  align: ' + head:<46}   " + "  ".join(
+                f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else f"{'-':>7}"
+                for c in columns) + "   (the head's own prediction, unused by default)")
     ceiling = prosody_ceiling(folder, sorted({r["fold"] for r in results}),
                               sorted({r["seed"] for r in results}))
     if ceiling:
