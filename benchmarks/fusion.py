@@ -179,11 +179,12 @@ def ours(job: tuple) -> dict:
                                     folder / "m" / name, folder / "e" / name)["metrics"]
     table = pd.read_csv(folder / "e" / name / Evaluation.PREDICTIONS)
     heads = head_accuracy(folder / "m" / name, store, rows) if kind == "align" else {}
-    return {"heads": heads, "who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
+    return {"who": kind, "fold": fold, "seed": seed, "ua": metrics["ua"], "wa": metrics["wa"],
             "ablation": metrics.get("ablation"), "utt_ids": table["utt_id"].tolist(),
             "correct": (table["label"] == table["predicted"]).to_numpy(),
             "lift": metrics.get("attention_alignment", {}).get("lift"),
-            "prior_lift": metrics.get("attention_alignment", {}).get("prior_lift")}
+            "prior_lift": metrics.get("attention_alignment", {}).get("prior_lift"),
+            "heads": heads}
 
 
 def theirs(job: tuple) -> dict:
