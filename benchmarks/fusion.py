@@ -291,6 +291,12 @@ def column_of(utterance: dict) -> str:
     return utterance["cue"]
 
 
+def accuracy_by(columns, cue: np.ndarray, correct: np.ndarray) -> str:
+    """The share right in each column (a cue, or where the stressed word sits), aligned."""
+    return "  ".join(f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else f"{'-':>7}"
+                     for c in columns)
+
+
 def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> None:
     whole = json.loads((folder / "IEMOCAP_full_release" / sample_corpus.TRUTH_FILENAME)
                        .read_text())
@@ -304,18 +310,15 @@ def report(voice: str, folder: Path, results: list[dict], kinds: list[str]) -> N
         ua, wa = np.array([r["ua"] for r in mine]), np.array([r["wa"] for r in mine])
         cue = np.concatenate([[column_of(truth[u]) for u in r["utt_ids"]] for r in mine])
         correct = np.concatenate([r["correct"] for r in mine])
-        by_cue = "  ".join(f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else
-                           f"{'-':>7}" for c in columns)
         print(f"{who:<16}{ua.mean():.3f} ± {ua.std():.3f}  {wa.mean():.3f} ± {wa.std():.3f}"
-              f"   {by_cue}   (n={len(mine)})")
+              f"   {accuracy_by(columns, cue, correct)}   (n={len(mine)})")
     for head in ("speech head", "text head"):
         mine = [r["heads"][head] for r in results if r.get("heads")]
         if mine:
             cue = np.array([column_of(truth[u]) for ids, _ in mine for u in ids])
             correct = np.concatenate([c for _, c in mine])
-            print(f"{'  align: ' + head:<46}   " + "  ".join(
-                f"{correct[cue == c].mean():7.3f}" if (cue == c).any() else f"{'-':>7}"
-                for c in columns) + "   (the head's own prediction, unused by default)")
+            print(f"{'  align: ' + head:<46}   {accuracy_by(columns, cue, correct)}   "
+                  "(the head's own prediction, unused by default)")
     ceiling = prosody_ceiling(folder, sorted({r["fold"] for r in results}),
                               sorted({r["seed"] for r in results}))
     if ceiling:
