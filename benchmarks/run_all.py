@@ -33,6 +33,9 @@ BENCHMARKS = {
     "train": ("train.py", ["--corpus", "{corpus}"]),
     # Both corpora, holdout x 3 seeds, every reference (about 45 min on 2 cores).
     "fusion": ("fusion.py", []),
+    # The most a joint model can lead late fusion by on the espeak-ng and flite plans: a
+    # Bayes bound from the generator's distributions (30 s).
+    "fusion_bound": ("fusion_bound.py", []),
     # Every kind scored on gold and on recognised transcripts, and the recogniser's WER and
     # speed (1,000 utterances per corpus, holdout x 3 seeds).
     "asr": ("asr.py", ["--train-asr", "align"]),
