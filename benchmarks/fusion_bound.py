@@ -107,6 +107,10 @@ def bound(utterances: int, corpus_seed: int, voice_noise: float, text_training: 
     return out
 
 
+def mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--utterances", type=int, default=40000)
@@ -125,10 +129,6 @@ def main() -> None:
                     for seed in args.corpus_seeds]
             late = [r["late fusion (mean)"] for r in runs]
             joint = [r["joint"] for r in runs]
-
-            def mean(rows, key):
-                return np.mean([r[key] for r in rows])
-
             leads = [j["ua"] - lf["ua"] for j, lf in zip(joint, late)]
             print(f"{voice_noise:>11g} {text_training:>11}  {mean(late, 'ua'):11.3f}  "
                   f"{mean(joint, 'ua'):6.3f}  {np.mean(leads):+6.3f}   "
